@@ -1,0 +1,56 @@
+# AgentFS entry points. `just` alone lists them.
+# First time on a machine: scripts/bootstrap.sh (installs fuse3, just, cargo-nextest).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Where `mount-fuse`, `umount-fuse` and `status` act unless given a path.
+default_mount := env_var_or_default("AGENTFS_MOUNT", env_var("HOME") + "/agentfs")
+
+# List the recipes.
+default:
+    @just --list --unsorted
+
+# Build the release binaries (agentfs-fuse-host, agentfs-control-cli) into target/release.
+build:
+    cargo build --release --workspace --bins
+
+# Build, then mount AgentFS at MOUNT as a background daemon (default $AGENTFS_MOUNT or ~/agentfs).
+mount-fuse mount=default_mount: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mount={{ quote(mount) }}
+    mkdir -p "$mount"
+    # The daemon prints "AgentFS mounted at ..." once the mount is live, then detaches.
+    target/release/agentfs-fuse-host "$mount"
+    echo "To use it:  export PATH=\"$PWD/target/release:\$PATH\" AGENTFS_MOUNT=\"$mount\""
+    echo "            agentfs-control-cli snapshot-create --name base && agentfs-control-cli branch-create --from base --name feature"
+    echo "            agentfs-control-cli branch-bind --branch feature   # this shell now sees branch 'feature' at $mount"
+
+# Unmount AgentFS at MOUNT; the daemon exits on its own.
+umount-fuse mount=default_mount:
+    fusermount3 -u {{ quote(mount) }} || umount {{ quote(mount) }}
+
+# Show the daemon's state for the mount at MOUNT.
+status mount=default_mount: build
+    target/release/agentfs-control-cli --mount {{ quote(mount) }} status
+
+# The whole suite: format, lint, build, every test (the mount tests need root and /dev/fuse).
+test:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo build --workspace --bins
+    cargo nextest run --workspace --no-fail-fast
+
+# The control plane against a real mount: the Rust test, then the README walk-through script.
+test-fuse-control-plane:
+    cargo nextest run -p agentfs-fuse --test control_plane --no-fail-fast
+    bash scripts/test-fuse-control-plane.sh
+
+# Format check and clippy with warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Format every crate in place.
+fmt:
+    cargo fmt --all
