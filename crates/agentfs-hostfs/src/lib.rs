@@ -1,1 +1,357 @@
-//! placeholder
+//! HostFs: the AgentFS backstore that keeps content objects as plain files in
+//! a directory of the host, the real implementation of
+//! [`agentfs_core::Backstore`].
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/lock                      flock(LOCK_EX) held while a HostFs is open
+//! <root>/objects/<ff>/<id>         one file per content object; <id> is 16 hex
+//!                                  digits, <ff> its low byte in 2 (256 fanout
+//!                                  directories, made on first use)
+//! <root>/trash-<nanos>/            objects of a previous mount, being deleted
+//! ```
+//!
+//! # Nothing survives a reopen (yet)
+//!
+//! FsCore does not persist its metadata yet (a later issue adds a journal), so
+//! no tree can refer to an object written by an earlier mount: at open,
+//! `objects/` is renamed to `trash-<nanos>` and deleted by a background thread
+//! (with any `trash-*` an earlier crash left), which keeps mounting fast however
+//! large the old backstore was. Ids come from a counter that starts at 1 for
+//! every open. When the journal lands, this step must go, and ids must resume
+//! after the highest one recorded.
+//!
+//! # Why descriptors are cached, with a bound
+//!
+//! Every read, write and passthrough open needs an fd of the object. Opening by
+//! path per call costs a path walk each time; keeping every object open would
+//! exhaust the process's descriptors (20,000 here, not raisable), since a tree
+//! may hold millions of objects. So [`HostFs`] keeps at most
+//! [`HostFsOptions::max_open_files`] files open in an approximately
+//! least-recently-used cache (see `cache.rs`), as `Arc<File>`: an evicted file
+//! closes once its last user drops it.
+//!
+//! Host errors keep their raw errno (`io::Error::from_raw_os_error`), because
+//! FsCore hands them to the kernel as they are: a full disk is ENOSPC.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod cache;
+mod clone;
+mod error;
+mod root;
+mod sys;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::HostFsError;
+
+use agentfs_core::{Backstore, BackstoreUsage, ContentId, StatFs};
+use cache::FdCache;
+use clone::CopyMode;
+use parking_lot::Mutex;
+use std::ffi::OsString;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// How a [`HostFs`] is run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFsOptions {
+    /// Most object files held open at once (at least 1 is used). Default 1024.
+    pub max_open_files: usize,
+}
+
+impl Default for HostFsOptions {
+    fn default() -> Self {
+        Self {
+            max_open_files: 1024,
+        }
+    }
+}
+
+/// The backstore root used when none is given: `$XDG_DATA_HOME/agentfs/default`,
+/// else `$HOME/.local/share/agentfs/default`.
+pub fn default_root() -> PathBuf {
+    root_from(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
+}
+
+fn root_from(xdg_data_home: Option<OsString>, home: Option<OsString>) -> PathBuf {
+    // The XDG spec says relative values are invalid and must be ignored.
+    let data = match xdg_data_home.map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        _ => {
+            let home = match home.filter(|h| !h.is_empty()) {
+                Some(h) => PathBuf::from(h),
+                None => sys::passwd_home().unwrap_or_else(|| PathBuf::from("/")),
+            };
+            home.join(".local").join("share")
+        }
+    };
+    data.join("agentfs").join("default")
+}
+
+/// Content objects as files under a host directory. See the crate header.
+pub struct HostFs {
+    root: PathBuf,
+    objects: PathBuf,
+    /// An fd of the root directory, for `syncfs` and `fstatvfs`.
+    root_dir: File,
+    /// Holds the root's `flock` until drop.
+    _lock: File,
+    next_id: AtomicU64,
+    cache: FdCache,
+    reflinks: AtomicU64,
+    copies: AtomicU64,
+    /// The thread deleting a previous mount's objects (tests wait on it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    trash: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl HostFs {
+    /// Open (creating if missing) the backstore at `root` for this process
+    /// alone. Objects left by an earlier open are discarded (crate header).
+    pub fn open(root: &Path, opts: HostFsOptions) -> Result<HostFs, HostFsError> {
+        let claimed = root::claim(root)?;
+        Ok(HostFs {
+            root: claimed.path,
+            objects: claimed.objects,
+            root_dir: claimed.dir,
+            _lock: claimed.lock,
+            next_id: AtomicU64::new(1),
+            cache: FdCache::new(opts.max_open_files),
+            reflinks: AtomicU64::new(0),
+            copies: AtomicU64::new(0),
+            trash: Mutex::new(claimed.trash),
+        })
+    }
+
+    /// The backstore root, absolute with symlinks resolved.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `(reflinks, copies)` made by `clone_object` since open.
+    pub fn clone_stats(&self) -> (u64, u64) {
+        (
+            self.reflinks.load(Ordering::Relaxed),
+            self.copies.load(Ordering::Relaxed),
+        )
+    }
+
+    fn fanout_dir(&self, id: ContentId) -> PathBuf {
+        self.objects.join(format!("{:02x}", id.0 & 0xff))
+    }
+
+    fn object_path(&self, id: ContentId) -> PathBuf {
+        self.fanout_dir(id).join(format!("{:016x}", id.0))
+    }
+
+    /// The open file of `id`, from the cache or opened now.
+    fn file(&self, id: ContentId) -> io::Result<Arc<File>> {
+        self.cache.get_or_open(id, || {
+            // std opens with O_CLOEXEC.
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.object_path(id))
+        })
+    }
+
+    /// Create the file of a fresh id (and its fanout directory if needed).
+    fn create_file(&self, id: ContentId) -> io::Result<File> {
+        let path = self.object_path(id);
+        let create = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+        };
+        match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match DirBuilder::new().mode(0o700).create(self.fanout_dir(id)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+                create()
+            }
+            other => other,
+        }
+    }
+
+    fn fresh_id(&self) -> ContentId {
+        ContentId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// `clone_object`, with the reflink attempt optional so tests reach the
+    /// copy path on any filesystem.
+    fn clone_with(&self, src: ContentId, try_reflink: bool) -> io::Result<ContentId> {
+        let source = self.file(src)?;
+        let id = self.fresh_id();
+        let dest = self.create_file(id)?;
+        let reflinked = if try_reflink {
+            match sys::ficlone(&dest, &source) {
+                Ok(()) => true,
+                Err(e) if clone::reflink_unsupported(&e) => false,
+                Err(e) => return Err(self.discard(id, e)),
+            }
+        } else {
+            false
+        };
+        if reflinked {
+            self.reflinks.fetch_add(1, Ordering::Relaxed);
+        } else {
+            if let Err(e) = clone::copy_sparse(&source, &dest, CopyMode::CopyFileRange) {
+                return Err(self.discard(id, e));
+            }
+            self.copies.fetch_add(1, Ordering::Relaxed);
+        }
+        self.cache.insert(id, dest);
+        Ok(id)
+    }
+
+    /// Unlink a half-made object after `err`, which is returned.
+    fn discard(&self, id: ContentId, err: io::Error) -> io::Error {
+        if let Err(e) = fs::remove_file(self.object_path(id)) {
+            tracing::warn!(object = %id, error = %e, "cannot remove a failed clone");
+        }
+        err
+    }
+
+    /// Wait for the thread deleting the previous mount's objects.
+    #[cfg(test)]
+    fn wait_for_trash(&self) {
+        if let Some(handle) = self.trash.lock().take() {
+            handle.join().expect("trash thread panicked");
+        }
+    }
+}
+
+impl Backstore for HostFs {
+    fn create(&self) -> io::Result<ContentId> {
+        let id = self.fresh_id();
+        let file = self.create_file(id)?;
+        self.cache.insert(id, file);
+        Ok(id)
+    }
+
+    fn clone_object(&self, src: ContentId) -> io::Result<ContentId> {
+        self.clone_with(src, true)
+    }
+
+    fn read_at(&self, id: ContentId, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let file = self.file(id)?;
+        if libc::off_t::try_from(offset).is_err() {
+            // Past the largest possible file: end of object, as for any offset past EOF.
+            return Ok(0);
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let Some(at) = offset.checked_add(done as u64) else {
+                break;
+            };
+            match file.read_at(&mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_at(&self, id: ContentId, data: &[u8], offset: u64) -> io::Result<()> {
+        self.file(id)?.write_all_at(data, offset)
+    }
+
+    fn set_len(&self, id: ContentId, len: u64) -> io::Result<()> {
+        self.file(id)?.set_len(len)
+    }
+
+    fn fallocate(&self, id: ContentId, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        let offset = sys::off_t(offset, libc::EFBIG)?;
+        let len = sys::off_t(len, libc::EFBIG)?;
+        sys::fallocate(&*self.file(id)?, mode, offset, len)
+    }
+
+    fn sync(&self, id: ContentId, data_only: bool) -> io::Result<()> {
+        let file = self.file(id)?;
+        if data_only {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        }
+    }
+
+    fn remove(&self, id: ContentId) -> io::Result<()> {
+        let unlinked = fs::remove_file(self.object_path(id));
+        self.cache.evict(id);
+        unlinked
+    }
+
+    fn allocated_bytes(&self, id: ContentId) -> io::Result<u64> {
+        Ok(self.file(id)?.metadata()?.blocks() * 512)
+    }
+
+    fn seek(&self, id: ContentId, offset: u64, whence: i32) -> io::Result<u64> {
+        let file = self.file(id)?;
+        // Past i64::MAX is past the end of any file.
+        let offset = sys::off_t(offset, libc::ENXIO)?;
+        sys::lseek(&file, offset, whence)
+    }
+
+    fn statfs(&self) -> io::Result<StatFs> {
+        let st = sys::fstatvfs(&self.root_dir)?;
+        Ok(StatFs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: u32::try_from(st.f_bsize).unwrap_or(u32::MAX),
+            namelen: u32::try_from(st.f_namemax).unwrap_or(u32::MAX),
+            frsize: u32::try_from(st.f_frsize).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn usage(&self) -> BackstoreUsage {
+        let mut usage = BackstoreUsage::default();
+        let fanouts = match fs::read_dir(&self.objects) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(dir = %self.objects.display(), error = %e, "cannot list backstore objects");
+                return usage;
+            }
+        };
+        for fanout in fanouts.flatten() {
+            let Ok(objects) = fs::read_dir(fanout.path()) else {
+                continue;
+            };
+            // Entries removed while we walk are simply not counted.
+            for object in objects.flatten() {
+                if let Ok(meta) = object.metadata() {
+                    usage.objects += 1;
+                    usage.bytes += meta.blocks() * 512;
+                }
+            }
+        }
+        usage
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        sys::syncfs(&self.root_dir)
+    }
+
+    fn host_file(&self, id: ContentId) -> io::Result<Arc<File>> {
+        self.file(id)
+    }
+}
