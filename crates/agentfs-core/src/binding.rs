@@ -41,7 +41,10 @@ impl ProcessTable for ProcFs {
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let field = |name: &str| -> Option<&str> {
-            status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim)
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
         };
         let tgid: u32 = field("Tgid:")?.parse().ok()?;
         let ppid: u32 = field("PPid:")?.parse().ok()?;
@@ -51,7 +54,12 @@ impl ProcessTable for ProcFs {
         let rest = &stat[stat.rfind(')')? + 2..];
         // rest starts at field 3 (state); start time is field 22.
         let start_time = rest.split_whitespace().nth(19)?.parse().ok()?;
-        Some(ProcessInfo { tgid, ppid, start_time, uid })
+        Some(ProcessInfo {
+            tgid,
+            ppid,
+            start_time,
+            uid,
+        })
     }
 }
 
@@ -75,7 +83,10 @@ pub(crate) struct Bindings {
 
 impl Bindings {
     pub(crate) fn new(table: Box<dyn ProcessTable>) -> Self {
-        Bindings { table, map: RwLock::new(HashMap::new()) }
+        Bindings {
+            table,
+            map: RwLock::new(HashMap::new()),
+        }
     }
 
     pub(crate) fn process(&self, pid: u32) -> Option<ProcessInfo> {
@@ -85,7 +96,9 @@ impl Bindings {
     /// Bind the process `pid` (a thread id names its process) to `branch`.
     pub(crate) fn bind(&self, pid: u32, branch: BranchId) -> Option<ProcessInfo> {
         let info = self.table.info(pid)?;
-        self.map.write().insert(info.tgid, (info.start_time, branch));
+        self.map
+            .write()
+            .insert(info.tgid, (info.start_time, branch));
         Some(info)
     }
 
@@ -114,9 +127,11 @@ impl Bindings {
         let mut live = Vec::new();
         for (pid, (start_time, branch)) in entries {
             match self.table.info(pid) {
-                Some(info) if info.start_time == start_time => {
-                    live.push(BindingInfo { pid, start_time, branch })
-                }
+                Some(info) if info.start_time == start_time => live.push(BindingInfo {
+                    pid,
+                    start_time,
+                    branch,
+                }),
                 _ => {
                     let mut map = self.map.write();
                     if map.get(&pid).is_some_and(|(s, _)| *s == start_time) {
@@ -164,7 +179,12 @@ pub(crate) mod tests {
 
     impl FakeProcs {
         pub(crate) fn spawn(&self, pid: u32, ppid: u32, start_time: u64) {
-            let info = ProcessInfo { tgid: pid, ppid, start_time, uid: 1000 };
+            let info = ProcessInfo {
+                tgid: pid,
+                ppid,
+                start_time,
+                uid: 1000,
+            };
             self.0.lock().insert(pid, info);
         }
         pub(crate) fn exit(&self, pid: u32) {

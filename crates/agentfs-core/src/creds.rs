@@ -18,14 +18,24 @@ pub struct Ctx {
 impl Ctx {
     /// A caller whose supplementary groups are read from /proc on demand.
     pub fn new(uid: u32, gid: u32, pid: u32) -> Ctx {
-        Ctx { uid, gid, pid, groups: OnceLock::new() }
+        Ctx {
+            uid,
+            gid,
+            pid,
+            groups: OnceLock::new(),
+        }
     }
 
     /// A caller with known supplementary groups.
     pub fn with_groups(uid: u32, gid: u32, groups: Vec<u32>) -> Ctx {
         let cell = OnceLock::new();
         let _ = cell.set(groups);
-        Ctx { uid, gid, pid: 0, groups: cell }
+        Ctx {
+            uid,
+            gid,
+            pid: 0,
+            groups: cell,
+        }
     }
 
     /// The superuser, as FsCore's own internal work and tests use it.
@@ -43,7 +53,8 @@ impl Ctx {
     }
 
     fn groups(&self) -> &[u32] {
-        self.groups.get_or_init(|| read_groups(self.pid).unwrap_or_default())
+        self.groups
+            .get_or_init(|| read_groups(self.pid).unwrap_or_default())
     }
 }
 
@@ -53,5 +64,10 @@ fn read_groups(pid: u32) -> Option<Vec<u32>> {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("Groups:"))?;
-    Some(line["Groups:".len()..].split_whitespace().filter_map(|g| g.parse().ok()).collect())
+    Some(
+        line["Groups:".len()..]
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
+    )
 }

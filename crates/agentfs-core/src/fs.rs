@@ -1,16 +1,37 @@
-//! STUB API (bodies being written): the public surface of FsCore.
-#![allow(unused_variables)]
+//! FsCore: the state shared by every operation, and the helpers the operation
+//! modules (`namespace`, `file`, `dir`, `xattr`, `views`) are built from.
+//!
+//! Locks, in the order they may be taken (never the other way round):
+//! `FsCore::registry` (only to look up or change the set of branches and
+//! snapshots; released before anything else is taken) → `BranchState::snapshot_lock`
+//! → `Content::io` → `BranchState::tree` → `BranchState::open` → `FsCore::handles`.
+//! No lock is held across backstore I/O except `Content::io`, whose purpose is
+//! to keep one object still while it is written or copied.
 
-use crate::attr::{Attr, DirEntry, SetAttr, StatFs};
-use crate::backstore::{Backstore, BackstoreUsage};
-use crate::binding::{BindingInfo, ProcessInfo, ProcessTable};
-use crate::creds::Ctx;
-use crate::error::FsResult;
+mod dir;
+mod file;
+mod namespace;
+mod perm;
+mod tree;
+mod views;
+mod xattr;
+
+pub use views::{BranchInfo, CoreStats, SnapshotInfo};
+
+use crate::attr::{Attr, DirEntry, FileKind};
+use crate::backstore::Backstore;
+use crate::binding::{Bindings, ProcessTable};
+use crate::error::{FsError, FsResult};
 use crate::ids::{BranchId, HandleId, NodeId, SnapshotId};
-use serde::{Deserialize, Serialize};
-use std::ffi::OsStr;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
+use tree::{Body, Content, Meta, Node, Reaper, Tree};
+
+/// Longest name of a directory entry, in bytes.
+pub const NAME_MAX: usize = 255;
 
 /// How FsCore is set up.
 pub struct CoreConfig {
@@ -61,128 +82,303 @@ impl OpenFlags {
     }
 }
 
-/// A snapshot as the control plane lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotInfo {
-    pub id: SnapshotId,
-    pub name: String,
-    /// The branch it was taken of.
-    pub branch: BranchId,
-    pub created: SystemTime,
-    /// Branches created from it that still exist.
-    pub children: Vec<BranchId>,
+/// Open handles on one node of one branch.
+#[derive(Clone, Copy, Debug, Default)]
+struct OpenCount {
+    handles: u32,
+    writers: u32,
 }
 
-/// A branch as the control plane lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BranchInfo {
-    pub id: BranchId,
-    pub name: String,
-    /// The snapshot it was created from; `None` for the default branch.
-    pub from: Option<SnapshotId>,
-    pub created: SystemTime,
-    pub is_default: bool,
-    /// Open file and directory handles in this branch.
-    pub open_handles: usize,
-    /// Live processes bound to it.
-    pub bound_processes: usize,
+/// A writable branch.
+pub(crate) struct BranchState {
+    id: BranchId,
+    name: String,
+    from: Option<SnapshotId>,
+    created: SystemTime,
+    /// Serialises snapshot-create of this branch.
+    snapshot_lock: Mutex<()>,
+    tree: RwLock<Tree>,
+    /// Content objects stamped with this epoch are this branch's alone. Changes
+    /// (under the tree lock) each time a snapshot shares the tree.
+    epoch: AtomicU64,
+    /// Nodes with open handles, and how many of those write.
+    open: Mutex<HashMap<NodeId, OpenCount>>,
+    open_handles: AtomicUsize,
 }
 
-/// Counters for `status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CoreStats {
-    pub branches: usize,
-    pub snapshots: usize,
-    pub open_handles: usize,
-    pub bindings: usize,
-    pub content_objects: u64,
-    pub content_bytes: u64,
-    /// Copy-on-write clones made since start.
-    pub cow_clones: u64,
+impl BranchState {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn open_count(&self, node: NodeId) -> OpenCount {
+        self.open.lock().get(&node).copied().unwrap_or_default()
+    }
+}
+
+/// A frozen tree.
+pub(crate) struct SnapshotState {
+    id: SnapshotId,
+    name: String,
+    branch: BranchId,
+    created: SystemTime,
+    tree: Tree,
+}
+
+#[derive(Default)]
+struct Registry {
+    branches: HashMap<BranchId, Arc<BranchState>>,
+    snapshots: HashMap<SnapshotId, Arc<SnapshotState>>,
+    next_branch: u64,
+    next_snapshot: u64,
+}
+
+/// What an open handle refers to.
+pub(crate) struct Handle {
+    branch: Arc<BranchState>,
+    node: NodeId,
+    kind: HandleKind,
+}
+
+enum HandleKind {
+    File(OpenFlags),
+    /// The listing, taken at the first readdir and kept until release, so that
+    /// offsets stay valid while the directory changes.
+    Dir(Mutex<Option<Arc<Vec<DirEntry>>>>),
 }
 
 /// The filesystem core. All methods take `&self` and may run on many threads at once.
 pub struct FsCore {
-    _backstore: Arc<dyn Backstore>,
+    backstore: Arc<dyn Backstore>,
+    reaper: Arc<Reaper>,
+    bindings: Bindings,
+    registry: RwLock<Registry>,
+    handles: RwLock<HashMap<HandleId, Arc<Handle>>>,
+    default_branch: BranchId,
+    next_node: AtomicU64,
+    next_handle: AtomicU64,
+    next_epoch: AtomicU64,
+    cow_clones: AtomicU64,
 }
 
+/// Epoch stamped on objects that belong to a snapshot alone: no branch has it.
+const FROZEN_EPOCH: u64 = 0;
+
 impl FsCore {
-    pub fn new(backstore: Arc<dyn Backstore>, config: CoreConfig) -> FsCore { todo!() }
-    pub fn default_branch(&self) -> BranchId { todo!() }
+    /// A core with one empty default branch, its root owned by this process's user.
+    pub fn new(backstore: Arc<dyn Backstore>, config: CoreConfig) -> FsCore {
+        // SAFETY: getuid/getgid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let mut root = Meta::new(FileKind::Directory, 0o755, uid, gid);
+        root.nlink = 2;
+        root.size = 4096;
+        let mut tree = Tree::default();
+        tree.insert(
+            NodeId::ROOT,
+            Node {
+                meta: root,
+                body: Body::Dir {
+                    entries: imbl::OrdMap::new(),
+                    parent: NodeId::ROOT,
+                },
+                xattrs: None,
+            },
+        );
+        let core = FsCore {
+            backstore,
+            reaper: Arc::new(Reaper::default()),
+            bindings: Bindings::new(config.process_table),
+            registry: RwLock::new(Registry::default()),
+            handles: RwLock::new(HashMap::new()),
+            default_branch: BranchId(1),
+            next_node: AtomicU64::new(NodeId::ROOT.0 + 1),
+            next_handle: AtomicU64::new(1),
+            next_epoch: AtomicU64::new(FROZEN_EPOCH + 1),
+            cow_clones: AtomicU64::new(0),
+        };
+        let main = core.new_branch_state(&config.default_branch_name, None, tree);
+        debug_assert_eq!(main.id, core.default_branch);
+        core
+    }
 
-    // ---- namespace ----
-    pub fn lookup(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr) -> FsResult<Attr> { todo!() }
-    pub fn getattr(&self, b: BranchId, node: NodeId) -> FsResult<Attr> { todo!() }
-    pub fn setattr(&self, ctx: &Ctx, b: BranchId, node: NodeId, set: &SetAttr) -> FsResult<Attr> { todo!() }
-    pub fn readlink(&self, b: BranchId, node: NodeId) -> FsResult<Vec<u8>> { todo!() }
-    /// `mode` carries the file type bits (`S_IFREG`, `S_IFIFO`, ...); umask already applied or not per `umask`.
-    pub fn mknod(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr, mode: u32, umask: u32, rdev: u32) -> FsResult<Attr> { todo!() }
-    pub fn mkdir(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr, mode: u32, umask: u32) -> FsResult<Attr> { todo!() }
-    pub fn symlink(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr, target: &[u8]) -> FsResult<Attr> { todo!() }
-    pub fn unlink(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr) -> FsResult<()> { todo!() }
-    pub fn rmdir(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr) -> FsResult<()> { todo!() }
-    pub fn rename(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr, new_parent: NodeId, new_name: &OsStr, flags: RenameFlags) -> FsResult<()> { todo!() }
-    pub fn link(&self, ctx: &Ctx, b: BranchId, node: NodeId, new_parent: NodeId, new_name: &OsStr) -> FsResult<Attr> { todo!() }
-    pub fn access(&self, ctx: &Ctx, b: BranchId, node: NodeId, mask: i32) -> FsResult<()> { todo!() }
+    pub fn default_branch(&self) -> BranchId {
+        self.default_branch
+    }
 
-    // ---- files ----
-    /// Open a regular file. Opening for writing makes shared content private
-    /// (copy-on-write) before it returns.
-    pub fn open(&self, ctx: &Ctx, b: BranchId, node: NodeId, flags: OpenFlags) -> FsResult<HandleId> { todo!() }
-    pub fn create(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr, mode: u32, umask: u32, flags: OpenFlags, exclusive: bool) -> FsResult<(Attr, HandleId)> { todo!() }
-    pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> FsResult<Vec<u8>> { todo!() }
-    /// Write; returns bytes written. `offset` is ignored for handles opened with O_APPEND.
-    pub fn write(&self, ctx: &Ctx, fh: HandleId, offset: u64, data: &[u8]) -> FsResult<u32> { todo!() }
-    pub fn fsync(&self, fh: HandleId, data_only: bool) -> FsResult<()> { todo!() }
-    pub fn fallocate(&self, ctx: &Ctx, fh: HandleId, mode: i32, offset: u64, len: u64) -> FsResult<()> { todo!() }
-    /// `SEEK_DATA` / `SEEK_HOLE`.
-    pub fn lseek(&self, fh: HandleId, offset: u64, whence: i32) -> FsResult<u64> { todo!() }
-    pub fn release(&self, fh: HandleId) -> FsResult<()> { todo!() }
-    /// The branch and node a handle is open on.
-    pub fn handle_target(&self, fh: HandleId) -> FsResult<(BranchId, NodeId)> { todo!() }
+    fn new_epoch(&self) -> u64 {
+        self.next_epoch.fetch_add(1, Ordering::AcqRel)
+    }
 
-    // ---- directories ----
-    pub fn opendir(&self, ctx: &Ctx, b: BranchId, node: NodeId) -> FsResult<HandleId> { todo!() }
-    /// Entries after cookie `offset` (0 = start), including `.` and `..`, at most `max`.
-    pub fn readdir(&self, fh: HandleId, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> { todo!() }
-    pub fn releasedir(&self, fh: HandleId) -> FsResult<()> { todo!() }
+    fn new_node_id(&self) -> NodeId {
+        NodeId(self.next_node.fetch_add(1, Ordering::AcqRel))
+    }
 
-    // ---- xattrs ----
-    pub fn setxattr(&self, ctx: &Ctx, b: BranchId, node: NodeId, name: &OsStr, value: &[u8], how: XattrSet) -> FsResult<()> { todo!() }
-    pub fn getxattr(&self, ctx: &Ctx, b: BranchId, node: NodeId, name: &OsStr) -> FsResult<Vec<u8>> { todo!() }
-    /// Names, each NUL-terminated, concatenated (the `listxattr(2)` format).
-    pub fn listxattr(&self, ctx: &Ctx, b: BranchId, node: NodeId) -> FsResult<Vec<u8>> { todo!() }
-    pub fn removexattr(&self, ctx: &Ctx, b: BranchId, node: NodeId, name: &OsStr) -> FsResult<()> { todo!() }
+    fn new_branch_state(
+        &self,
+        name: &str,
+        from: Option<SnapshotId>,
+        tree: Tree,
+    ) -> Arc<BranchState> {
+        let mut reg = self.registry.write();
+        reg.next_branch += 1;
+        let state = Arc::new(BranchState {
+            id: BranchId(reg.next_branch),
+            name: name.to_string(),
+            from,
+            created: SystemTime::now(),
+            snapshot_lock: Mutex::new(()),
+            tree: RwLock::new(tree),
+            epoch: AtomicU64::new(self.new_epoch()),
+            open: Mutex::new(HashMap::new()),
+            open_handles: AtomicUsize::new(0),
+        });
+        reg.branches.insert(state.id, Arc::clone(&state));
+        state
+    }
 
-    // ---- filesystem ----
-    pub fn statfs(&self) -> FsResult<StatFs> { todo!() }
-    /// Flush everything to stable storage.
-    pub fn sync_all(&self) -> FsResult<()> { todo!() }
-    pub fn stats(&self) -> CoreStats { todo!() }
-    pub fn usage(&self) -> BackstoreUsage { todo!() }
+    /// The live state of branch `b`; `Stale` once it is deleted.
+    fn branch(&self, b: BranchId) -> FsResult<Arc<BranchState>> {
+        self.registry
+            .read()
+            .branches
+            .get(&b)
+            .cloned()
+            .ok_or(FsError::Stale)
+    }
 
-    // ---- snapshots and branches ----
-    pub fn snapshot_create(&self, b: BranchId, name: Option<String>) -> FsResult<SnapshotInfo> { todo!() }
-    pub fn snapshot_list(&self) -> Vec<SnapshotInfo> { todo!() }
-    pub fn snapshot_delete(&self, s: SnapshotId) -> FsResult<()> { todo!() }
-    pub fn branch_create(&self, from: SnapshotId, name: Option<String>) -> FsResult<BranchInfo> { todo!() }
-    pub fn branch_list(&self) -> Vec<BranchInfo> { todo!() }
-    /// Refused with `Busy` while processes are bound or handles open, unless `force`.
-    pub fn branch_delete(&self, b: BranchId, force: bool) -> FsResult<()> { todo!() }
-    /// A branch by name or id text (`b3` or `3`).
-    pub fn find_branch(&self, name_or_id: &str) -> FsResult<BranchId> { todo!() }
-    /// A snapshot by name or id text (`s3` or `3`).
-    pub fn find_snapshot(&self, name_or_id: &str) -> FsResult<SnapshotId> { todo!() }
-    pub fn branch_info(&self, b: BranchId) -> FsResult<BranchInfo> { todo!() }
-    /// Whether the branch exists (for inode validation).
-    pub fn branch_exists(&self, b: BranchId) -> bool { todo!() }
+    /// Run `f` on a consistent view of branch `b`'s tree.
+    fn read_tree<R>(&self, b: BranchId, f: impl FnOnce(&Tree) -> FsResult<R>) -> FsResult<R> {
+        let branch = self.branch(b)?;
+        let tree = branch.tree.read();
+        f(&tree)
+    }
 
-    // ---- bindings ----
-    pub fn bind(&self, pid: u32, b: BranchId) -> FsResult<ProcessInfo> { todo!() }
-    pub fn unbind(&self, pid: u32) -> FsResult<bool> { todo!() }
-    /// The branch process `pid` sees (its own, its nearest bound ancestor's, or the default).
-    pub fn branch_of(&self, pid: u32) -> BranchId { todo!() }
-    pub fn bindings(&self) -> Vec<BindingInfo> { todo!() }
-    /// Facts about a process (for the control plane's ownership checks).
-    pub fn process(&self, pid: u32) -> Option<ProcessInfo> { todo!() }
+    /// Change branch `b`'s tree atomically: `f` works on an O(1) copy that
+    /// replaces the tree only if `f` succeeds, so a failed operation leaves no
+    /// trace. Objects the change freed are removed from the backstore after the
+    /// lock is released.
+    fn write_tree<R>(&self, b: BranchId, f: impl FnOnce(&mut Tree) -> FsResult<R>) -> FsResult<R> {
+        let branch = self.branch(b)?;
+        let result = Self::write_branch_tree(&branch, f);
+        self.reap();
+        result
+    }
+
+    fn write_branch_tree<R>(
+        branch: &BranchState,
+        f: impl FnOnce(&mut Tree) -> FsResult<R>,
+    ) -> FsResult<R> {
+        let mut guard = branch.tree.write();
+        let mut draft = guard.clone();
+        let result = f(&mut draft)?;
+        let old = std::mem::replace(&mut *guard, draft);
+        drop(guard);
+        drop(old);
+        Ok(result)
+    }
+
+    /// Remove from the backstore every object whose last reference is gone.
+    fn reap(&self) {
+        for id in self.reaper.take() {
+            if let Err(e) = self.backstore.remove(id) {
+                tracing::warn!(content = %id, error = %e, "could not remove a freed content object");
+            }
+        }
+    }
+
+    /// Attributes of a node, with `blocks` asked of the backstore outside any lock.
+    fn finish_attr(&self, id: NodeId, meta: &Meta, content: Option<&Arc<Content>>) -> Attr {
+        let blocks = match (meta.kind, content) {
+            (FileKind::Directory, _) => 8,
+            (_, Some(c)) => self
+                .backstore
+                .allocated_bytes(c.id)
+                .unwrap_or(meta.size)
+                .div_ceil(512),
+            _ => 0,
+        };
+        meta.attr(id, blocks)
+    }
+
+    /// Attributes of node `id` in branch `b`.
+    fn attr(&self, b: BranchId, id: NodeId) -> FsResult<Attr> {
+        let (meta, content) = self.read_tree(b, |t| {
+            let n = node(t, id)?;
+            Ok((n.meta.clone(), n.content().cloned()))
+        })?;
+        Ok(self.finish_attr(id, &meta, content.as_ref()))
+    }
+
+    fn handle(&self, fh: HandleId) -> FsResult<Arc<Handle>> {
+        self.handles
+            .read()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    fn add_handle(&self, branch: Arc<BranchState>, node: NodeId, kind: HandleKind) -> HandleId {
+        let writes = matches!(kind, HandleKind::File(f) if f.write);
+        {
+            let mut open = branch.open.lock();
+            let count = open.entry(node).or_default();
+            count.handles += 1;
+            count.writers += u32::from(writes);
+        }
+        branch.open_handles.fetch_add(1, Ordering::AcqRel);
+        let fh = HandleId(self.next_handle.fetch_add(1, Ordering::AcqRel));
+        self.handles
+            .write()
+            .insert(fh, Arc::new(Handle { branch, node, kind }));
+        fh
+    }
+
+    /// Close a handle. The last close of an unlinked file frees it.
+    fn remove_handle(&self, fh: HandleId) -> FsResult<()> {
+        let handle = self.handles.write().remove(&fh).ok_or(FsError::BadHandle)?;
+        let branch = &handle.branch;
+        let writes = matches!(handle.kind, HandleKind::File(f) if f.write);
+        let last = {
+            let mut open = branch.open.lock();
+            let count = open.entry(handle.node).or_default();
+            count.handles = count.handles.saturating_sub(1);
+            count.writers = count.writers.saturating_sub(u32::from(writes));
+            let last = count.handles == 0;
+            if last {
+                open.remove(&handle.node);
+            }
+            last
+        };
+        branch.open_handles.fetch_sub(1, Ordering::AcqRel);
+        if last {
+            // An orphan (nlink 0, kept alive for open handles) goes with its last handle.
+            let node = handle.node;
+            let _ = Self::write_branch_tree(branch, |t| {
+                let orphan = t.get(node).is_some_and(|n| n.meta.nlink == 0);
+                if orphan && branch.open_count(node).handles == 0 {
+                    t.remove(node);
+                }
+                Ok(())
+            });
+        }
+        drop(handle);
+        self.reap();
+        Ok(())
+    }
+}
+
+/// Node `id` of tree `t`.
+fn node(t: &Tree, id: NodeId) -> FsResult<&Arc<Node>> {
+    t.get(id).ok_or(FsError::NotFound)
+}
+
+/// Validate a name for a new directory entry.
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
 }

@@ -26,5 +26,7 @@ pub use backstore::{Backstore, BackstoreUsage};
 pub use binding::{BindingInfo, ProcFs, ProcessInfo, ProcessTable};
 pub use creds::Ctx;
 pub use error::{FsError, FsResult};
-pub use fs::{BranchInfo, CoreConfig, CoreStats, FsCore, OpenFlags, RenameFlags, SnapshotInfo, XattrSet};
+pub use fs::{
+    BranchInfo, CoreConfig, CoreStats, FsCore, OpenFlags, RenameFlags, SnapshotInfo, XattrSet,
+};
 pub use ids::{BranchId, ContentId, HandleId, NodeId, SnapshotId};

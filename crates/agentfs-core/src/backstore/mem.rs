@@ -37,7 +37,10 @@ impl MemBackstore {
 }
 
 fn missing(id: ContentId) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("content object {id} does not exist"))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("content object {id} does not exist"),
+    )
 }
 
 impl MemInner {
@@ -126,7 +129,12 @@ impl Backstore for MemBackstore {
     }
 
     fn remove(&self, id: ContentId) -> io::Result<()> {
-        self.inner.lock().objects.remove(&id).map(|_| ()).ok_or_else(|| missing(id))
+        self.inner
+            .lock()
+            .objects
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| missing(id))
     }
 
     fn allocated_bytes(&self, id: ContentId) -> io::Result<u64> {

@@ -1,0 +1,82 @@
+//! Directory handles: opendir, readdir with `.` and `..`, releasedir.
+
+use super::tree::Body;
+use super::{node, FsCore, HandleKind};
+use crate::attr::{DirEntry, FileKind};
+use crate::creds::Ctx;
+use crate::error::{FsError, FsResult};
+use crate::ids::{BranchId, HandleId, NodeId};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+impl FsCore {
+    pub fn opendir(&self, ctx: &Ctx, b: BranchId, id: NodeId) -> FsResult<HandleId> {
+        let branch = self.branch(b)?;
+        {
+            let t = branch.tree.read();
+            let n = node(&t, id)?;
+            if n.entries().is_none() {
+                return Err(FsError::NotDir);
+            }
+            Self::check_open(ctx, &n.meta, true, false)?;
+        }
+        Ok(self.add_handle(branch, id, HandleKind::Dir(Mutex::new(None))))
+    }
+
+    /// Entries after cookie `offset` (0 = start), including `.` and `..`, at most `max`.
+    /// The listing is taken at the first call and kept for the handle's life.
+    pub fn readdir(&self, fh: HandleId, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+        let h = self.handle(fh)?;
+        let HandleKind::Dir(cache) = &h.kind else {
+            return Err(FsError::NotDir);
+        };
+        let listing = {
+            let mut cache = cache.lock();
+            match &*cache {
+                Some(l) if offset != 0 => Arc::clone(l),
+                _ => {
+                    let l = Arc::new(self.list(&h.branch.tree.read(), h.node)?);
+                    *cache = Some(Arc::clone(&l));
+                    l
+                }
+            }
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        Ok(listing.iter().skip(start).take(max).cloned().collect())
+    }
+
+    pub fn releasedir(&self, fh: HandleId) -> FsResult<()> {
+        self.remove_handle(fh)
+    }
+
+    fn list(&self, t: &super::tree::Tree, id: NodeId) -> FsResult<Vec<DirEntry>> {
+        let n = node(t, id)?;
+        let Body::Dir { entries, parent } = &n.body else {
+            return Err(FsError::NotDir);
+        };
+        let mut out = Vec::with_capacity(entries.len() + 2);
+        out.push(DirEntry {
+            name: b".".to_vec(),
+            node: id,
+            kind: FileKind::Directory,
+            offset: 1,
+        });
+        out.push(DirEntry {
+            name: b"..".to_vec(),
+            node: *parent,
+            kind: FileKind::Directory,
+            offset: 2,
+        });
+        for (name, child) in entries.iter() {
+            let kind = t.get(*child).map_or(FileKind::RegularFile, |c| c.meta.kind);
+            let offset = out.len() as u64 + 1;
+            out.push(DirEntry {
+                name: name.clone(),
+                node: *child,
+                kind,
+                offset,
+            });
+        }
+        Ok(out)
+    }
+}

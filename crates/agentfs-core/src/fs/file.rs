@@ -1,0 +1,454 @@
+//! Regular-file data: open/create/release, read/write, truncate, fallocate,
+//! fsync, and the copy-on-write that makes shared content private.
+//!
+//! Copy-on-write is decided by epochs. A branch's epoch changes whenever a
+//! snapshot starts sharing its tree; a content object may be written in place
+//! only by the branch whose current epoch it carries. Anything else (objects
+//! taken over from a snapshot, or from before the branch's last snapshot) is
+//! cloned first. Opening a file for writing does this before the open is
+//! answered, so a later passthrough data path can hand the kernel the private
+//! object directly; every write re-checks under the object's `io` lock, so a
+//! snapshot taken between open and write is still respected.
+
+use super::perm;
+use super::tree::{Body, Content, Tree};
+use super::{BranchState, FsCore, Handle, HandleKind, OpenFlags};
+use crate::attr::{Attr, FileKind};
+use crate::creds::Ctx;
+use crate::error::{FsError, FsResult};
+use crate::ids::{BranchId, HandleId, NodeId};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Largest file size FsCore accepts (what ext4 allows with 4 KiB blocks).
+const MAX_FILE_SIZE: u64 = 16 << 40;
+
+impl FsCore {
+    pub fn open(&self, ctx: &Ctx, b: BranchId, id: NodeId, flags: OpenFlags) -> FsResult<HandleId> {
+        let branch = self.branch(b)?;
+        {
+            let t = branch.tree.read();
+            let n = super::node(&t, id)?;
+            match n.meta.kind {
+                FileKind::Directory if flags.write => return Err(FsError::IsDir),
+                FileKind::Directory => {}
+                FileKind::Symlink => return Err(FsError::Loop),
+                _ => {}
+            }
+            Self::check_open(ctx, &n.meta, flags.read, flags.write || flags.truncate)?;
+        }
+        let fh = self.add_handle(Arc::clone(&branch), id, HandleKind::File(flags));
+        let prepared = (|| {
+            // Truncate first: a shared file truncated to nothing needs no copy.
+            if flags.truncate {
+                self.truncate_branch(ctx, &branch, id, 0)?;
+            }
+            if flags.write {
+                self.make_private(&branch, id)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            let _ = self.remove_handle(fh);
+            return Err(e);
+        }
+        Ok(fh)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: OpenFlags,
+        exclusive: bool,
+    ) -> FsResult<(Attr, HandleId)> {
+        let p = (mode & !umask & 0o7777) as u16;
+        let created = self.write_tree(b, |t| {
+            let existing = super::namespace::entry(t, parent, name.as_bytes())?;
+            match existing {
+                Some(_) if exclusive => Err(FsError::Exists),
+                Some(id) => Ok((id, false)),
+                None => {
+                    let body = Body::File { content: None };
+                    let id = self.make_node(
+                        ctx,
+                        t,
+                        parent,
+                        name.as_bytes(),
+                        FileKind::RegularFile,
+                        p,
+                        0,
+                        body,
+                    )?;
+                    Ok((id, true))
+                }
+            }
+        })?;
+        let (id, new) = created;
+        let fh = if new {
+            // The creator may write what it created whatever the mode says.
+            let branch = self.branch(b)?;
+            self.add_handle(branch, id, HandleKind::File(flags))
+        } else {
+            self.open(ctx, b, id, flags)?
+        };
+        Ok((self.attr(b, id)?, fh))
+    }
+
+    pub fn release(&self, fh: HandleId) -> FsResult<()> {
+        self.remove_handle(fh)
+    }
+
+    pub fn handle_target(&self, fh: HandleId) -> FsResult<(BranchId, NodeId)> {
+        let h = self.handle(fh)?;
+        Ok((h.branch.id, h.node))
+    }
+
+    fn file_handle(&self, fh: HandleId) -> FsResult<(Arc<Handle>, OpenFlags)> {
+        let h = self.handle(fh)?;
+        match h.kind {
+            HandleKind::File(flags) => Ok((h, flags)),
+            HandleKind::Dir(_) => Err(FsError::IsDir),
+        }
+    }
+
+    pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (h, flags) = self.file_handle(fh)?;
+        if !flags.read {
+            return Err(FsError::BadHandle);
+        }
+        let (len, content) = {
+            let t = h.branch.tree.read();
+            let n = super::node(&t, h.node)?;
+            if n.meta.kind == FileKind::Directory {
+                return Err(FsError::IsDir);
+            }
+            (n.meta.size, n.content().cloned())
+        };
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        let n = (len - offset).min(u64::from(size)) as usize;
+        let mut buf = vec![0u8; n];
+        if let Some(c) = content {
+            let mut done = 0;
+            while done < n {
+                let got = self
+                    .backstore
+                    .read_at(c.id, &mut buf[done..], offset + done as u64)?;
+                if got == 0 {
+                    break; // The object is shorter than the file: the rest is a hole.
+                }
+                done += got;
+            }
+        }
+        Ok(buf)
+    }
+
+    pub fn write(&self, ctx: &Ctx, fh: HandleId, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (h, flags) = self.file_handle(fh)?;
+        if !flags.write {
+            return Err(FsError::BadHandle);
+        }
+        let branch = &h.branch;
+        let len = u32::try_from(data.len()).map_err(|_| FsError::Invalid)?;
+        loop {
+            let content = self.content_for_write(branch, h.node)?;
+            let guard = if flags.append {
+                Guard::Exclusive(content.io.write())
+            } else {
+                Guard::Shared(content.io.read())
+            };
+            if content.epoch() != branch.epoch() {
+                // A snapshot shared it after we looked: copy again.
+                drop(guard);
+                continue;
+            }
+            let at = if flags.append {
+                let t = branch.tree.read();
+                super::node(&t, h.node)?.meta.size
+            } else {
+                offset
+            };
+            let end = at.checked_add(u64::from(len)).ok_or(FsError::FileTooBig)?;
+            if end > MAX_FILE_SIZE {
+                return Err(FsError::FileTooBig);
+            }
+            self.backstore.write_at(content.id, data, at)?;
+            Self::write_branch_tree(branch, |t| {
+                let mut n = t.edit(h.node).ok_or(FsError::NotFound)?;
+                n.meta.size = n.meta.size.max(end);
+                n.meta.touch_mc();
+                n.meta.perm = perm::after_write(ctx, n.meta.perm);
+                t.insert(h.node, n);
+                Ok(())
+            })?;
+            drop(guard);
+            return Ok(len);
+        }
+    }
+
+    pub fn fsync(&self, fh: HandleId, data_only: bool) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let content = {
+            let t = h.branch.tree.read();
+            t.get(h.node).and_then(|n| n.content().cloned())
+        };
+        if let Some(c) = content {
+            self.backstore.sync(c.id, data_only)?;
+        }
+        Ok(())
+    }
+
+    pub fn fallocate(
+        &self,
+        ctx: &Ctx,
+        fh: HandleId,
+        mode: i32,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<()> {
+        let (h, flags) = self.file_handle(fh)?;
+        if !flags.write {
+            return Err(FsError::BadHandle);
+        }
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            return Err(FsError::NotSupported);
+        }
+        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+            return Err(FsError::NotSupported);
+        }
+        if len == 0 {
+            return Err(FsError::Invalid);
+        }
+        let end = offset.checked_add(len).ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let branch = &h.branch;
+        loop {
+            let content = self.content_for_write(branch, h.node)?;
+            let guard = content.io.read();
+            if content.epoch() != branch.epoch() {
+                drop(guard);
+                continue;
+            }
+            let size = {
+                let t = branch.tree.read();
+                super::node(&t, h.node)?.meta.size
+            };
+            // Keep the object as long as the file before zeroing or punching past its end.
+            self.backstore.set_len(content.id, size)?;
+            self.backstore.fallocate(content.id, mode, offset, len)?;
+            Self::write_branch_tree(branch, |t| {
+                let mut n = t.edit(h.node).ok_or(FsError::NotFound)?;
+                if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+                    n.meta.size = n.meta.size.max(end);
+                }
+                n.meta.touch_mc();
+                n.meta.perm = perm::after_write(ctx, n.meta.perm);
+                t.insert(h.node, n);
+                Ok(())
+            })?;
+            drop(guard);
+            return Ok(());
+        }
+    }
+
+    pub fn lseek(&self, fh: HandleId, offset: u64, whence: i32) -> FsResult<u64> {
+        let (h, _) = self.file_handle(fh)?;
+        let (size, content) = {
+            let t = h.branch.tree.read();
+            let n = super::node(&t, h.node)?;
+            (n.meta.size, n.content().cloned())
+        };
+        if offset >= size {
+            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));
+        }
+        match (whence, content) {
+            (libc::SEEK_DATA, None) => {
+                Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)))
+            }
+            (libc::SEEK_HOLE, None) => Ok(offset),
+            (libc::SEEK_DATA | libc::SEEK_HOLE, Some(c)) => {
+                match self.backstore.seek(c.id, offset, whence) {
+                    // Past the object's end but inside the file: a hole up to the file's end.
+                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                        if whence == libc::SEEK_HOLE {
+                            Ok(offset)
+                        } else {
+                            Err(FsError::Io(e))
+                        }
+                    }
+                    Ok(pos) => Ok(pos.min(size)),
+                    Err(e) => Err(FsError::Io(e)),
+                }
+            }
+            _ => Err(FsError::Invalid),
+        }
+    }
+
+    /// Set a file's size (truncate or extend with a hole).
+    pub(super) fn truncate(&self, ctx: &Ctx, b: BranchId, id: NodeId, size: u64) -> FsResult<()> {
+        let branch = self.branch(b)?;
+        self.truncate_branch(ctx, &branch, id, size)
+    }
+
+    fn truncate_branch(
+        &self,
+        ctx: &Ctx,
+        branch: &BranchState,
+        id: NodeId,
+        size: u64,
+    ) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        {
+            let t = branch.tree.read();
+            match super::node(&t, id)?.meta.kind {
+                FileKind::RegularFile => {}
+                FileKind::Directory => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid),
+            }
+        }
+        if size == 0 {
+            // Nothing of the old bytes survives: let go of the object instead of copying it.
+            Self::write_branch_tree(branch, |t| {
+                let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+                if n.meta.size != 0 || n.content().is_some() {
+                    n.meta.perm = perm::after_write(ctx, n.meta.perm);
+                }
+                n.body = Body::File { content: None };
+                n.meta.size = 0;
+                n.meta.touch_mc();
+                t.insert(id, n);
+                Ok(())
+            })?;
+            self.reap();
+            return Ok(());
+        }
+        loop {
+            let content = self.make_private(branch, id)?;
+            let guard = content.as_ref().map(|c| c.io.read());
+            if content
+                .as_ref()
+                .is_some_and(|c| c.epoch() != branch.epoch())
+            {
+                drop(guard);
+                continue;
+            }
+            if let Some(c) = &content {
+                self.backstore.set_len(c.id, size)?;
+            }
+            Self::write_branch_tree(branch, |t| {
+                let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+                if n.meta.size != size {
+                    n.meta.size = size;
+                    n.meta.perm = perm::after_write(ctx, n.meta.perm);
+                }
+                n.meta.touch_mc();
+                t.insert(id, n);
+                Ok(())
+            })?;
+            drop(guard);
+            self.reap();
+            return Ok(());
+        }
+    }
+
+    /// Make node `id`'s content this branch's own, cloning shared content.
+    /// Answers the private object, or `None` for a file with no data yet.
+    pub(super) fn make_private(
+        &self,
+        branch: &BranchState,
+        id: NodeId,
+    ) -> FsResult<Option<Arc<Content>>> {
+        loop {
+            let (content, epoch) = {
+                let t = branch.tree.read();
+                let n = super::node(&t, id)?;
+                (n.content().cloned(), branch.epoch())
+            };
+            let Some(content) = content else {
+                return Ok(None);
+            };
+            if content.epoch() == epoch {
+                return Ok(Some(content));
+            }
+            // Shared: copy without holding the tree lock; shared objects are never
+            // written in place, so the source cannot change under the copy.
+            let copy = Content::new(
+                self.backstore.clone_object(content.id)?,
+                epoch,
+                &self.reaper,
+            );
+            self.cow_clones.fetch_add(1, Ordering::Relaxed);
+            let installed = Self::write_branch_tree(branch, |t| {
+                Ok(install(t, id, &content, &copy) && branch.epoch() == epoch)
+            })?;
+            self.reap();
+            if installed {
+                return Ok(Some(copy));
+            }
+        }
+    }
+
+    /// The private content object to write, created if the file has none yet.
+    fn content_for_write(&self, branch: &BranchState, id: NodeId) -> FsResult<Arc<Content>> {
+        loop {
+            if let Some(c) = self.make_private(branch, id)? {
+                return Ok(c);
+            }
+            let epoch = branch.epoch();
+            let fresh = Content::new(self.backstore.create()?, epoch, &self.reaper);
+            let installed = Self::write_branch_tree(branch, |t| {
+                let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+                match &mut n.body {
+                    Body::File { content } if content.is_none() => {
+                        *content = Some(Arc::clone(&fresh));
+                        t.insert(id, n);
+                        Ok(true)
+                    }
+                    Body::File { .. } => Ok(false),
+                    _ => Err(FsError::Invalid),
+                }
+            })?;
+            if installed {
+                return Ok(fresh);
+            }
+            drop(fresh);
+            self.reap();
+        }
+    }
+}
+
+/// Replace `old` by `new` as node `id`'s content, if `old` is still its content.
+fn install(t: &mut Tree, id: NodeId, old: &Arc<Content>, new: &Arc<Content>) -> bool {
+    let Some(mut n) = t.edit(id) else {
+        return false;
+    };
+    match &mut n.body {
+        Body::File { content: Some(c) } if Arc::ptr_eq(c, old) => {
+            *c = Arc::clone(new);
+            t.insert(id, n);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A read or write guard of a content object's `io` lock.
+enum Guard<'a> {
+    Shared(#[allow(dead_code)] parking_lot::RwLockReadGuard<'a, ()>),
+    Exclusive(#[allow(dead_code)] parking_lot::RwLockWriteGuard<'a, ()>),
+}

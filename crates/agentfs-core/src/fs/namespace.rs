@@ -1,0 +1,562 @@
+//! Names and attributes: lookup, getattr/setattr, creating, linking, renaming
+//! and removing nodes, with POSIX rules for permissions, link counts and times.
+
+use super::perm::{self, R, S_ISGID, W, X};
+use super::tree::{Body, Meta, Node, Tree};
+use super::{check_name, node, FsCore, RenameFlags};
+use crate::attr::{Attr, FileKind, SetAttr, SetTime};
+use crate::creds::Ctx;
+use crate::error::{FsError, FsResult};
+use crate::ids::{BranchId, NodeId};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Most hard links one node may have.
+const LINK_MAX: u32 = 65_000;
+
+/// The directory `id` of tree `t`, checked to be one.
+fn dir(t: &Tree, id: NodeId) -> FsResult<&Arc<Node>> {
+    let n = node(t, id)?;
+    match n.body {
+        Body::Dir { .. } => Ok(n),
+        _ => Err(FsError::NotDir),
+    }
+}
+
+pub(super) fn entry(t: &Tree, parent: NodeId, name: &[u8]) -> FsResult<Option<NodeId>> {
+    let d = dir(t, parent)?;
+    Ok(d.entries().and_then(|e| e.get(name).copied()))
+}
+
+/// Write permission and search permission on a directory whose entries change.
+fn may_modify_dir(ctx: &Ctx, t: &Tree, parent: NodeId) -> FsResult<()> {
+    perm::check(ctx, &dir(t, parent)?.meta, W | X)
+}
+
+/// Change the entries of directory `id`; `nlink_delta` counts subdirectories gained or lost.
+fn edit_dir(
+    t: &mut Tree,
+    id: NodeId,
+    nlink_delta: i32,
+    f: impl FnOnce(&mut imbl::OrdMap<Vec<u8>, NodeId>),
+) -> FsResult<()> {
+    let mut d = t.edit(id).ok_or(FsError::NotFound)?;
+    match &mut d.body {
+        Body::Dir { entries, .. } => f(entries),
+        _ => return Err(FsError::NotDir),
+    }
+    d.meta.nlink = d.meta.nlink.saturating_add_signed(nlink_delta);
+    d.meta.touch_mc();
+    t.insert(id, d);
+    Ok(())
+}
+
+fn set_time(t: SetTime) -> SystemTime {
+    match t {
+        SetTime::At(t) => t,
+        SetTime::Now => SystemTime::now(),
+    }
+}
+
+impl FsCore {
+    pub fn lookup(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr) -> FsResult<Attr> {
+        let name = name.as_bytes();
+        if name.len() > super::NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let id = self.read_tree(b, |t| {
+            let d = dir(t, parent)?;
+            perm::check(ctx, &d.meta, X)?;
+            match name {
+                b"." => Ok(parent),
+                b".." => match d.body {
+                    Body::Dir { parent: up, .. } => Ok(up),
+                    _ => Err(FsError::NotDir),
+                },
+                _ => entry(t, parent, name)?.ok_or(FsError::NotFound),
+            }
+        })?;
+        self.attr(b, id)
+    }
+
+    pub fn getattr(&self, b: BranchId, id: NodeId) -> FsResult<Attr> {
+        self.attr(b, id)
+    }
+
+    pub fn readlink(&self, b: BranchId, id: NodeId) -> FsResult<Vec<u8>> {
+        self.read_tree(b, |t| match &node(t, id)?.body {
+            Body::Symlink(target) => Ok(target.to_vec()),
+            _ => Err(FsError::Invalid),
+        })
+    }
+
+    pub fn access(&self, ctx: &Ctx, b: BranchId, id: NodeId, mask: i32) -> FsResult<()> {
+        self.read_tree(b, |t| {
+            let n = node(t, id)?;
+            let mask = (mask & 7) as u16;
+            if mask == 0 {
+                return Ok(());
+            }
+            perm::check(ctx, &n.meta, mask)
+        })
+    }
+
+    pub fn setattr(&self, ctx: &Ctx, b: BranchId, id: NodeId, set: &SetAttr) -> FsResult<Attr> {
+        if let Some(size) = set.size {
+            self.truncate(ctx, b, id, size)?;
+        }
+        self.write_tree(b, |t| {
+            let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+            let before = n.meta.clone();
+            let m = &mut n.meta;
+            let mut changed = set.size.is_some();
+            if let Some(mode) = set.mode {
+                perm::owner(ctx, &before)?;
+                let mut p = (mode & 0o7777) as u16;
+                // Setting setgid on a file of a group one is not in is silently dropped.
+                if !ctx.is_root() && m.kind != FileKind::Directory && !ctx.in_group(m.gid) {
+                    p &= !S_ISGID;
+                }
+                m.perm = p;
+                changed = true;
+            }
+            if set.uid.is_some() || set.gid.is_some() {
+                let new_uid = set.uid.unwrap_or(m.uid);
+                let new_gid = set.gid.unwrap_or(m.gid);
+                if !ctx.is_root() {
+                    let uid_ok = new_uid == before.uid && ctx.uid == before.uid;
+                    let gid_ok = new_gid == before.gid || ctx.in_group(new_gid);
+                    if !(uid_ok && gid_ok) {
+                        return Err(FsError::Perm);
+                    }
+                }
+                m.uid = new_uid;
+                m.gid = new_gid;
+                if m.kind != FileKind::Directory {
+                    m.perm = perm::kill_suid(m.perm);
+                }
+                changed = true;
+            }
+            for (want, slot) in [(set.atime, &mut m.atime), (set.mtime, &mut m.mtime)] {
+                if let Some(t) = want {
+                    match t {
+                        SetTime::Now if ctx.uid != before.uid => perm::check(ctx, &before, W)?,
+                        SetTime::At(_) => perm::owner(ctx, &before)?,
+                        SetTime::Now => {}
+                    }
+                    *slot = set_time(t);
+                    changed = true;
+                }
+            }
+            if let Some(ctime) = set.ctime {
+                m.ctime = ctime;
+            } else if changed {
+                m.ctime = SystemTime::now();
+            }
+            t.insert(id, n);
+            Ok(())
+        })?;
+        self.attr(b, id)
+    }
+
+    /// Create a node of any kind in `parent`; the shared part of mknod, mkdir,
+    /// symlink and create.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn make_node(
+        &self,
+        ctx: &Ctx,
+        t: &mut Tree,
+        parent: NodeId,
+        name: &[u8],
+        kind: FileKind,
+        perm_bits: u16,
+        rdev: u32,
+        body: Body,
+    ) -> FsResult<NodeId> {
+        check_name(name)?;
+        may_modify_dir(ctx, t, parent)?;
+        if entry(t, parent, name)?.is_some() || name == b"." || name == b".." {
+            return Err(FsError::Exists);
+        }
+        let pmeta = &dir(t, parent)?.meta;
+        let inherit = pmeta.perm & S_ISGID != 0;
+        let gid = if inherit { pmeta.gid } else { ctx.gid };
+        let mut p = perm_bits & 0o7777;
+        if kind == FileKind::Directory && inherit {
+            p |= S_ISGID;
+        } else if kind != FileKind::Directory
+            && p & S_ISGID != 0
+            && !ctx.is_root()
+            && !ctx.in_group(gid)
+        {
+            p &= !S_ISGID;
+        }
+        let mut meta = Meta::new(kind, p, ctx.uid, gid);
+        meta.rdev = rdev;
+        if kind == FileKind::Directory {
+            meta.nlink = 2;
+            meta.size = 4096;
+        }
+        if let Body::Symlink(target) = &body {
+            meta.size = target.len() as u64;
+        }
+        let id = self.new_node_id();
+        t.insert(
+            id,
+            Node {
+                meta,
+                body,
+                xattrs: None,
+            },
+        );
+        let subdir = i32::from(kind == FileKind::Directory);
+        edit_dir(t, parent, subdir, |e| {
+            e.insert(name.to_vec(), id);
+        })?;
+        Ok(id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> FsResult<Attr> {
+        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::RegularFile);
+        let body = match kind {
+            FileKind::RegularFile => Body::File { content: None },
+            FileKind::Directory | FileKind::Symlink => return Err(FsError::Invalid),
+            _ => Body::Special,
+        };
+        let p = (mode & !umask & 0o7777) as u16;
+        let rdev = if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
+            rdev
+        } else {
+            0
+        };
+        let id = self.write_tree(b, |t| {
+            self.make_node(ctx, t, parent, name.as_bytes(), kind, p, rdev, body)
+        })?;
+        self.attr(b, id)
+    }
+
+    pub fn mkdir(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Attr> {
+        let p = (mode & !umask & 0o7777) as u16;
+        let id = self.write_tree(b, |t| {
+            let body = Body::Dir {
+                entries: imbl::OrdMap::new(),
+                parent,
+            };
+            self.make_node(
+                ctx,
+                t,
+                parent,
+                name.as_bytes(),
+                FileKind::Directory,
+                p,
+                0,
+                body,
+            )
+        })?;
+        self.attr(b, id)
+    }
+
+    pub fn symlink(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+        target: &[u8],
+    ) -> FsResult<Attr> {
+        if target.is_empty() {
+            return Err(FsError::NotFound);
+        }
+        if target.len() > 4095 {
+            return Err(FsError::NameTooLong);
+        }
+        let id = self.write_tree(b, |t| {
+            let body = Body::Symlink(Arc::from(target));
+            self.make_node(
+                ctx,
+                t,
+                parent,
+                name.as_bytes(),
+                FileKind::Symlink,
+                0o777,
+                0,
+                body,
+            )
+        })?;
+        self.attr(b, id)
+    }
+
+    pub fn link(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        id: NodeId,
+        new_parent: NodeId,
+        new_name: &OsStr,
+    ) -> FsResult<Attr> {
+        let name = new_name.as_bytes();
+        self.write_tree(b, |t| {
+            check_name(name)?;
+            let n = node(t, id)?;
+            if n.meta.kind == FileKind::Directory {
+                return Err(FsError::Perm);
+            }
+            if n.meta.nlink == 0 {
+                return Err(FsError::NotFound);
+            }
+            if n.meta.nlink >= LINK_MAX {
+                return Err(FsError::TooManyLinks);
+            }
+            may_modify_dir(ctx, t, new_parent)?;
+            if entry(t, new_parent, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+            n.meta.nlink += 1;
+            n.meta.ctime = SystemTime::now();
+            t.insert(id, n);
+            edit_dir(t, new_parent, 0, |e| {
+                e.insert(name.to_vec(), id);
+            })
+        })?;
+        self.attr(b, id)
+    }
+
+    pub fn unlink(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr) -> FsResult<()> {
+        let branch = self.branch(b)?;
+        let name = name.as_bytes();
+        Self::write_branch_tree(&branch, |t| {
+            may_modify_dir(ctx, t, parent)?;
+            let victim = entry(t, parent, name)?.ok_or(FsError::NotFound)?;
+            let vmeta = &node(t, victim)?.meta;
+            if vmeta.kind == FileKind::Directory {
+                return Err(FsError::IsDir);
+            }
+            perm::sticky(ctx, &dir(t, parent)?.meta, vmeta)?;
+            edit_dir(t, parent, 0, |e| {
+                e.remove(name);
+            })?;
+            self.drop_link(&branch, t, victim)
+        })?;
+        self.reap();
+        Ok(())
+    }
+
+    /// One name of `id` is gone: count it down, and free the node with its
+    /// last name unless handles keep it open (then the last release frees it).
+    fn drop_link(&self, branch: &super::BranchState, t: &mut Tree, id: NodeId) -> FsResult<()> {
+        let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+        n.meta.nlink = n.meta.nlink.saturating_sub(1);
+        n.meta.ctime = SystemTime::now();
+        if n.meta.nlink == 0 && branch.open_count(id).handles == 0 {
+            t.remove(id);
+        } else {
+            t.insert(id, n);
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr) -> FsResult<()> {
+        let name = name.as_bytes();
+        match name {
+            b"." => return Err(FsError::Invalid),
+            b".." => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        self.write_tree(b, |t| {
+            may_modify_dir(ctx, t, parent)?;
+            let victim = entry(t, parent, name)?.ok_or(FsError::NotFound)?;
+            let v = node(t, victim)?;
+            let entries = v.entries().ok_or(FsError::NotDir)?;
+            if !entries.is_empty() {
+                return Err(FsError::NotEmpty);
+            }
+            perm::sticky(ctx, &dir(t, parent)?.meta, &v.meta)?;
+            edit_dir(t, parent, -1, |e| {
+                e.remove(name);
+            })?;
+            t.remove(victim);
+            Ok(())
+        })
+    }
+
+    /// Whether `ancestor` is `id` or one of its ancestors.
+    fn is_ancestor(t: &Tree, ancestor: NodeId, mut id: NodeId) -> FsResult<bool> {
+        for _ in 0..=t.len() {
+            if id == ancestor {
+                return Ok(true);
+            }
+            if id == NodeId::ROOT {
+                return Ok(false);
+            }
+            id = match node(t, id)?.body {
+                Body::Dir { parent, .. } => parent,
+                _ => return Err(FsError::NotDir),
+            };
+        }
+        Err(FsError::Loop)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+        new_parent: NodeId,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        if flags.exchange && flags.noreplace {
+            return Err(FsError::Invalid);
+        }
+        let (name, new_name) = (name.as_bytes(), new_name.as_bytes());
+        for n in [name, new_name] {
+            if n == b"." || n == b".." {
+                return Err(FsError::Invalid);
+            }
+        }
+        check_name(new_name)?;
+        let branch = self.branch(b)?;
+        Self::write_branch_tree(&branch, |t| {
+            may_modify_dir(ctx, t, parent)?;
+            may_modify_dir(ctx, t, new_parent)?;
+            let src = entry(t, parent, name)?.ok_or(FsError::NotFound)?;
+            let dst = entry(t, new_parent, new_name)?;
+            let smeta = node(t, src)?.meta.clone();
+            perm::sticky(ctx, &dir(t, parent)?.meta, &smeta)?;
+            let src_dir = smeta.kind == FileKind::Directory;
+            if src_dir {
+                if Self::is_ancestor(t, src, new_parent)? {
+                    return Err(FsError::Invalid);
+                }
+                if parent != new_parent {
+                    perm::check(ctx, &smeta, W)?;
+                }
+            }
+            if flags.exchange {
+                let dst = dst.ok_or(FsError::NotFound)?;
+                return self.exchange(ctx, t, (parent, name, src), (new_parent, new_name, dst));
+            }
+            if let Some(dst) = dst {
+                if flags.noreplace {
+                    return Err(FsError::Exists);
+                }
+                if dst == src {
+                    // Two names of one file: POSIX says do nothing.
+                    return Ok(());
+                }
+                let d = node(t, dst)?;
+                perm::sticky(ctx, &dir(t, new_parent)?.meta, &d.meta)?;
+                match (src_dir, d.entries()) {
+                    (true, None) => return Err(FsError::NotDir),
+                    (false, Some(_)) => return Err(FsError::IsDir),
+                    (true, Some(e)) if !e.is_empty() => return Err(FsError::NotEmpty),
+                    _ => {}
+                }
+                if src_dir && Self::is_ancestor(t, dst, new_parent)? {
+                    return Err(FsError::NotEmpty);
+                }
+                if src_dir {
+                    edit_dir(t, new_parent, -1, |e| {
+                        e.remove(new_name);
+                    })?;
+                    t.remove(dst);
+                } else {
+                    edit_dir(t, new_parent, 0, |e| {
+                        e.remove(new_name);
+                    })?;
+                    self.drop_link(&branch, t, dst)?;
+                }
+            }
+            let moved_dir = i32::from(src_dir && parent != new_parent);
+            edit_dir(t, parent, -moved_dir, |e| {
+                e.remove(name);
+            })?;
+            edit_dir(t, new_parent, moved_dir, |e| {
+                e.insert(new_name.to_vec(), src);
+            })?;
+            Self::reparent(t, src, new_parent)
+        })?;
+        self.reap();
+        Ok(())
+    }
+
+    /// RENAME_EXCHANGE: swap two entries atomically.
+    fn exchange(
+        &self,
+        ctx: &Ctx,
+        t: &mut Tree,
+        (p1, n1, a): (NodeId, &[u8], NodeId),
+        (p2, n2, bnode): (NodeId, &[u8], NodeId),
+    ) -> FsResult<()> {
+        let bmeta = node(t, bnode)?.meta.clone();
+        perm::sticky(ctx, &dir(t, p2)?.meta, &bmeta)?;
+        let a_dir = node(t, a)?.meta.kind == FileKind::Directory;
+        let b_dir = bmeta.kind == FileKind::Directory;
+        if b_dir && Self::is_ancestor(t, bnode, p1)? {
+            return Err(FsError::Invalid);
+        }
+        if b_dir && p1 != p2 && !ctx.is_root() {
+            perm::check(ctx, &bmeta, W)?;
+        }
+        if a == bnode {
+            return Ok(());
+        }
+        // Directory counts move with directories that change parent.
+        let delta = if p1 == p2 {
+            0
+        } else {
+            i32::from(b_dir) - i32::from(a_dir)
+        };
+        edit_dir(t, p1, delta, |e| {
+            e.insert(n1.to_vec(), bnode);
+        })?;
+        edit_dir(t, p2, -delta, |e| {
+            e.insert(n2.to_vec(), a);
+        })?;
+        Self::reparent(t, a, p2)?;
+        Self::reparent(t, bnode, p1)
+    }
+
+    /// After a move: a directory's `..` follows it; every moved node's ctime changes.
+    fn reparent(t: &mut Tree, id: NodeId, new_parent: NodeId) -> FsResult<()> {
+        let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+        if let Body::Dir { parent, .. } = &mut n.body {
+            *parent = new_parent;
+        }
+        n.meta.ctime = SystemTime::now();
+        t.insert(id, n);
+        Ok(())
+    }
+
+    /// Read permission check used by opendir and open.
+    pub(super) fn check_open(ctx: &Ctx, meta: &Meta, read: bool, write: bool) -> FsResult<()> {
+        let mask = if read { R } else { 0 } | if write { W } else { 0 };
+        if mask == 0 {
+            return Ok(());
+        }
+        perm::check(ctx, meta, mask)
+    }
+}
