@@ -1,1 +1,222 @@
-fn main() {}
+//! `agentfs-control-cli`: snapshots, branches and process bindings of a
+//! mounted AgentFS, for people and scripts.
+//!
+//! It speaks only the control protocol (`agentfs-control`): it finds the
+//! daemon's socket through `<mount>/.agentfs/control`, sends one command, and
+//! prints the reply, as text for a person or as JSON (`--json`) for a script.
+//! The mount is `--mount`, else `$AGENTFS_MOUNT`, else the nearest directory
+//! at or above the current one that holds `.agentfs/control`.
+//!
+//! Errors are one line on stderr, `agentfs-control-cli: <message>`, and exit
+//! status 1 (usage errors keep clap's status 2; a failed `branch-exec` exec is 127).
+
+mod render;
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agentfs_control::client::{self, Client};
+use agentfs_control::{control_file_path, Command, Reply};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use render::{BranchNames, Verb};
+
+const NAME: &str = "agentfs-control-cli";
+
+#[derive(Parser, Debug)]
+#[command(name = NAME, version, about = "Control a mounted AgentFS: snapshots, branches, process bindings")]
+struct Cli {
+    /// The AgentFS mount [default: $AGENTFS_MOUNT, else the mount containing the current directory]
+    #[arg(long, global = true, value_name = "PATH")]
+    mount: Option<PathBuf>,
+    /// Print the daemon's reply as one JSON document
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Snapshot a branch (default: the branch this process sees)
+    SnapshotCreate {
+        #[arg(long)]
+        name: Option<String>,
+        /// Branch id or name
+        #[arg(long)]
+        branch: Option<String>,
+    },
+    /// List snapshots
+    SnapshotList,
+    /// Delete a snapshot (id or name)
+    SnapshotDelete { snapshot: String },
+    /// Create a writable branch from a snapshot
+    BranchCreate {
+        /// Snapshot id or name
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List branches
+    BranchList,
+    /// Delete a branch (id or name)
+    BranchDelete {
+        branch: String,
+        /// Delete even if processes are bound to it or hold files open
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bind a process, and the processes it starts afterwards, to a branch
+    BranchBind {
+        #[arg(long)]
+        branch: String,
+        /// Process to bind [default: the parent of this command, e.g. your shell]
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Return a process to the default branch
+    BranchUnbind {
+        /// Process to unbind [default: the parent of this command, e.g. your shell]
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Run a command bound to a branch: binds this process, then execs CMD in its place
+    BranchExec {
+        #[arg(long)]
+        branch: String,
+        /// The command and its arguments (after `--`)
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Show the daemon's state
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            fail_line(&format!("{err:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print `agentfs-control-cli: <message>` as exactly one line.
+fn fail_line(message: &str) {
+    let one_line = message.replace(['\n', '\r'], " ");
+    eprintln!("{NAME}: {one_line}");
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let mount = resolve_mount(cli.mount)?;
+    let endpoint = client::discover(&mount)?;
+    let mut conn = Client::connect(&endpoint)?;
+    let parent = || nix::unistd::getppid().as_raw() as u32;
+    let (verb, command) = match cli.command {
+        Cmd::SnapshotCreate { name, branch } => {
+            (Verb::Create, Command::SnapshotCreate { name, branch })
+        }
+        Cmd::SnapshotList => (Verb::Show, Command::SnapshotList),
+        Cmd::SnapshotDelete { snapshot } => (Verb::Delete, Command::SnapshotDelete { snapshot }),
+        Cmd::BranchCreate { from, name } => (Verb::Create, Command::BranchCreate { from, name }),
+        Cmd::BranchList => (Verb::Show, Command::BranchList),
+        Cmd::BranchDelete { branch, force } => {
+            (Verb::Delete, Command::BranchDelete { branch, force })
+        }
+        Cmd::BranchBind { branch, pid } => (
+            Verb::Create,
+            Command::BranchBind {
+                branch,
+                pid: pid.unwrap_or_else(parent),
+            },
+        ),
+        Cmd::BranchUnbind { pid } => (
+            Verb::Delete,
+            Command::BranchUnbind {
+                pid: pid.unwrap_or_else(parent),
+            },
+        ),
+        Cmd::BranchExec { branch, command } => return branch_exec(conn, branch, command),
+        Cmd::Status => (Verb::Show, Command::Status),
+    };
+    let reply = conn.call(command)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        let names = if needs_branch_names(&reply) {
+            branch_names(&mut conn)
+        } else {
+            BranchNames::new()
+        };
+        print!("{}", render::render(verb, &reply, &names));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--mount`, else `$AGENTFS_MOUNT`, else the nearest ancestor of the current
+/// directory (itself included) holding `.agentfs/control`.
+fn resolve_mount(flag: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(mount) = flag {
+        return Ok(mount);
+    }
+    if let Some(mount) = std::env::var_os("AGENTFS_MOUNT").filter(|m| !m.is_empty()) {
+        return Ok(PathBuf::from(mount));
+    }
+    let cwd = std::env::current_dir().context("cannot determine the current directory")?;
+    if let Some(mount) = cwd.ancestors().find(|dir| control_file_path(dir).is_file()) {
+        return Ok(mount.to_path_buf());
+    }
+    bail!(
+        "{} is not inside an AgentFS mount (no .agentfs/control here or above; use --mount or AGENTFS_MOUNT)",
+        cwd.display()
+    )
+}
+
+fn needs_branch_names(reply: &Reply) -> bool {
+    matches!(
+        reply,
+        Reply::Snapshot(_) | Reply::Snapshots(_) | Reply::Bound { .. }
+    )
+}
+
+/// Branch names for nicer output; best effort, an empty map on any error.
+fn branch_names(conn: &mut Client) -> BranchNames {
+    match conn.call(Command::BranchList) {
+        Ok(Reply::Branches(list)) => list.into_iter().map(|b| (b.id, b.name)).collect(),
+        _ => BranchNames::new(),
+    }
+}
+
+/// Bind this very process to `branch`, then replace it with `command`, so the
+/// command keeps our pid (and start time) and it and its children see the branch.
+fn branch_exec(mut conn: Client, branch: String, command: Vec<OsString>) -> Result<ExitCode> {
+    let Some((program, args)) = command.split_first() else {
+        bail!("branch-exec needs a command to run");
+    };
+    let pid = std::process::id();
+    conn.call(Command::BranchBind { branch, pid })?;
+    let err = std::process::Command::new(program).args(args).exec();
+    // Still here: the exec failed. Undo the binding, best effort; the daemon
+    // also drops bindings of dead processes.
+    let _ = conn.call(Command::BranchUnbind { pid });
+    fail_line(&format!(
+        "cannot run {}: {err}",
+        display(Path::new(program))
+    ));
+    Ok(ExitCode::from(127))
+}
+
+fn display(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}

@@ -1,0 +1,475 @@
+//! The control protocol's messages: what a client asks ([`Request`], [`Command`]),
+//! what the daemon answers ([`Reply`], [`ControlError`]) and the wire views of
+//! snapshots, branches, bindings and status.
+//!
+//! Everything here is plain serde data so that the daemon (which converts its
+//! core types into these views) and the CLI (which never sees core types) share
+//! one definition. The JSON shapes are part of the protocol and are pinned by
+//! the tests at the bottom of this file:
+//!
+//! - a request is `{"version": 1, "command": {"op": "snapshot-create", "name": .., "branch": ..}}`;
+//! - a reply is adjacently tagged, `{"reply": "snapshots", "value": [..]}`, because
+//!   several replies carry a list, which an internally tagged enum cannot hold;
+//! - a response is `{"ok": <reply>}` or `{"err": {"kind": "not-found", "message": ".."}}`.
+//!
+//! Ids are strings such as `"b1"` (branch) or `"s2"` (snapshot). Times
+//! (`created_unix`) are seconds since the Unix epoch as an `f64`, with the
+//! fractional part carrying sub-second precision.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks. A server answers any other version
+/// with [`ErrorKind::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest message body (the JSON after the length prefix) either side accepts.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// One request: the protocol version the client speaks and what it asks for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Request {
+    pub version: u32,
+    pub command: Command,
+}
+
+impl Request {
+    /// A request for `command` at this crate's [`PROTOCOL_VERSION`].
+    pub fn new(command: Command) -> Request {
+        Request {
+            version: PROTOCOL_VERSION,
+            command,
+        }
+    }
+}
+
+/// What a client can ask the daemon to do. Who is asking comes from the
+/// socket's peer credentials, never from the message.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Command {
+    /// Snapshot a branch; `branch: None` means the caller's own branch.
+    SnapshotCreate {
+        name: Option<String>,
+        branch: Option<String>,
+    },
+    SnapshotList,
+    SnapshotDelete {
+        snapshot: String,
+    },
+    /// Create a writable branch from a snapshot (id or name).
+    BranchCreate {
+        from: String,
+        name: Option<String>,
+    },
+    BranchList,
+    /// Delete a branch; `force` also drops its bindings and open handles.
+    BranchDelete {
+        branch: String,
+        force: bool,
+    },
+    /// Bind process `pid` (and the processes it forks afterwards) to `branch`.
+    BranchBind {
+        branch: String,
+        pid: u32,
+    },
+    BranchUnbind {
+        pid: u32,
+    },
+    Status,
+}
+
+impl Command {
+    /// The command's wire name (`"snapshot-create"`, ...), for logs and messages.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Command::SnapshotCreate { .. } => "snapshot-create",
+            Command::SnapshotList => "snapshot-list",
+            Command::SnapshotDelete { .. } => "snapshot-delete",
+            Command::BranchCreate { .. } => "branch-create",
+            Command::BranchList => "branch-list",
+            Command::BranchDelete { .. } => "branch-delete",
+            Command::BranchBind { .. } => "branch-bind",
+            Command::BranchUnbind { .. } => "branch-unbind",
+            Command::Status => "status",
+        }
+    }
+}
+
+/// A snapshot as the protocol shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SnapshotView {
+    /// `"s<N>"`.
+    pub id: String,
+    /// The user's name for it; may be empty when none was given.
+    pub name: String,
+    /// Id of the branch it was taken from.
+    pub branch: String,
+    /// Seconds since the Unix epoch.
+    pub created_unix: f64,
+    /// Ids of the branches created from this snapshot.
+    pub children: Vec<String>,
+}
+
+/// A branch as the protocol shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BranchView {
+    /// `"b<N>"`.
+    pub id: String,
+    pub name: String,
+    /// Id of the snapshot it was created from; `None` for the initial branch.
+    pub from: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub created_unix: f64,
+    /// Whether unbound processes see this branch.
+    pub is_default: bool,
+    pub open_handles: u64,
+    pub bound_processes: u64,
+}
+
+/// One process binding.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BindingView {
+    pub pid: u32,
+    /// Branch id.
+    pub branch: String,
+    pub branch_name: String,
+}
+
+/// The daemon's state at a glance.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StatusView {
+    /// The daemon crate's version.
+    pub version: String,
+    /// The protocol version the daemon speaks.
+    pub protocol: u32,
+    pub mountpoint: String,
+    pub backstore: String,
+    /// `"transport"` or `"passthrough"`.
+    pub data_path: String,
+    /// Branch id unbound processes see.
+    pub default_branch: String,
+    /// Branch id the caller (the peer of the control socket) sees.
+    pub caller_branch: String,
+    pub branches: Vec<BranchView>,
+    pub snapshots: u64,
+    pub bindings: Vec<BindingView>,
+    pub open_handles: u64,
+    pub content_objects: u64,
+    pub content_bytes: u64,
+    pub cow_clones: u64,
+    pub fs_bytes_free: u64,
+}
+
+/// A successful answer. Serialized adjacently tagged:
+/// `{"reply": "branch", "value": {..}}`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "reply", content = "value", rename_all = "kebab-case")]
+pub enum Reply {
+    Snapshot(SnapshotView),
+    Snapshots(Vec<SnapshotView>),
+    Branch(BranchView),
+    Branches(Vec<BranchView>),
+    Bound { pid: u32, branch: String },
+    Unbound { pid: u32, was_bound: bool },
+    Deleted { id: String },
+    Status(StatusView),
+}
+
+/// Why a request failed, as a client can act on it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    NotFound,
+    NameTaken,
+    Busy,
+    PermissionDenied,
+    InvalidArgument,
+    /// The message could not be read: bad framing, too large, or not valid JSON
+    /// for a [`Request`].
+    BadMessage,
+    UnsupportedVersion,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The kind's wire name (`"not-found"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::NameTaken => "name-taken",
+            ErrorKind::Busy => "busy",
+            ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::InvalidArgument => "invalid-argument",
+            ErrorKind::BadMessage => "bad-message",
+            ErrorKind::UnsupportedVersion => "unsupported-version",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed request. `Display` is the message alone, written for a person.
+#[derive(thiserror::Error, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[error("{message}")]
+pub struct ControlError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ControlError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ControlError {
+        ControlError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn name_taken(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::NameTaken, message)
+    }
+
+    pub fn busy(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::Busy, message)
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::PermissionDenied, message)
+    }
+
+    pub fn invalid_argument(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::InvalidArgument, message)
+    }
+
+    pub fn bad_message(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::BadMessage, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::Internal, message)
+    }
+
+    /// The answer to a request at a protocol version this side does not speak.
+    pub fn unsupported_version(got: u32) -> ControlError {
+        ControlError::new(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "unsupported control protocol version {got} (this daemon speaks version {PROTOCOL_VERSION})"
+            ),
+        )
+    }
+}
+
+/// The result of one request.
+pub type Response = Result<Reply, ControlError>;
+
+/// How a [`Response`] travels: `{"ok": <Reply>}` or `{"err": <ControlError>}`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "lowercase")]
+// One lives per message, briefly; boxing would only obscure the wire type.
+#[allow(clippy::large_enum_variant)]
+pub enum WireResponse {
+    Ok(Reply),
+    Err(ControlError),
+}
+
+impl From<Response> for WireResponse {
+    fn from(response: Response) -> WireResponse {
+        match response {
+            Ok(reply) => WireResponse::Ok(reply),
+            Err(err) => WireResponse::Err(err),
+        }
+    }
+}
+
+impl From<WireResponse> for Response {
+    fn from(wire: WireResponse) -> Response {
+        match wire {
+            WireResponse::Ok(reply) => Ok(reply),
+            WireResponse::Err(err) => Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn snapshot() -> SnapshotView {
+        SnapshotView {
+            id: "s2".into(),
+            name: "before-refactor".into(),
+            branch: "b1".into(),
+            created_unix: 1_700_000_000.25,
+            children: vec!["b3".into()],
+        }
+    }
+
+    fn branch() -> BranchView {
+        BranchView {
+            id: "b1".into(),
+            name: "main".into(),
+            from: None,
+            created_unix: 1_700_000_000.5,
+            is_default: true,
+            open_handles: 3,
+            bound_processes: 1,
+        }
+    }
+
+    fn all_commands() -> Vec<Command> {
+        vec![
+            Command::SnapshotCreate {
+                name: Some("n".into()),
+                branch: None,
+            },
+            Command::SnapshotCreate {
+                name: None,
+                branch: Some("b2".into()),
+            },
+            Command::SnapshotList,
+            Command::SnapshotDelete {
+                snapshot: "s1".into(),
+            },
+            Command::BranchCreate {
+                from: "s1".into(),
+                name: Some("x".into()),
+            },
+            Command::BranchList,
+            Command::BranchDelete {
+                branch: "b2".into(),
+                force: true,
+            },
+            Command::BranchBind {
+                branch: "b2".into(),
+                pid: 42,
+            },
+            Command::BranchUnbind { pid: 42 },
+            Command::Status,
+        ]
+    }
+
+    fn all_replies() -> Vec<Reply> {
+        vec![
+            Reply::Snapshot(snapshot()),
+            Reply::Snapshots(vec![snapshot(), snapshot()]),
+            Reply::Snapshots(vec![]),
+            Reply::Branch(branch()),
+            Reply::Branches(vec![branch()]),
+            Reply::Bound {
+                pid: 7,
+                branch: "b2".into(),
+            },
+            Reply::Unbound {
+                pid: 7,
+                was_bound: false,
+            },
+            Reply::Deleted { id: "s1".into() },
+            Reply::Status(StatusView {
+                version: "0.1.0".into(),
+                protocol: PROTOCOL_VERSION,
+                mountpoint: "/mnt".into(),
+                backstore: "/var/store".into(),
+                data_path: "passthrough".into(),
+                default_branch: "b1".into(),
+                caller_branch: "b2".into(),
+                branches: vec![branch()],
+                snapshots: 4,
+                bindings: vec![BindingView {
+                    pid: 9,
+                    branch: "b2".into(),
+                    branch_name: "feature".into(),
+                }],
+                open_handles: 5,
+                content_objects: 6,
+                content_bytes: 7,
+                cow_clones: 8,
+                fs_bytes_free: 9,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        for command in all_commands() {
+            let request = Request::new(command);
+            let text = serde_json::to_string(&request).unwrap();
+            let back: Request = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, request, "{text}");
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(value["command"]["op"], request.command.op(), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_reply_round_trips_ok_and_err() {
+        for reply in all_replies() {
+            let wire = WireResponse::from(Ok(reply.clone()));
+            let text = serde_json::to_string(&wire).unwrap();
+            let back: WireResponse = serde_json::from_str(&text).unwrap();
+            assert_eq!(Response::from(back), Ok(reply), "{text}");
+        }
+        for kind in [
+            ErrorKind::NotFound,
+            ErrorKind::NameTaken,
+            ErrorKind::Busy,
+            ErrorKind::PermissionDenied,
+            ErrorKind::InvalidArgument,
+            ErrorKind::BadMessage,
+            ErrorKind::UnsupportedVersion,
+            ErrorKind::Internal,
+        ] {
+            let err = ControlError::new(kind, "why");
+            let text = serde_json::to_string(&WireResponse::Err(err.clone())).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(value["err"]["kind"], kind.as_str());
+            let back: WireResponse = serde_json::from_str(&text).unwrap();
+            assert_eq!(Response::from(back), Err(err));
+        }
+    }
+
+    #[test]
+    fn json_shapes_are_pinned() {
+        let request = Request::new(Command::BranchBind {
+            branch: "b2".into(),
+            pid: 42,
+        });
+        assert_eq!(
+            serde_json::to_value(&request).unwrap(),
+            json!({"version": 1, "command": {"op": "branch-bind", "branch": "b2", "pid": 42}})
+        );
+        assert_eq!(
+            serde_json::to_value(Request::new(Command::Status)).unwrap(),
+            json!({"version": 1, "command": {"op": "status"}})
+        );
+        let ok = WireResponse::Ok(Reply::Deleted { id: "s1".into() });
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            json!({"ok": {"reply": "deleted", "value": {"id": "s1"}}})
+        );
+        let err = WireResponse::Err(ControlError::not_found("no branch \"x\""));
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            json!({"err": {"kind": "not-found", "message": "no branch \"x\""}})
+        );
+    }
+
+    #[test]
+    fn control_error_displays_its_message_only() {
+        let err = ControlError::permission_denied("only the mount owner may snapshot");
+        assert_eq!(err.to_string(), "only the mount owner may snapshot");
+        let v = ControlError::unsupported_version(7);
+        assert!(v.message.contains('7') && v.message.contains('1'), "{v}");
+    }
+}
