@@ -1,0 +1,575 @@
+//! The fuser [`Filesystem`] over FsCore: glue only, no filesystem logic.
+//!
+//! Every callback decodes its arguments, copies what it needs out of the
+//! request (names, write data), moves the reply into a job and hands the job to
+//! the [`FsCoreTransport`]; a transport worker runs it against FsCore and sends
+//! the reply. A FUSE thread therefore never waits on FsCore or the backstore.
+//! If the transport refuses the job (it is shutting down) the job and its reply
+//! are dropped, and fuser answers EIO for a reply dropped unsent.
+//!
+//! Lanes: [`Lane::Data`] for operations that may touch the backstore (open may
+//! copy-on-write; read, write, fsync, release, create, fallocate, lseek,
+//! statfs, fsyncdir, and setattr when it changes the size); [`Lane::Meta`] for
+//! the in-memory rest.
+//!
+//! Inode numbers carry the branch ([`crate::inode`]); ino 1 is the root shared
+//! by all branches and acts on the calling process's branch, so replies about
+//! ino 1, and entries looked up in it, get a zero TTL: the kernel's dentry and
+//! attribute caches are shared by every process and must ask again for each.
+//! Everything below the root belongs to one branch and is cached for the
+//! configured TTL. Locks (`getlk`/`setlk`/`flock`) are not implemented, so the
+//! kernel keeps POSIX and flock locks locally per inode, which keeps locks of
+//! different branches apart.
+//!
+//! The operations live in the submodules by topic; the `Filesystem` impl at
+//! the bottom of this file only forwards to them.
+
+mod dir;
+mod file;
+mod namespace;
+mod virtual_nodes;
+mod xattr;
+
+pub use virtual_nodes::{VirtualNodes, AGENTFS_DIR_NAME, CONTROL_FILE_NAME};
+
+use crate::attr::file_attr;
+use crate::inode::{self, Ino, InodeError, ROOT_INO};
+use crate::metrics::{Metrics, Op};
+use crate::reply::Call;
+use crate::tri;
+use agentfs_core::{Attr, BranchId, Ctx, FsCore, FsError, FsResult, NodeId};
+use agentfs_transport::{FsCoreTransport, Lane};
+use fuser::{
+    AccessFlags, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Default attribute and entry TTL below the root.
+pub const DEFAULT_ATTR_TTL: Duration = Duration::from_secs(1);
+/// Largest write the adapter asks the kernel to send (the kernel caps it at
+/// `max_pages_limit`, 1 MiB by default).
+pub const MAX_WRITE: u32 = 1 << 20;
+
+/// How the adapter is set up.
+#[derive(Debug, Clone)]
+pub struct AdapterConfig {
+    /// Attribute and entry TTL for everything below the root.
+    pub attr_ttl: Duration,
+    /// The bytes of `.agentfs/control` (the control endpoint as JSON).
+    pub control_file: Vec<u8>,
+    /// Owner of the virtual nodes (the mount owner).
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+}
+
+/// The FUSE filesystem of one mount.
+pub struct AgentFs {
+    transport: Arc<dyn FsCoreTransport>,
+    metrics: Arc<Metrics>,
+    ttl: Duration,
+    virt: Arc<VirtualNodes>,
+}
+
+impl AgentFs {
+    pub fn new(transport: Arc<dyn FsCoreTransport>, config: AdapterConfig) -> AgentFs {
+        let virt = VirtualNodes::new(config.control_file, config.owner_uid, config.owner_gid);
+        AgentFs {
+            transport,
+            metrics: Arc::new(Metrics::new()),
+            ttl: config.attr_ttl,
+            virt: Arc::new(virt),
+        }
+    }
+
+    /// The adapter's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn call(&self, op: Op, ino: u64, req: &Request) -> Call {
+        Call::new(op, ino, req.pid(), &self.metrics)
+    }
+
+    /// Run `job` on a transport worker of `lane`. If the transport refuses it,
+    /// the job and the reply it holds are dropped and fuser answers EIO.
+    fn submit<F>(&self, lane: Lane, call: Call, job: F)
+    where
+        F: FnOnce(&FsCore, Call) + Send + 'static,
+    {
+        let op = call.op;
+        let metrics = Arc::clone(call.metrics());
+        if let Err(e) = self
+            .transport
+            .submit(lane, Box::new(move |core| job(core, call)))
+        {
+            metrics.count_submit_failure();
+            metrics.count_error(libc::EIO);
+            tracing::warn!(op = op.name(), %lane, "request dropped (EIO): {e}");
+        }
+    }
+
+    /// The TTL of attributes of `ino`: zero for the shared root.
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        ttl_for(ino, self.ttl)
+    }
+}
+
+/// The TTL of attributes of `ino`: zero for the shared root, else `ttl`.
+fn ttl_for(ino: u64, ttl: Duration) -> Duration {
+    if ino == ROOT_INO {
+        Duration::ZERO
+    } else {
+        ttl
+    }
+}
+
+/// The caller's credentials.
+fn ctx(req: &Request) -> Ctx {
+    Ctx::new(req.uid(), req.gid(), req.pid())
+}
+
+impl From<InodeError> for FsError {
+    fn from(e: InodeError) -> FsError {
+        match e {
+            InodeError::Invalid(_) => FsError::Stale,
+            InodeError::BranchTooLarge(_) | InodeError::NodeTooLarge(_) => {
+                FsError::Io(io::Error::other(e.to_string()))
+            }
+        }
+    }
+}
+
+/// The branch and node a (non-virtual) inode names for process `pid`: ino 1 is
+/// the root of the caller's branch; a node of a deleted branch is stale.
+/// Virtual nodes never change, so any request that reaches here for one of
+/// them is a change to a read-only node.
+fn resolve(core: &FsCore, ino: Ino, pid: u32) -> FsResult<(BranchId, NodeId)> {
+    match ino {
+        Ino::Root => Ok((core.branch_of(pid), NodeId::ROOT)),
+        Ino::Node(b, n) if core.branch_exists(b) => Ok((b, n)),
+        Ino::Node(..) => Err(FsError::Stale),
+        Ino::AgentfsDir | Ino::ControlFile => Err(FsError::ReadOnly),
+    }
+}
+
+/// Answer an entry for `attr`, a child of `parent` in branch `b`.
+fn reply_entry(
+    call: &Call,
+    reply: ReplyEntry,
+    parent: Ino,
+    b: BranchId,
+    attr: &Attr,
+    ttl: Duration,
+) {
+    let ino = tri!(call, reply, inode::encode(b, attr.node));
+    let attr_ttl = ttl_for(ino, ttl);
+    let entry_ttl = if parent == Ino::Root {
+        Duration::ZERO
+    } else {
+        ttl
+    };
+    reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, attr), Generation(0));
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Filesystem for AgentFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(max);
+        }
+        // O_TRUNC reaches open (so truncation and copy-on-write are one step).
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::warn!("kernel lacks FUSE capability {missing:?}; O_TRUNC arrives as setattr");
+        }
+        // No FUSE_WRITEBACK_CACHE: writes reach FsCore before write(2) returns,
+        // which snapshots need and passthrough will require.
+        tracing::info!(abi = %config.kernel_abi(), "FUSE session initialised");
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.do_lookup(req, parent, name, reply)
+    }
+
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        // The adapter keeps no per-inode state: inode numbers are computed.
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.do_getattr(req, ino, reply)
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = agentfs_core::SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(crate::attr::set_time),
+            mtime: mtime.map(crate::attr::set_time),
+            ctime,
+        };
+        self.do_setattr(req, ino, set, reply)
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.do_readlink(req, ino, reply)
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.do_mknod(req, parent, name, mode, umask, rdev, reply)
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.do_mkdir(req, parent, name, mode, umask, reply)
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.do_remove(Op::Unlink, req, parent, name, reply)
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.do_remove(Op::Rmdir, req, parent, name, reply)
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.do_symlink(req, parent, link_name, target, reply)
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.do_rename(req, parent, name, newparent, newname, flags, reply)
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.do_link(req, ino, newparent, newname, reply)
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.do_open(req, ino, flags, reply)
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.do_read(req, ino, fh, offset, size, reply)
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.do_write(req, ino, fh, offset, data, reply)
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is buffered in the adapter (every write reached FsCore before
+        // it was answered), so close(2) has nothing to flush.
+        self.call(Op::Flush, ino.0, req);
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.do_release(req, ino, fh, reply)
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.do_fsync(req, ino, fh, datasync, reply)
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.do_opendir(req, ino, reply)
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.do_readdir(req, ino, fh, offset, reply)
+    }
+
+    fn releasedir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.do_releasedir(req, ino, fh, reply)
+    }
+
+    fn fsyncdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.do_fsyncdir(req, ino, reply)
+    }
+
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.do_statfs(req, ino, reply)
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        self.do_setxattr(req, ino, name, value, flags, position, reply)
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.do_getxattr(req, ino, name, size, reply)
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.do_listxattr(req, ino, size, reply)
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.do_removexattr(req, ino, name, reply)
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.do_access(req, ino, mask, reply)
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        self.do_create(req, parent, name, mode, umask, flags, reply)
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.do_fallocate(req, ino, fh, offset, length, mode, reply)
+    }
+
+    fn lseek(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.do_lseek(req, ino, fh, offset, whence, reply)
+    }
+}
+
+/// Map a kernel `setxattr` flag word to FsCore's choice.
+fn xattr_set_flags(flags: i32) -> FsResult<agentfs_core::XattrSet> {
+    use agentfs_core::XattrSet;
+    match flags {
+        0 => Ok(XattrSet::Any),
+        libc::XATTR_CREATE => Ok(XattrSet::Create),
+        libc::XATTR_REPLACE => Ok(XattrSet::Replace),
+        _ => Err(FsError::Invalid),
+    }
+}
+
+/// Map kernel `renameat2` flags to FsCore's; anything but NOREPLACE or
+/// EXCHANGE (alone) is EINVAL.
+fn rename_flags(flags: RenameFlags) -> FsResult<agentfs_core::RenameFlags> {
+    let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+    if !known.contains(flags) || flags == known {
+        return Err(FsError::Invalid);
+    }
+    Ok(agentfs_core::RenameFlags {
+        noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+        exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_gets_zero_ttl_everything_else_the_configured_one() {
+        let ttl = Duration::from_millis(1500);
+        assert_eq!(ttl_for(ROOT_INO, ttl), Duration::ZERO);
+        let ino = inode::encode(BranchId(1), NodeId(7)).unwrap();
+        assert_eq!(ttl_for(ino, ttl), ttl);
+    }
+
+    #[test]
+    fn rename_flags_map_or_are_refused() {
+        assert_eq!(
+            rename_flags(RenameFlags::empty()).unwrap(),
+            agentfs_core::RenameFlags::default()
+        );
+        let nr = rename_flags(RenameFlags::RENAME_NOREPLACE).unwrap();
+        assert!(nr.noreplace && !nr.exchange);
+        let ex = rename_flags(RenameFlags::RENAME_EXCHANGE).unwrap();
+        assert!(ex.exchange && !ex.noreplace);
+        assert!(matches!(
+            rename_flags(RenameFlags::RENAME_WHITEOUT),
+            Err(FsError::Invalid)
+        ));
+        let both = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+        assert!(matches!(rename_flags(both), Err(FsError::Invalid)));
+        assert!(matches!(
+            rename_flags(RenameFlags::from_bits_retain(1 << 9)),
+            Err(FsError::Invalid)
+        ));
+    }
+
+    #[test]
+    fn xattr_flags_map_or_are_refused() {
+        use agentfs_core::XattrSet;
+        assert_eq!(xattr_set_flags(0).unwrap(), XattrSet::Any);
+        assert_eq!(
+            xattr_set_flags(libc::XATTR_CREATE).unwrap(),
+            XattrSet::Create
+        );
+        assert_eq!(
+            xattr_set_flags(libc::XATTR_REPLACE).unwrap(),
+            XattrSet::Replace
+        );
+        assert!(matches!(
+            xattr_set_flags(libc::XATTR_CREATE | libc::XATTR_REPLACE),
+            Err(FsError::Invalid)
+        ));
+    }
+
+    #[test]
+    fn bad_inode_numbers_become_stale_or_internal_errors() {
+        let e: FsError = InodeError::Invalid(5).into();
+        assert_eq!(e.errno(), libc::ESTALE);
+        let e: FsError = InodeError::BranchTooLarge(1 << 30).into();
+        assert!(e.is_internal());
+        assert_eq!(e.errno(), libc::EIO);
+    }
+}

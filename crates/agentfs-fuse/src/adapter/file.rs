@@ -1,0 +1,247 @@
+//! Regular-file operations: open, create, read, write, release, fsync,
+//! fallocate, lseek, and the filesystem-wide statfs.
+//!
+//! The control file (`.agentfs/control`) is answered here without FsCore: it
+//! opens read-only with file handle 0 and reads from the adapter's copy.
+
+use super::virtual_nodes::is_reserved;
+use super::{ctx, resolve, AgentFs};
+use crate::attr::file_attr;
+use crate::inode::{self, Ino};
+use crate::metrics::Op;
+use crate::tri;
+use agentfs_core::{FsError, HandleId, OpenFlags as CoreOpenFlags};
+use agentfs_transport::Lane;
+use fuser::{
+    FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyCreate, ReplyData, ReplyEmpty,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+};
+use std::ffi::OsStr;
+
+/// The file handle of every open of a virtual node (they need no state).
+const VIRTUAL_FH: FileHandle = FileHandle(0);
+
+impl AgentFs {
+    pub(super) fn do_open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let call = self.call(Op::Open, ino.0, req);
+        let target = tri!(call, reply, Ino::decode(ino.0));
+        let core_flags = CoreOpenFlags::from_raw(flags.0);
+        match target {
+            Ino::ControlFile if core_flags.write || core_flags.truncate => {
+                return call.fail(FsError::ReadOnly, reply);
+            }
+            Ino::ControlFile => return reply.opened(VIRTUAL_FH, FopenFlags::empty()),
+            Ino::AgentfsDir => return call.fail(FsError::IsDir, reply),
+            Ino::Root | Ino::Node(..) => {}
+        }
+        let ctx = ctx(req);
+        // Data lane: opening for writing may copy shared content first.
+        self.submit(Lane::Data, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
+            let fh = tri!(call, reply, core.open(&ctx, b, n, core_flags));
+            reply.opened(FileHandle(fh.0), FopenFlags::empty());
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn do_create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let call = self.call(Op::Create, parent.0, req);
+        let p = tri!(call, reply, Ino::decode(parent.0));
+        if is_reserved(p, name) {
+            return call.fail(FsError::Exists, reply);
+        }
+        let exclusive = flags & libc::O_EXCL != 0;
+        let core_flags = CoreOpenFlags::from_raw(flags);
+        let (ctx, name) = (ctx(req), name.to_os_string());
+        // One TTL for entry and attributes: zero for names in the shared root.
+        let ttl = if p == Ino::Root {
+            std::time::Duration::ZERO
+        } else {
+            self.ttl
+        };
+        self.submit(Lane::Data, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+            let created = core.create(&ctx, b, n, &name, mode, umask, core_flags, exclusive);
+            let (attr, fh) = tri!(call, reply, created);
+            let ino = match inode::encode(b, attr.node) {
+                Ok(ino) => ino,
+                Err(e) => {
+                    // Do not leak the handle the kernel will never release.
+                    let _ = core.release(fh);
+                    return call.fail(e.into(), reply);
+                }
+            };
+            let fattr = file_attr(ino, &attr);
+            reply.created(
+                &ttl,
+                &fattr,
+                Generation(0),
+                FileHandle(fh.0),
+                FopenFlags::empty(),
+            );
+        });
+    }
+
+    pub(super) fn do_read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) {
+        let call = self.call(Op::Read, ino.0, req);
+        if ino.0 == inode::CONTROL_FILE_INO {
+            return reply.data(self.virt.read(offset, size));
+        }
+        self.submit(Lane::Data, call, move |core, call| {
+            let data = tri!(call, reply, core.read(HandleId(fh.0), offset, size));
+            reply.data(&data);
+        });
+    }
+
+    pub(super) fn do_write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        reply: ReplyWrite,
+    ) {
+        let call = self.call(Op::Write, ino.0, req);
+        if ino.0 == inode::CONTROL_FILE_INO {
+            return call.fail(FsError::BadHandle, reply);
+        }
+        let (ctx, data) = (ctx(req), data.to_vec());
+        self.submit(Lane::Data, call, move |core, call| {
+            let written = tri!(call, reply, core.write(&ctx, HandleId(fh.0), offset, &data));
+            reply.written(written);
+        });
+    }
+
+    pub(super) fn do_release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        reply: ReplyEmpty,
+    ) {
+        let call = self.call(Op::Release, ino.0, req);
+        if ino.0 == inode::CONTROL_FILE_INO {
+            return reply.ok();
+        }
+        self.submit(Lane::Data, call, move |core, call| {
+            tri!(call, reply, core.release(HandleId(fh.0)));
+            reply.ok();
+        });
+    }
+
+    pub(super) fn do_fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let call = self.call(Op::Fsync, ino.0, req);
+        if ino.0 == inode::CONTROL_FILE_INO {
+            return reply.ok();
+        }
+        self.submit(Lane::Data, call, move |core, call| {
+            tri!(call, reply, core.fsync(HandleId(fh.0), datasync));
+            reply.ok();
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn do_fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let call = self.call(Op::Fallocate, ino.0, req);
+        if ino.0 == inode::CONTROL_FILE_INO {
+            return call.fail(FsError::BadHandle, reply);
+        }
+        let ctx = ctx(req);
+        self.submit(Lane::Data, call, move |core, call| {
+            tri!(
+                call,
+                reply,
+                core.fallocate(&ctx, HandleId(fh.0), mode, offset, length)
+            );
+            reply.ok();
+        });
+    }
+
+    /// The kernel sends only SEEK_DATA and SEEK_HOLE here; it answers
+    /// SEEK_SET/CUR/END itself from the file size. (Answering ENOSYS would make
+    /// the kernel stop asking for the whole connection, so others get EINVAL.)
+    pub(super) fn do_lseek(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let call = self.call(Op::Lseek, ino.0, req);
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return call.fail(FsError::Invalid, reply);
+        }
+        let Ok(offset) = u64::try_from(offset) else {
+            return call.fail(FsError::Invalid, reply);
+        };
+        if ino.0 == inode::CONTROL_FILE_INO {
+            // No holes: data up to the end, the only hole at the end.
+            let len = self.virt.control_len();
+            if offset >= len {
+                return call.fail(
+                    FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)),
+                    reply,
+                );
+            }
+            let at = if whence == libc::SEEK_DATA {
+                offset
+            } else {
+                len
+            };
+            return reply.offset(at as i64);
+        }
+        self.submit(Lane::Data, call, move |core, call| {
+            let at = tri!(call, reply, core.lseek(HandleId(fh.0), offset, whence));
+            match i64::try_from(at) {
+                Ok(at) => reply.offset(at),
+                Err(_) => call.fail(FsError::FileTooBig, reply),
+            }
+        });
+    }
+
+    pub(super) fn do_statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let call = self.call(Op::Statfs, ino.0, req);
+        self.submit(Lane::Data, call, move |core, call| {
+            let s = tri!(call, reply, core.statfs());
+            reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            );
+        });
+    }
+}

@@ -1,0 +1,273 @@
+//! Namespace operations: lookup, attributes, creating, removing, renaming and
+//! linking names, and `access`.
+
+use super::virtual_nodes::is_reserved;
+use super::{ctx, rename_flags, reply_entry, resolve, AgentFs};
+use crate::attr::file_attr;
+use crate::inode::Ino;
+use crate::metrics::Op;
+use crate::tri;
+use agentfs_core::{FsError, SetAttr};
+use agentfs_transport::Lane;
+use fuser::{
+    AccessFlags, Generation, INodeNo, RenameFlags, ReplyAttr, ReplyData, ReplyEmpty, ReplyEntry,
+    Request,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+impl AgentFs {
+    pub(super) fn do_lookup(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let call = self.call(Op::Lookup, parent.0, req);
+        let p = tri!(call, reply, Ino::decode(parent.0));
+        if let Some(found) = self.virt.lookup(p, name) {
+            let attr = tri!(call, reply, found);
+            // The virtual nodes are the same in every branch: cacheable.
+            reply.entry(&self.ttl, &attr, Generation(0));
+            return;
+        }
+        let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+            let attr = tri!(call, reply, core.lookup(&ctx, b, n, &name));
+            reply_entry(&call, reply, p, b, &attr, ttl);
+        });
+    }
+
+    pub(super) fn do_getattr(&self, req: &Request, ino: INodeNo, reply: ReplyAttr) {
+        let call = self.call(Op::Getattr, ino.0, req);
+        let target = tri!(call, reply, Ino::decode(ino.0));
+        if let Some(attr) = self.virt.attr(target) {
+            reply.attr(&self.ttl, &attr);
+            return;
+        }
+        let ttl = self.attr_ttl(ino.0);
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
+            let attr = tri!(call, reply, core.getattr(b, n));
+            reply.attr(&ttl, &file_attr(ino.0, &attr));
+        });
+    }
+
+    pub(super) fn do_setattr(&self, req: &Request, ino: INodeNo, set: SetAttr, reply: ReplyAttr) {
+        let call = self.call(Op::Setattr, ino.0, req);
+        let target = tri!(call, reply, Ino::decode(ino.0));
+        // A size change may clone or truncate content in the backstore.
+        let lane = if set.size.is_some() {
+            Lane::Data
+        } else {
+            Lane::Meta
+        };
+        let (ctx, ttl) = (ctx(req), self.attr_ttl(ino.0));
+        self.submit(lane, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
+            let attr = tri!(call, reply, core.setattr(&ctx, b, n, &set));
+            reply.attr(&ttl, &file_attr(ino.0, &attr));
+        });
+    }
+
+    pub(super) fn do_readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let call = self.call(Op::Readlink, ino.0, req);
+        let target = tri!(call, reply, Ino::decode(ino.0));
+        if target.is_virtual() {
+            return call.fail(FsError::Invalid, reply);
+        }
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
+            let link = tri!(call, reply, core.readlink(b, n));
+            reply.data(&link);
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn do_mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let call = self.call(Op::Mknod, parent.0, req);
+        let p = tri!(call, reply, Ino::decode(parent.0));
+        if is_reserved(p, name) {
+            return call.fail(FsError::Exists, reply);
+        }
+        let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+            let attr = tri!(
+                call,
+                reply,
+                core.mknod(&ctx, b, n, &name, mode, umask, rdev)
+            );
+            reply_entry(&call, reply, p, b, &attr, ttl);
+        });
+    }
+
+    pub(super) fn do_mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let call = self.call(Op::Mkdir, parent.0, req);
+        let p = tri!(call, reply, Ino::decode(parent.0));
+        if is_reserved(p, name) {
+            return call.fail(FsError::Exists, reply);
+        }
+        let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+            let attr = tri!(call, reply, core.mkdir(&ctx, b, n, &name, mode, umask));
+            reply_entry(&call, reply, p, b, &attr, ttl);
+        });
+    }
+
+    pub(super) fn do_symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let call = self.call(Op::Symlink, parent.0, req);
+        let p = tri!(call, reply, Ino::decode(parent.0));
+        if is_reserved(p, name) {
+            return call.fail(FsError::Exists, reply);
+        }
+        let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+            let attr = tri!(call, reply, core.symlink(&ctx, b, n, &name, &target));
+            reply_entry(&call, reply, p, b, &attr, ttl);
+        });
+    }
+
+    /// `unlink` (op Unlink) or `rmdir` (op Rmdir).
+    pub(super) fn do_remove(
+        &self,
+        op: Op,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+    ) {
+        let call = self.call(op, parent.0, req);
+        let p = tri!(call, reply, Ino::decode(parent.0));
+        if is_reserved(p, name) {
+            return call.fail(FsError::Perm, reply);
+        }
+        let (ctx, name) = (ctx(req), name.to_os_string());
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+            let done = if op == Op::Rmdir {
+                core.rmdir(&ctx, b, n, &name)
+            } else {
+                core.unlink(&ctx, b, n, &name)
+            };
+            tri!(call, reply, done);
+            reply.ok();
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn do_rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let call = self.call(Op::Rename, parent.0, req);
+        let flags = tri!(call, reply, rename_flags(flags));
+        let p = tri!(call, reply, Ino::decode(parent.0));
+        let np = tri!(call, reply, Ino::decode(newparent.0));
+        if is_reserved(p, name) || is_reserved(np, newname) {
+            return call.fail(FsError::Perm, reply);
+        }
+        let (ctx, name, newname) = (ctx(req), name.to_os_string(), newname.to_os_string());
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+            let (nb, nn) = tri!(call, reply, resolve(core, np, call.pid));
+            if b != nb {
+                return call.fail(FsError::CrossDevice, reply);
+            }
+            tri!(
+                call,
+                reply,
+                core.rename(&ctx, b, n, &name, nn, &newname, flags)
+            );
+            reply.ok();
+        });
+    }
+
+    pub(super) fn do_link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let call = self.call(Op::Link, ino.0, req);
+        let target = tri!(call, reply, Ino::decode(ino.0));
+        let np = tri!(call, reply, Ino::decode(newparent.0));
+        if target.is_virtual() {
+            return call.fail(FsError::Perm, reply);
+        }
+        if is_reserved(np, newname) {
+            return call.fail(FsError::Exists, reply);
+        }
+        let (ctx, newname, ttl) = (ctx(req), newname.to_os_string(), self.ttl);
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
+            let (nb, nn) = tri!(call, reply, resolve(core, np, call.pid));
+            if b != nb {
+                return call.fail(FsError::CrossDevice, reply);
+            }
+            let attr = tri!(call, reply, core.link(&ctx, b, n, nn, &newname));
+            reply_entry(&call, reply, np, b, &attr, ttl);
+        });
+    }
+
+    pub(super) fn do_access(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mask: AccessFlags,
+        reply: ReplyEmpty,
+    ) {
+        let call = self.call(Op::Access, ino.0, req);
+        let target = tri!(call, reply, Ino::decode(ino.0));
+        if target.is_virtual() {
+            if mask.contains(AccessFlags::W_OK) {
+                return call.fail(FsError::ReadOnly, reply);
+            }
+            return reply.ok();
+        }
+        let ctx = ctx(req);
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
+            tri!(call, reply, core.access(&ctx, b, n, mask.bits()));
+            reply.ok();
+        });
+    }
+}

@@ -1,0 +1,188 @@
+//! The adapter's virtual nodes: `.agentfs` and `.agentfs/control`.
+//!
+//! They exist in every branch alike and never reach FsCore: `.agentfs` is
+//! found by lookup in the root but not listed by readdir (like ZFS's `.zfs`),
+//! and `control` is a read-only file whose bytes are the control
+//! [`Endpoint`](agentfs_control::Endpoint) as JSON, so a client standing
+//! anywhere in the mount can find the daemon's socket.
+
+use crate::attr::BLKSIZE;
+use crate::inode::{Ino, AGENTFS_DIR_INO, CONTROL_FILE_INO, ROOT_INO};
+use agentfs_core::FsError;
+use fuser::{FileAttr, FileType, INodeNo};
+use std::ffi::OsStr;
+use std::time::SystemTime;
+
+/// Name of the virtual directory in the root.
+pub const AGENTFS_DIR_NAME: &str = ".agentfs";
+/// Name of the control file in `.agentfs`.
+pub const CONTROL_FILE_NAME: &str = "control";
+
+/// The contents and owner of the virtual nodes.
+#[derive(Debug, Clone)]
+pub struct VirtualNodes {
+    control: Vec<u8>,
+    uid: u32,
+    gid: u32,
+    time: SystemTime,
+}
+
+impl VirtualNodes {
+    /// Virtual nodes owned by `uid:gid` whose control file holds `control`.
+    pub fn new(control: Vec<u8>, uid: u32, gid: u32) -> VirtualNodes {
+        VirtualNodes {
+            control,
+            uid,
+            gid,
+            time: SystemTime::now(),
+        }
+    }
+
+    /// Attributes of a virtual node; `None` for any other inode.
+    pub fn attr(&self, ino: Ino) -> Option<FileAttr> {
+        let (ino, kind, perm, nlink, size) = match ino {
+            Ino::AgentfsDir => (AGENTFS_DIR_INO, FileType::Directory, 0o555, 2, 0),
+            Ino::ControlFile => (
+                CONTROL_FILE_INO,
+                FileType::RegularFile,
+                0o444,
+                1,
+                self.control.len() as u64,
+            ),
+            Ino::Root | Ino::Node(..) => return None,
+        };
+        Some(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.time,
+            mtime: self.time,
+            ctime: self.time,
+            crtime: self.time,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLKSIZE,
+            flags: 0,
+        })
+    }
+
+    /// Lookup of `name` in `parent` when the answer is virtual; `None` when
+    /// FsCore must answer.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Option<Result<FileAttr, FsError>> {
+        match parent {
+            Ino::Root if name == AGENTFS_DIR_NAME => self.attr(Ino::AgentfsDir).map(Ok),
+            Ino::AgentfsDir if name == CONTROL_FILE_NAME => self.attr(Ino::ControlFile).map(Ok),
+            Ino::AgentfsDir => Some(Err(FsError::NotFound)),
+            Ino::ControlFile => Some(Err(FsError::NotDir)),
+            Ino::Root | Ino::Node(..) => None,
+        }
+    }
+
+    /// Entries of `.agentfs` after cookie `offset`: (ino, cookie, type, name).
+    pub fn entries(&self, offset: u64) -> Vec<(u64, u64, FileType, &'static str)> {
+        let all = [
+            (AGENTFS_DIR_INO, 1, FileType::Directory, "."),
+            (ROOT_INO, 2, FileType::Directory, ".."),
+            (
+                CONTROL_FILE_INO,
+                3,
+                FileType::RegularFile,
+                CONTROL_FILE_NAME,
+            ),
+        ];
+        all.into_iter().filter(|e| e.1 > offset).collect()
+    }
+
+    /// Length of the control file.
+    pub fn control_len(&self) -> u64 {
+        self.control.len() as u64
+    }
+
+    /// Up to `size` bytes of the control file at `offset`.
+    pub fn read(&self, offset: u64, size: u32) -> &[u8] {
+        let len = self.control.len();
+        let start = usize::try_from(offset).unwrap_or(len).min(len);
+        let end = start.saturating_add(size as usize).min(len);
+        &self.control[start..end]
+    }
+}
+
+/// Whether `name` in `parent` is the reserved name `.agentfs` of the root,
+/// which FsCore must never create, remove or rename.
+pub fn is_reserved(parent: Ino, name: &OsStr) -> bool {
+    parent == Ino::Root && name == AGENTFS_DIR_NAME
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes() -> VirtualNodes {
+        VirtualNodes::new(b"{\"protocol\": 1}\n".to_vec(), 1000, 1000)
+    }
+
+    #[test]
+    fn agentfs_dir_is_found_in_the_root_only() {
+        let v = nodes();
+        let dir = v
+            .lookup(Ino::Root, OsStr::new(".agentfs"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(dir.ino, INodeNo(AGENTFS_DIR_INO));
+        assert_eq!(dir.kind, FileType::Directory);
+        assert!(v.lookup(Ino::Root, OsStr::new("other")).is_none());
+        let sub = Ino::Node(agentfs_core::BranchId(1), agentfs_core::NodeId(5));
+        assert!(v.lookup(sub, OsStr::new(".agentfs")).is_none());
+    }
+
+    #[test]
+    fn control_file_is_read_only_and_sized_by_its_content() {
+        let v = nodes();
+        let f = v
+            .lookup(Ino::AgentfsDir, OsStr::new("control"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.ino, INodeNo(CONTROL_FILE_INO));
+        assert_eq!(f.perm, 0o444);
+        assert_eq!(f.size, 16);
+        assert!(matches!(
+            v.lookup(Ino::AgentfsDir, OsStr::new("nope")),
+            Some(Err(FsError::NotFound))
+        ));
+        assert!(matches!(
+            v.lookup(Ino::ControlFile, OsStr::new("x")),
+            Some(Err(FsError::NotDir))
+        ));
+    }
+
+    #[test]
+    fn reads_are_clamped_to_the_content() {
+        let v = nodes();
+        assert_eq!(v.read(0, 4096), b"{\"protocol\": 1}\n");
+        assert_eq!(v.read(2, 8), b"protocol");
+        assert_eq!(v.read(16, 10), b"");
+        assert_eq!(v.read(u64::MAX, 10), b"");
+    }
+
+    #[test]
+    fn listing_resumes_after_a_cookie() {
+        let v = nodes();
+        let names: Vec<_> = v.entries(0).into_iter().map(|e| e.3).collect();
+        assert_eq!(names, [".", "..", "control"]);
+        let names: Vec<_> = v.entries(2).into_iter().map(|e| e.3).collect();
+        assert_eq!(names, ["control"]);
+        assert!(v.entries(3).is_empty());
+    }
+
+    #[test]
+    fn only_dot_agentfs_in_the_root_is_reserved() {
+        assert!(is_reserved(Ino::Root, OsStr::new(".agentfs")));
+        assert!(!is_reserved(Ino::Root, OsStr::new("agentfs")));
+        let sub = Ino::Node(agentfs_core::BranchId(1), agentfs_core::NodeId(5));
+        assert!(!is_reserved(sub, OsStr::new(".agentfs")));
+    }
+}

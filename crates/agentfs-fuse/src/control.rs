@@ -1,0 +1,247 @@
+//! The control plane's handler: control-protocol commands applied to FsCore.
+//!
+//! [`CoreControl`] checks who is asking (the peer credentials the control
+//! server read from the socket) and converts between core types and the
+//! protocol's wire views. The rules (DESIGN promise 7):
+//! - snapshot and branch create/delete: the mount owner (the uid that started
+//!   the daemon) or root;
+//! - branch-bind/unbind: the target process must exist and belong to the
+//!   caller, unless the caller is root;
+//! - status and lists: anyone who can reach the socket.
+
+use agentfs_control::{
+    BindingView, BranchView, Command, ControlError, ControlHandler, ErrorKind, PeerCred, Reply,
+    SnapshotView, StatusView, PROTOCOL_VERSION,
+};
+use agentfs_core::{BranchInfo, FsCore, FsError, SnapshotInfo};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where the mount lives, for `status`.
+#[derive(Debug, Clone)]
+pub struct MountFacts {
+    pub mountpoint: PathBuf,
+    pub backstore: PathBuf,
+}
+
+/// The daemon's [`ControlHandler`].
+pub struct CoreControl {
+    core: Arc<FsCore>,
+    owner_uid: u32,
+    facts: MountFacts,
+}
+
+impl CoreControl {
+    /// A handler over `core` for a mount owned by `owner_uid`.
+    pub fn new(core: Arc<FsCore>, owner_uid: u32, facts: MountFacts) -> CoreControl {
+        CoreControl {
+            core,
+            owner_uid,
+            facts,
+        }
+    }
+
+    fn require_owner(&self, peer: &PeerCred, what: &str) -> Result<(), ControlError> {
+        if peer.uid == self.owner_uid || peer.uid == 0 {
+            return Ok(());
+        }
+        Err(ControlError::permission_denied(format!(
+            "permission denied: only the mount owner (uid {}) or root may {what}",
+            self.owner_uid
+        )))
+    }
+
+    /// The target process must exist and be the caller's (unless root).
+    fn require_process(&self, peer: &PeerCred, pid: u32, what: &str) -> Result<(), ControlError> {
+        let Some(info) = self.core.process(pid) else {
+            return Err(ControlError::not_found(format!("no such process: {pid}")));
+        };
+        if peer.uid == 0 || info.uid == peer.uid {
+            return Ok(());
+        }
+        Err(ControlError::permission_denied(format!(
+            "permission denied: process {pid} belongs to uid {}, not to the caller (uid {}); only root may {what} another user's process",
+            info.uid, peer.uid
+        )))
+    }
+
+    fn branch_view(&self, info: &BranchInfo) -> BranchView {
+        branch_view(info)
+    }
+
+    fn status(&self, peer: &PeerCred) -> Result<Reply, ControlError> {
+        let core = &self.core;
+        let branches = core.branch_list();
+        let stats = core.stats();
+        let name_of = |id| {
+            branches
+                .iter()
+                .find(|b| b.id == id)
+                .map(|b| b.name.clone())
+                .unwrap_or_default()
+        };
+        let bindings = core
+            .bindings()
+            .into_iter()
+            .map(|b| BindingView {
+                pid: b.pid,
+                branch: b.branch.to_string(),
+                branch_name: name_of(b.branch),
+            })
+            .collect();
+        let fs_bytes_free = core
+            .statfs()
+            .map(|s| s.bavail.saturating_mul(u64::from(s.frsize)))
+            .unwrap_or(0);
+        Ok(Reply::Status(StatusView {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            mountpoint: self.facts.mountpoint.display().to_string(),
+            backstore: self.facts.backstore.display().to_string(),
+            data_path: "transport".to_string(),
+            default_branch: core.default_branch().to_string(),
+            caller_branch: core.branch_of(peer.pid).to_string(),
+            branches: branches.iter().map(|b| self.branch_view(b)).collect(),
+            snapshots: stats.snapshots as u64,
+            bindings,
+            open_handles: stats.open_handles as u64,
+            content_objects: stats.content_objects,
+            content_bytes: stats.content_bytes,
+            cow_clones: stats.cow_clones,
+            fs_bytes_free,
+        }))
+    }
+}
+
+impl ControlHandler for CoreControl {
+    fn handle(&self, peer: &PeerCred, command: Command) -> Result<Reply, ControlError> {
+        let op = command.op();
+        let result = self.dispatch(peer, command);
+        match &result {
+            Ok(_) => tracing::info!(op, pid = peer.pid, uid = peer.uid, "control request done"),
+            Err(e) => {
+                tracing::info!(op, pid = peer.pid, uid = peer.uid, kind = %e.kind, "control request refused: {e}")
+            }
+        }
+        result
+    }
+}
+
+impl CoreControl {
+    fn dispatch(&self, peer: &PeerCred, command: Command) -> Result<Reply, ControlError> {
+        let core = &self.core;
+        match command {
+            Command::SnapshotCreate { name, branch } => {
+                self.require_owner(peer, "create snapshots")?;
+                let b = match branch {
+                    Some(b) => core.find_branch(&b).map_err(control_error)?,
+                    None => core.branch_of(peer.pid),
+                };
+                let info = core.snapshot_create(b, name).map_err(control_error)?;
+                Ok(Reply::Snapshot(snapshot_view(&info)))
+            }
+            Command::SnapshotList => Ok(Reply::Snapshots(
+                core.snapshot_list().iter().map(snapshot_view).collect(),
+            )),
+            Command::SnapshotDelete { snapshot } => {
+                self.require_owner(peer, "delete snapshots")?;
+                let s = core.find_snapshot(&snapshot).map_err(control_error)?;
+                core.snapshot_delete(s).map_err(control_error)?;
+                Ok(Reply::Deleted { id: s.to_string() })
+            }
+            Command::BranchCreate { from, name } => {
+                self.require_owner(peer, "create branches")?;
+                let s = core.find_snapshot(&from).map_err(control_error)?;
+                let info = core.branch_create(s, name).map_err(control_error)?;
+                Ok(Reply::Branch(branch_view(&info)))
+            }
+            Command::BranchList => Ok(Reply::Branches(
+                core.branch_list().iter().map(branch_view).collect(),
+            )),
+            Command::BranchDelete { branch, force } => {
+                self.require_owner(peer, "delete branches")?;
+                let b = core.find_branch(&branch).map_err(control_error)?;
+                core.branch_delete(b, force).map_err(control_error)?;
+                Ok(Reply::Deleted { id: b.to_string() })
+            }
+            Command::BranchBind { branch, pid } => {
+                self.require_process(peer, pid, "bind")?;
+                let b = core.find_branch(&branch).map_err(control_error)?;
+                let info = core.bind(pid, b).map_err(control_error)?;
+                Ok(Reply::Bound {
+                    pid: info.tgid,
+                    branch: b.to_string(),
+                })
+            }
+            Command::BranchUnbind { pid } => {
+                self.require_process(peer, pid, "unbind")?;
+                let was_bound = core.unbind(pid).map_err(control_error)?;
+                Ok(Reply::Unbound { pid, was_bound })
+            }
+            Command::Status => self.status(peer),
+        }
+    }
+}
+
+/// The control error for a core error: its kind, and the error's own message.
+/// Exhaustive on purpose: a new `FsError` variant must choose its kind here.
+pub fn control_error(err: FsError) -> ControlError {
+    let kind = match &err {
+        FsError::UnknownView(_) | FsError::NotFound => ErrorKind::NotFound,
+        FsError::NameTaken(_) | FsError::Exists => ErrorKind::NameTaken,
+        FsError::Busy(_) => ErrorKind::Busy,
+        FsError::Invalid | FsError::NameTooLong => ErrorKind::InvalidArgument,
+        FsError::Perm | FsError::Access | FsError::ReadOnly => ErrorKind::PermissionDenied,
+        FsError::NotDir
+        | FsError::IsDir
+        | FsError::NotEmpty
+        | FsError::NoXattr
+        | FsError::Range
+        | FsError::TooBig
+        | FsError::NotSupported
+        | FsError::CrossDevice
+        | FsError::TooManyLinks
+        | FsError::BadHandle
+        | FsError::Stale
+        | FsError::Loop
+        | FsError::FileTooBig
+        | FsError::Io(_) => ErrorKind::Internal,
+    };
+    ControlError::new(kind, err.to_string())
+}
+
+/// Seconds since the Unix epoch, with sub-second precision.
+fn unix_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
+}
+
+/// The wire view of a snapshot.
+pub fn snapshot_view(info: &SnapshotInfo) -> SnapshotView {
+    SnapshotView {
+        id: info.id.to_string(),
+        name: info.name.clone(),
+        branch: info.branch.to_string(),
+        created_unix: unix_seconds(info.created),
+        children: info.children.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The wire view of a branch.
+pub fn branch_view(info: &BranchInfo) -> BranchView {
+    BranchView {
+        id: info.id.to_string(),
+        name: info.name.clone(),
+        from: info.from.map(|s| s.to_string()),
+        created_unix: unix_seconds(info.created),
+        is_default: info.is_default,
+        open_handles: info.open_handles as u64,
+        bound_processes: info.bound_processes as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests;

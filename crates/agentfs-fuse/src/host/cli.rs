@@ -1,0 +1,123 @@
+//! Command-line flags of `agentfs-fuse-host`.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+/// Mount AgentFS, a branching snapshot filesystem, at MOUNTPOINT.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "agentfs-fuse-host", version, about)]
+pub struct Cli {
+    /// Directory holding the file contents and state [default: $XDG_DATA_HOME/agentfs/default,
+    /// else ~/.local/share/agentfs/default].
+    #[arg(long, value_name = "DIR")]
+    pub backstore: Option<PathBuf>,
+
+    /// Stay in the foreground and log to stderr (default: become a daemon logging to
+    /// <backstore>/agentfs.log).
+    #[arg(long)]
+    pub foreground: bool,
+
+    /// Let users other than the mount owner use the mount (non-root owners need
+    /// user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Least severe log level written.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Transport workers for in-memory metadata operations.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub meta_workers: u16,
+
+    /// Transport workers for operations that touch the backstore.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub data_workers: u16,
+
+    /// Threads reading requests from the kernel.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub fuse_threads: u16,
+
+    /// How long the kernel may cache attributes and names below the root, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub attr_ttl_ms: u64,
+
+    /// Name of the branch unbound processes see.
+    #[arg(long, value_name = "NAME", default_value = "main")]
+    pub default_branch: String,
+
+    /// Directory to mount at.
+    pub mountpoint: PathBuf,
+}
+
+/// `--log-level` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The tracing filter for this level. fuser's own per-request chatter is
+    /// kept at warn unless debug or trace is asked for.
+    pub fn filter(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info,fuser=warn",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_flags_parse() {
+        let cli = Cli::try_parse_from(["agentfs-fuse-host", "/mnt/x"]).unwrap();
+        assert_eq!(cli.mountpoint, PathBuf::from("/mnt/x"));
+        assert!(!cli.foreground && !cli.allow_other);
+        assert_eq!(
+            (cli.meta_workers, cli.data_workers, cli.fuse_threads),
+            (4, 8, 2)
+        );
+        assert_eq!(cli.attr_ttl_ms, 1000);
+        assert_eq!(cli.default_branch, "main");
+        assert_eq!(cli.log_level, LogLevel::Info);
+        let cli = Cli::try_parse_from([
+            "agentfs-fuse-host",
+            "--backstore",
+            "/b",
+            "--foreground",
+            "--log-level",
+            "debug",
+            "--fuse-threads",
+            "4",
+            "--attr-ttl-ms",
+            "0",
+            "--default-branch",
+            "trunk",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(cli.backstore, Some(PathBuf::from("/b")));
+        assert!(cli.foreground);
+        assert_eq!(cli.log_level, LogLevel::Debug);
+        assert_eq!((cli.fuse_threads, cli.attr_ttl_ms), (4, 0));
+        assert_eq!(cli.default_branch, "trunk");
+        assert!(Cli::try_parse_from(["agentfs-fuse-host", "--fuse-threads", "0", "/m"]).is_err());
+        assert!(Cli::try_parse_from(["agentfs-fuse-host"]).is_err());
+    }
+}

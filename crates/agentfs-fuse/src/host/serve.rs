@@ -1,0 +1,222 @@
+//! Running one mount: build everything, mount, wait, tear down in order.
+//!
+//! Signals: SIGINT, SIGTERM and SIGHUP are blocked in every thread (the mask
+//! is set before the first thread starts, and threads inherit it) and taken
+//! with `sigwait` by the main thread alone, so no handler ever runs inside
+//! FUSE or FsCore code. The session thread sends SIGUSR1 to the process when
+//! the FUSE session ends on its own (an external `fusermount3 -u` or
+//! `umount`), which wakes the same `sigwait`.
+//!
+//! Teardown: unmount (lazily if the mount is busy) and wait for the session
+//! to end, stop the control server (removes the socket), shut the transport
+//! down (queued jobs still run), then `FsCore::sync_all`.
+
+use super::cli::Cli;
+use super::daemon::Ready;
+use agentfs_control::{socket_path_for, ControlServer, Endpoint, PROTOCOL_VERSION};
+use agentfs_core::{CoreConfig, FsCore, ProcFs};
+use agentfs_fuse::{AdapterConfig, AgentFs, CoreControl, MountFacts};
+use agentfs_hostfs::{HostFs, HostFsOptions};
+use agentfs_transport::{FsCoreTransport, InProcessTransport, TransportConfig};
+use anyhow::{anyhow, Context};
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use nix::sys::signal::{SigSet, Signal};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// How long teardown waits for the FUSE session to end after unmounting.
+const SESSION_END_WAIT: Duration = Duration::from_secs(10);
+
+/// The signals the main thread waits for.
+fn wait_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Mount at `mountpoint` (canonical) over the backstore at `backstore`, and
+/// serve until a signal or an external unmount.
+pub fn serve(
+    cli: &Cli,
+    mountpoint: &Path,
+    backstore: &Path,
+    ready: &mut Ready,
+) -> anyhow::Result<()> {
+    // Before any thread exists: every thread inherits this mask.
+    let signals = wait_set();
+    signals.thread_block().context("cannot block signals")?;
+
+    let hostfs = HostFs::open(backstore, HostFsOptions::default()).map_err(|e| anyhow!("{e}"))?;
+    let backstore = hostfs.root().to_path_buf();
+    ready.redirect_output(&backstore.join("agentfs.log"))?;
+    init_logging(cli);
+
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let core = Arc::new(FsCore::new(
+        Arc::new(hostfs),
+        CoreConfig {
+            process_table: Box::new(ProcFs),
+            default_branch_name: cli.default_branch.clone(),
+        },
+    ));
+    let transport = InProcessTransport::try_new(
+        Arc::clone(&core),
+        TransportConfig {
+            meta_workers: cli.meta_workers.into(),
+            data_workers: cli.data_workers.into(),
+        },
+    )
+    .map_err(|e| anyhow!("cannot start the transport workers: {e}"))?;
+
+    let socket = socket_path_for(&backstore, uid);
+    let facts = MountFacts {
+        mountpoint: mountpoint.to_path_buf(),
+        backstore: backstore.clone(),
+    };
+    let handler = Arc::new(CoreControl::new(Arc::clone(&core), uid, facts));
+    let control = ControlServer::bind(&socket, handler)
+        .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
+    let endpoint = Endpoint {
+        protocol: PROTOCOL_VERSION,
+        socket,
+        mountpoint: mountpoint.to_path_buf(),
+    };
+
+    let fs = AgentFs::new(
+        Arc::clone(&transport) as Arc<dyn FsCoreTransport>,
+        AdapterConfig {
+            attr_ttl: Duration::from_millis(cli.attr_ttl_ms),
+            control_file: endpoint.to_json_bytes(),
+            owner_uid: uid,
+            owner_gid: gid,
+        },
+    );
+    let metrics = Arc::clone(fs.metrics());
+    let mut session = Session::new(fs, mountpoint, &session_config(cli))
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let main_pid = nix::unistd::getpid();
+    let session_thread = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = ended_tx.send(result);
+            // Wake the main thread's sigwait.
+            let _ = nix::sys::signal::kill(main_pid, Signal::SIGUSR1);
+        })
+        .context("cannot start the FUSE session thread")?;
+
+    let pid = std::process::id();
+    ready.ok(&format!(
+        "AgentFS mounted at {m} (backstore {b}, daemon pid {pid}). Unmount: fusermount3 -u {m}",
+        m = mountpoint.display(),
+        b = backstore.display()
+    ));
+    tracing::info!(mountpoint = %mountpoint.display(), backstore = %backstore.display(), pid, "mounted");
+
+    let ended_by_itself = loop {
+        match signals.wait() {
+            Ok(Signal::SIGUSR1) => break true,
+            Ok(sig) => {
+                tracing::info!("{sig}: unmounting");
+                break false;
+            }
+            Err(e) => tracing::warn!("sigwait failed: {e}"),
+        }
+    };
+    if ended_by_itself {
+        tracing::info!("the FUSE session ended (unmounted from outside)");
+    } else {
+        unmount(&mut unmounter, mountpoint);
+    }
+    match ended_rx.recv_timeout(SESSION_END_WAIT) {
+        Ok(result) => {
+            if let Err(e) = result {
+                tracing::warn!("FUSE session ended with an error: {e}");
+            }
+            if session_thread.join().is_err() {
+                tracing::error!("FUSE session thread panicked");
+            }
+        }
+        Err(_) => tracing::warn!(
+            "FUSE session still open {}s after unmount (busy mount, detached lazily); exiting without it",
+            SESSION_END_WAIT.as_secs()
+        ),
+    }
+
+    control.shutdown();
+    transport.shutdown();
+    for (name, value) in metrics.snapshot() {
+        tracing::info!(metric = name, value, "final count");
+    }
+    core.sync_all()
+        .map_err(|e| anyhow!("final sync of the backstore failed: {e}"))?;
+    tracing::info!("unmounted cleanly");
+    Ok(())
+}
+
+fn session_config(cli: &Cli) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("agentfs".into()),
+        MountOption::Subtype("agentfs".into()),
+        // Kernel permission checks (pjdfstest expects them; FsCore checks too).
+        MountOption::DefaultPermissions,
+    ];
+    if cli.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(cli.fuse_threads.into());
+    config.clone_fd = true;
+    config
+}
+
+/// Unmount; if the mount is busy, detach it lazily so new lookups fail
+/// while open files finish.
+fn unmount(unmounter: &mut SessionUnmounter, mountpoint: &Path) {
+    let Err(e) = unmounter.unmount() else {
+        return;
+    };
+    tracing::warn!("unmount failed ({e}); detaching lazily");
+    let detached = if nix::unistd::geteuid().is_root() {
+        nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(|e| e.to_string())
+    } else {
+        std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(mountpoint)
+            .status()
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                if s.success() {
+                    Ok(())
+                } else {
+                    Err(format!("fusermount3 -u -z: {s}"))
+                }
+            })
+    };
+    if let Err(e) = detached {
+        tracing::error!("lazy unmount failed too: {e}");
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::new(cli.log_level.filter());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_thread_names(true)
+        .try_init();
+}

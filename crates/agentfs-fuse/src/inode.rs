@@ -1,0 +1,153 @@
+//! FUSE inode numbers: how a kernel inode names a (branch, node) pair.
+//!
+//! The kernel caches inodes and dentries for every process alike, so an inode
+//! number must mean the same file whoever asks. AgentFS therefore puts the
+//! branch into the number: `ino = (branch << 44) | node`. Node ids are below
+//! 2^44 by FsCore's promise, which leaves 20 bits (about a million) for
+//! branch ids; branch ids are never reused, so a number never changes meaning.
+//!
+//! Two exceptions:
+//! - ino 1 is the root directory, shared by every branch because the kernel
+//!   has only one root per mount. A request on ino 1 acts on the branch of the
+//!   calling process, which is why entries looked up in it must not be cached.
+//!   Encoding any branch's root node gives 1.
+//! - Branch 0 is reserved for the adapter's virtual nodes: `.agentfs` (ino 2)
+//!   and `.agentfs/control` (ino 3), which exist in every branch alike.
+
+use agentfs_core::{BranchId, NodeId};
+
+/// Bits of the inode number that hold the node id.
+pub const NODE_BITS: u32 = 44;
+const NODE_MASK: u64 = (1 << NODE_BITS) - 1;
+/// The largest branch id that fits into an inode number.
+pub const MAX_BRANCH: u64 = (1 << (64 - NODE_BITS)) - 1;
+
+/// The shared root directory.
+pub const ROOT_INO: u64 = 1;
+/// The virtual directory `.agentfs` in the root.
+pub const AGENTFS_DIR_INO: u64 = 2;
+/// The virtual file `.agentfs/control`.
+pub const CONTROL_FILE_INO: u64 = 3;
+
+/// Why an inode number could not be made or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InodeError {
+    #[error("branch id {0} does not fit into an inode number (max {MAX_BRANCH})")]
+    BranchTooLarge(u64),
+    #[error("node id {0} does not fit into an inode number")]
+    NodeTooLarge(u64),
+    #[error("inode number {0:#x} names no node")]
+    Invalid(u64),
+}
+
+/// What an inode number names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ino {
+    /// ino 1: the root of the calling process's branch.
+    Root,
+    /// A node (never the root) of a branch.
+    Node(BranchId, NodeId),
+    /// The virtual directory `.agentfs`.
+    AgentfsDir,
+    /// The virtual file `.agentfs/control`.
+    ControlFile,
+}
+
+impl Ino {
+    /// Read an inode number the kernel sent.
+    pub fn decode(ino: u64) -> Result<Ino, InodeError> {
+        if ino == ROOT_INO {
+            return Ok(Ino::Root);
+        }
+        let branch = ino >> NODE_BITS;
+        let node = ino & NODE_MASK;
+        match (branch, node) {
+            (0, 2) => Ok(Ino::AgentfsDir),
+            (0, 3) => Ok(Ino::ControlFile),
+            (0, _) | (_, 0) => Err(InodeError::Invalid(ino)),
+            (b, n) => Ok(Ino::Node(BranchId(b), NodeId(n))),
+        }
+    }
+
+    /// Whether this is one of the adapter's virtual nodes.
+    pub fn is_virtual(self) -> bool {
+        matches!(self, Ino::AgentfsDir | Ino::ControlFile)
+    }
+}
+
+/// The inode number of `node` in `branch`; the root node of any branch is ino 1.
+pub fn encode(branch: BranchId, node: NodeId) -> Result<u64, InodeError> {
+    if node == NodeId::ROOT {
+        return Ok(ROOT_INO);
+    }
+    if branch.0 == 0 || branch.0 > MAX_BRANCH {
+        return Err(InodeError::BranchTooLarge(branch.0));
+    }
+    if node.0 == 0 || node.0 > NODE_MASK {
+        return Err(InodeError::NodeTooLarge(node.0));
+    }
+    Ok((branch.0 << NODE_BITS) | node.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_of_every_branch_is_ino_1() {
+        for b in [1, 2, 77, MAX_BRANCH] {
+            assert_eq!(encode(BranchId(b), NodeId::ROOT), Ok(ROOT_INO));
+        }
+        assert_eq!(Ino::decode(1), Ok(Ino::Root));
+    }
+
+    #[test]
+    fn nodes_round_trip_and_keep_branches_apart() {
+        let cases = [
+            (1, 2),
+            (1, NODE_MASK),
+            (2, 2),
+            (MAX_BRANCH, 12345),
+            (3, 1 << 40),
+        ];
+        for (b, n) in cases {
+            let ino = encode(BranchId(b), NodeId(n)).unwrap();
+            assert_eq!(ino >> NODE_BITS, b);
+            assert_eq!(Ino::decode(ino), Ok(Ino::Node(BranchId(b), NodeId(n))));
+        }
+        let a = encode(BranchId(1), NodeId(5)).unwrap();
+        let b = encode(BranchId(2), NodeId(5)).unwrap();
+        assert_ne!(a, b, "the same node in two branches has two inode numbers");
+    }
+
+    #[test]
+    fn virtual_nodes_live_in_branch_0() {
+        assert_eq!(Ino::decode(AGENTFS_DIR_INO), Ok(Ino::AgentfsDir));
+        assert_eq!(Ino::decode(CONTROL_FILE_INO), Ok(Ino::ControlFile));
+        assert!(Ino::decode(AGENTFS_DIR_INO).unwrap().is_virtual());
+        assert!(!Ino::decode(1).unwrap().is_virtual());
+        assert_eq!(Ino::decode(4), Err(InodeError::Invalid(4)));
+        assert_eq!(Ino::decode(0), Err(InodeError::Invalid(0)));
+        // Node 0 of a real branch is no node either.
+        assert_eq!(
+            Ino::decode(1 << NODE_BITS),
+            Err(InodeError::Invalid(1 << NODE_BITS))
+        );
+    }
+
+    #[test]
+    fn ids_out_of_range_are_refused() {
+        assert_eq!(
+            encode(BranchId(MAX_BRANCH + 1), NodeId(2)),
+            Err(InodeError::BranchTooLarge(MAX_BRANCH + 1))
+        );
+        assert_eq!(
+            encode(BranchId(0), NodeId(2)),
+            Err(InodeError::BranchTooLarge(0))
+        );
+        assert_eq!(
+            encode(BranchId(1), NodeId(1 << NODE_BITS)),
+            Err(InodeError::NodeTooLarge(1 << NODE_BITS))
+        );
+    }
+}

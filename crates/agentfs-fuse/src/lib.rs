@@ -1,0 +1,25 @@
+//! agentfs-fuse: the FUSE face of AgentFS.
+//!
+//! This crate is glue between the kernel and FsCore, and holds no filesystem
+//! state of its own beyond what a request carries:
+//! - [`adapter`]: [`AgentFs`], the fuser `Filesystem` that hands every
+//!   request to an [`agentfs_transport::FsCoreTransport`] and answers from a
+//!   transport worker;
+//! - [`inode`]: how a FUSE inode number names a (branch, node) pair;
+//! - [`control`]: [`CoreControl`], the control-protocol handler over FsCore;
+//! - [`metrics`]: the adapter's counters and their names;
+//! - [`reply`], [`attr`]: the one error path and the type conversions.
+//!
+//! The mount binary `agentfs-fuse-host` (src/main.rs) wires these together with
+//! HostFs, the in-process transport and the control server.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod adapter;
+pub mod attr;
+pub mod control;
+pub mod inode;
+pub mod metrics;
+pub mod reply;
+
+pub use adapter::{AdapterConfig, AgentFs, DEFAULT_ATTR_TTL};
+pub use control::{CoreControl, MountFacts};
