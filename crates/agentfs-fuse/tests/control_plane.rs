@@ -132,7 +132,7 @@ fn branch_names(m: &Mount) -> Vec<String> {
 fn branch_delete_refused_while_bound_and_forced() {
     let m = mount_or_skip!();
     fs::write(m.join("f"), "x").unwrap();
-    let snap = m.snapshot("s");
+    let snap = m.snapshot("base");
     let feat = m.branch(&snap, "feat");
     let holder = hold_bound_process(&m, "feat");
 
@@ -181,7 +181,7 @@ fn branch_delete_refused_while_bound_and_forced() {
 fn deleting_a_branch_reclaims_its_space() {
     let m = mount_or_skip!();
     fs::write(m.join("small"), "s").unwrap();
-    let snap = m.snapshot("s");
+    let snap = m.snapshot("base");
     m.branch(&snap, "big");
     let before = u64_field(&m.status(), "content_bytes");
     m.in_branch_ok(
