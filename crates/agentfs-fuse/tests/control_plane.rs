@@ -191,7 +191,14 @@ fn deleting_a_branch_reclaims_its_space() {
             shq(&m.join("big.bin"))
         ),
     );
-    let written = u64_field(&m.status(), "content_bytes");
+    let status = m.status();
+    let written = u64_field(&status, "content_bytes");
+    assert!(u64_field(&status, "content_objects") >= 1, "{status}");
+    let data_path = status["data_path"].as_str().unwrap_or_default();
+    assert!(
+        ["transport", "passthrough"].contains(&data_path),
+        "status.data_path: {status}"
+    );
     assert!(
         written >= before + 7 * MIB,
         "8 MiB written in a branch should show in content_bytes: before {before}, after {written}"
