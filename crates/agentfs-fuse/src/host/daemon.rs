@@ -5,15 +5,16 @@
 //! longer exist). The parent waits on a pipe for one line from the child,
 //! `ok <message>` or `err <message>`, prints it and exits 0 or 1, so a script
 //! that runs `agentfs-fuse-host` finds the mount live when it returns. The
-//! child starts its own session, leaves the working directory, and points
-//! stdin, stdout and stderr at /dev/null until [`Ready::redirect_output`]
-//! sends output to the log file.
+//! child closes the descriptors it inherited, starts its own session, leaves
+//! the working directory, and points stdin, stdout and stderr at /dev/null
+//! until [`Ready::redirect_output`] sends output to the log file.
 
 use anyhow::Context;
 use nix::fcntl::OFlag;
 use nix::unistd::{fork, ForkResult};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 /// How the outcome of starting up reaches the user.
@@ -103,6 +104,7 @@ pub fn daemonize() -> anyhow::Result<Ready> {
         }
         ForkResult::Child => {
             drop(read_end);
+            close_inherited(write_end.as_raw_fd());
             nix::unistd::setsid().context("setsid failed")?;
             // Do not pin the directory we were started in.
             nix::unistd::chdir("/").context("cannot chdir to /")?;
@@ -117,6 +119,24 @@ pub fn daemonize() -> anyhow::Result<Ready> {
             Ok(Ready {
                 pipe: Some(File::from(write_end)),
             })
+        }
+    }
+}
+
+/// Close the descriptors inherited from whoever started us (all above stderr
+/// but `keep`), so the daemon does not hold their pipes and files open. Runs
+/// right after the fork, when nothing in this process owns any of them.
+fn close_inherited(keep: RawFd) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd > 2 && fd != keep {
+            // EBADF for the directory's own (already closed) descriptor is fine.
+            let _ = nix::unistd::close(fd);
         }
     }
 }
