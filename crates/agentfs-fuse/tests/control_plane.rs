@@ -463,7 +463,8 @@ fn malformed_control_messages_get_errors_and_daemon_keeps_serving() {
     // An oversized length prefix: answered with an error, not an allocation.
     let mut s = connect(&sock);
     s.write_all(&u32::MAX.to_be_bytes()).unwrap();
-    s.write_all(b"{}").unwrap();
+    // The daemon may already have answered and closed: a failed write is fine.
+    let _ = s.write_all(b"{}");
     assert_err_kind(
         &read_reply(&mut s),
         "bad-message",
