@@ -54,7 +54,8 @@ command -v fusermount3 >/dev/null || fail "fusermount3 is needed (run scripts/bo
 [ -c /dev/fuse ] || fail "/dev/fuse is not available: this test needs a real FUSE mount"
 
 # --- mount, and clean up whatever happens ------------------------------------
-work=$(mktemp -d "${TMPDIR:-/tmp}/agentfs-cp.XXXXXX")
+# Canonical, because the daemon reports the mountpoint canonicalized.
+work=$(realpath "$(mktemp -d "${TMPDIR:-/tmp}/agentfs-cp.XXXXXX")")
 mnt="$work/mnt"
 store="$work/store"
 out="$work/out"
@@ -68,7 +69,6 @@ is_mounted() { grep -qs " $1 fuse" /proc/self/mounts; }
 cleanup() {
     local rc=$?
     set +e
-    [ "$rc" -ne 0 ] && printf '%s passed, 1 failed\n' "$passed"
     if [ -n "$bg_pid" ] && kill -0 "$bg_pid" 2>/dev/null; then
         kill "$bg_pid" 2>/dev/null
         wait "$bg_pid" 2>/dev/null
@@ -92,10 +92,11 @@ cleanup() {
     else
         if [ "$rc" -ne 0 ] && [ -f "$store/agentfs.log" ]; then
             printf -- '--- last lines of the daemon log (%s/agentfs.log) ---\n' "$store" >&2
-            tail -n 30 "$store/agentfs.log" >&2
+            grep -v 'final count' "$store/agentfs.log" | tail -n 20 >&2
         fi
         rm -rf "$work"
     fi
+    [ "$rc" -ne 0 ] && printf '%s passed, 1 failed\n' "$passed"
     exit "$rc"
 }
 trap cleanup EXIT
