@@ -67,7 +67,12 @@ pub struct AdapterConfig {
     /// Owner of the virtual nodes (the mount owner).
     pub owner_uid: u32,
     pub owner_gid: u32,
+    /// Testing only: getxattr of [`FAULT_PANIC_XATTR`] panics in its worker.
+    pub fault_injection: bool,
 }
+
+/// The xattr whose read panics when fault injection is on.
+pub const FAULT_PANIC_XATTR: &str = "user.agentfs.fault.panic";
 
 /// The FUSE filesystem of one mount.
 pub struct AgentFs {
@@ -75,6 +80,7 @@ pub struct AgentFs {
     metrics: Arc<Metrics>,
     ttl: Duration,
     virt: Arc<VirtualNodes>,
+    fault_injection: bool,
 }
 
 impl AgentFs {
@@ -85,6 +91,7 @@ impl AgentFs {
             metrics: Arc::new(Metrics::new()),
             ttl: config.attr_ttl,
             virt: Arc::new(virt),
+            fault_injection: config.fault_injection,
         }
     }
 

@@ -51,7 +51,15 @@ impl AgentFs {
             return call.fail(FsError::NoXattr, reply);
         }
         let (ctx, name) = (ctx(req), name.to_os_string());
+        let inject_panic = self.fault_injection && name == super::FAULT_PANIC_XATTR;
         self.submit(Lane::Meta, call, move |core, call| {
+            // The reply moved into this job is dropped by the unwinding, and
+            // fuser answers EIO for a dropped reply: only this call fails.
+            assert!(
+                !inject_panic,
+                "fault injection: {}",
+                super::FAULT_PANIC_XATTR
+            );
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let value = tri!(call, reply, core.getxattr(&ctx, b, n, &name));
             reply_sized(&call, reply, size, &value);

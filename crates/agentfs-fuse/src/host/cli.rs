@@ -42,6 +42,11 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub attr_ttl_ms: u64,
 
+    /// Testing only: reading the xattr `user.agentfs.fault.panic` panics inside
+    /// the worker that serves it, to prove one failing operation fails alone.
+    #[arg(long, hide = true)]
+    pub fault_injection: bool,
+
     /// Name of the branch unbound processes see.
     #[arg(long, value_name = "NAME", default_value = "main")]
     pub default_branch: String,

@@ -100,6 +100,7 @@ pub fn serve(
             control_file: endpoint.to_json_bytes(),
             owner_uid: uid,
             owner_gid: gid,
+            fault_injection: cli.fault_injection,
         },
     );
     let metrics = Arc::clone(fs.metrics());

@@ -261,6 +261,8 @@ pub struct Mount {
     mountpoint: PathBuf,
     backstore: PathBuf,
     stderr_log: PathBuf,
+    /// Extra flags for the daemon (see [`Mount::start_with`]).
+    extra_args: Vec<String>,
     /// Holds mountpoint/, backstore/ and the daemon's stderr log.
     dir: TempDir,
 }
@@ -269,6 +271,11 @@ impl Mount {
     /// Mount a fresh AgentFS, or `None` (after printing `SKIP:`) when FUSE is
     /// unavailable and not required.
     pub fn start() -> Option<Mount> {
+        Mount::start_with(&[])
+    }
+
+    /// Like [`Mount::start`], with extra `agentfs-fuse-host` flags.
+    pub fn start_with(extra_args: &[&str]) -> Option<Mount> {
         if !fuse_available() {
             return None;
         }
@@ -287,6 +294,7 @@ impl Mount {
             mountpoint,
             backstore,
             stderr_log,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             dir,
         };
         m.spawn_daemon();
@@ -296,6 +304,7 @@ impl Mount {
     fn spawn_daemon(&mut self) {
         let log = fs::File::create(&self.stderr_log).expect("create daemon stderr log");
         let mut child = Command::new(host_bin())
+            .args(&self.extra_args)
             .arg("--backstore")
             .arg(&self.backstore)
             .arg("--foreground")
@@ -654,4 +663,69 @@ impl Drop for Guarded {
             let _ = child.wait();
         }
     }
+}
+
+/// A command that runs `program args...` bound to `branch` through
+/// `branch-exec`, or unbound (so on the default branch) when `branch` is
+/// `None`. The caller adds environment and spawns it.
+pub fn command_in<S: AsRef<std::ffi::OsStr>>(
+    m: &Mount,
+    branch: Option<&str>,
+    program: &str,
+    args: &[S],
+) -> Command {
+    match branch {
+        Some(b) => {
+            let mut cmd = Command::new(cli_bin());
+            cmd.arg("--mount")
+                .arg(m.path())
+                .args(["branch-exec", "--branch", b, "--", program])
+                .args(args);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            cmd
+        }
+    }
+}
+
+/// Run `python3 -c script args...` in `branch` (or the default branch) under
+/// [`CMD_TIMEOUT`].
+pub fn py_in(m: &Mount, branch: Option<&str>, script: &str, args: &[&str]) -> Output {
+    let mut argv = vec!["-c", script];
+    argv.extend_from_slice(args);
+    run_with_timeout(&mut command_in(m, branch, python(), &argv), CMD_TIMEOUT)
+}
+
+/// [`py_in`] that must succeed; returns stdout.
+pub fn py_in_ok(m: &Mount, branch: Option<&str>, script: &str, args: &[&str]) -> String {
+    let out = py_in(m, branch, script, args);
+    assert_success(
+        &out,
+        &format!("python3 script in branch {branch:?} with args {args:?}"),
+    );
+    String::from_utf8(out.stdout).expect("script stdout is UTF-8")
+}
+
+/// Spawn `python3 -c script args...` in `branch` (or the default branch) with
+/// piped output; killed on drop (and the pid in `pidfile`, if the script
+/// writes its pid there).
+pub fn spawn_py_in(
+    m: &Mount,
+    branch: Option<&str>,
+    script: &str,
+    args: &[&str],
+    pidfile: Option<PathBuf>,
+) -> Guarded {
+    let mut argv = vec!["-c", script];
+    argv.extend_from_slice(args);
+    let child = command_in(m, branch, python(), &argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3 helper");
+    Guarded::new(child, pidfile)
 }
