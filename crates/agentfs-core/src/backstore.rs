@@ -14,6 +14,7 @@ use crate::ids::ContentId;
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// What a backstore holds right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub trait Backstore: Send + Sync + 'static {
     fn remove(&self, id: ContentId) -> io::Result<()>;
     /// Bytes allocated for the object on the host (for `st_blocks`).
     fn allocated_bytes(&self, id: ContentId) -> io::Result<u64>;
+    /// The object's length and last modification, as the host sees them: the
+    /// truth for files the kernel writes directly (passthrough).
+    fn len_and_mtime(&self, id: ContentId) -> io::Result<(u64, SystemTime)>;
     /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (`whence`) on the object.
     fn seek(&self, id: ContentId, offset: u64, whence: i32) -> io::Result<u64>;
     /// Capacity numbers of the filesystem the backstore lives on.

@@ -87,6 +87,18 @@ impl OpenFlags {
 struct OpenCount {
     handles: u32,
     writers: u32,
+    /// Handles whose data the kernel reads and writes directly in the content
+    /// object (passthrough), and how many of those write.
+    passthrough: u32,
+    passthrough_writers: u32,
+}
+
+impl OpenCount {
+    /// Whether snapshot-create must give the snapshot its own copy of the
+    /// node's content: someone may change it in place without asking FsCore.
+    fn pins_content(&self) -> bool {
+        self.writers > 0 || self.passthrough > 0
+    }
 }
 
 /// A writable branch.
@@ -138,6 +150,8 @@ pub(crate) struct Handle {
     branch: Arc<BranchState>,
     node: NodeId,
     kind: HandleKind,
+    /// Set once the kernel has the content object for direct I/O.
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 enum HandleKind {
@@ -302,10 +316,22 @@ impl FsCore {
 
     /// Attributes of node `id` in branch `b`.
     fn attr(&self, b: BranchId, id: NodeId) -> FsResult<Attr> {
-        let (meta, content) = self.read_tree(b, |t| {
-            let n = node(t, id)?;
-            Ok((n.meta.clone(), n.content().cloned()))
-        })?;
+        let branch = self.branch(b)?;
+        let (mut meta, content) = {
+            let t = branch.tree.read();
+            let n = node(&t, id)?;
+            (n.meta.clone(), n.content().cloned())
+        };
+        if let Some(c) = &content {
+            if branch.open_count(id).passthrough_writers > 0 {
+                // The kernel writes this object directly: it knows the size.
+                if let Ok((len, mtime)) = self.backstore.len_and_mtime(c.id) {
+                    meta.size = len;
+                    meta.mtime = meta.mtime.max(mtime);
+                    meta.ctime = meta.ctime.max(mtime);
+                }
+            }
+        }
         Ok(self.finish_attr(id, &meta, content.as_ref()))
     }
 
@@ -327,9 +353,15 @@ impl FsCore {
         }
         branch.open_handles.fetch_add(1, Ordering::AcqRel);
         let fh = HandleId(self.next_handle.fetch_add(1, Ordering::AcqRel));
-        self.handles
-            .write()
-            .insert(fh, Arc::new(Handle { branch, node, kind }));
+        self.handles.write().insert(
+            fh,
+            Arc::new(Handle {
+                branch,
+                node,
+                kind,
+                passthrough: std::sync::atomic::AtomicBool::new(false),
+            }),
+        );
         fh
     }
 
@@ -338,18 +370,28 @@ impl FsCore {
         let handle = self.handles.write().remove(&fh).ok_or(FsError::BadHandle)?;
         let branch = &handle.branch;
         let writes = matches!(handle.kind, HandleKind::File(f) if f.write);
-        let last = {
+        let direct = handle.passthrough.load(Ordering::Acquire);
+        let (last, last_direct_writer) = {
             let mut open = branch.open.lock();
             let count = open.entry(handle.node).or_default();
             count.handles = count.handles.saturating_sub(1);
             count.writers = count.writers.saturating_sub(u32::from(writes));
+            count.passthrough = count.passthrough.saturating_sub(u32::from(direct));
+            let direct_writer = direct && writes;
+            count.passthrough_writers = count
+                .passthrough_writers
+                .saturating_sub(u32::from(direct_writer));
+            let last_direct_writer = direct_writer && count.passthrough_writers == 0;
             let last = count.handles == 0;
             if last {
                 open.remove(&handle.node);
             }
-            last
+            (last, last_direct_writer)
         };
         branch.open_handles.fetch_sub(1, Ordering::AcqRel);
+        if last_direct_writer {
+            self.fold_direct_writes(branch, handle.node);
+        }
         if last {
             // An orphan (nlink 0, kept alive for open handles) goes with its last handle.
             let node = handle.node;

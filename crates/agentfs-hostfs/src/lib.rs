@@ -302,6 +302,11 @@ impl Backstore for HostFs {
         Ok(self.file(id)?.metadata()?.blocks() * 512)
     }
 
+    fn len_and_mtime(&self, id: ContentId) -> io::Result<(u64, std::time::SystemTime)> {
+        let meta = self.file(id)?.metadata()?;
+        Ok((meta.len(), meta.modified()?))
+    }
+
     fn seek(&self, id: ContentId, offset: u64, whence: i32) -> io::Result<u64> {
         let file = self.file(id)?;
         // Past i64::MAX is past the end of any file.

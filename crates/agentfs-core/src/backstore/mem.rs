@@ -141,6 +141,11 @@ impl Backstore for MemBackstore {
         Ok(self.inner.lock().get(id)?.len() as u64)
     }
 
+    fn len_and_mtime(&self, id: ContentId) -> io::Result<(u64, std::time::SystemTime)> {
+        let len = self.inner.lock().get(id)?.len() as u64;
+        Ok((len, std::time::UNIX_EPOCH))
+    }
+
     fn seek(&self, id: ContentId, offset: u64, whence: i32) -> io::Result<u64> {
         let len = self.inner.lock().get(id)?.len() as u64;
         if offset >= len {

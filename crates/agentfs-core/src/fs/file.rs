@@ -106,6 +106,84 @@ impl FsCore {
         self.remove_handle(fh)
     }
 
+    /// Offer the kernel direct access (passthrough) to handle `fh`'s data.
+    ///
+    /// Answers the content object's host file when the handle may use it
+    /// directly: the object must be this branch's own, so that no later
+    /// copy-on-write replaces it under the kernel; writers get one created or
+    /// copied if needed. Answers `None` (serve through FsCore) for readers of
+    /// shared or empty content. From then on FsCore treats the handle as one
+    /// that changes the object behind its back: snapshot-create copies the
+    /// object for the snapshot, and sizes come from the object while it writes.
+    pub fn open_passthrough(&self, fh: HandleId) -> FsResult<Option<Arc<std::fs::File>>> {
+        let (h, flags) = self.file_handle(fh)?;
+        let branch = &h.branch;
+        // Count the handle first, so a snapshot from here on copies the object
+        // for itself instead of sharing it.
+        self.set_direct(&h, flags.write, true);
+        let content = if flags.write {
+            Some(self.content_for_write(branch, h.node))
+        } else {
+            let t = branch.tree.read();
+            let n = super::node(&t, h.node);
+            n.map(|n| n.content().filter(|c| c.epoch() == branch.epoch()).cloned())
+                .transpose()
+        };
+        let file = match content {
+            Some(Ok(c)) => self
+                .backstore
+                .host_file(c.id)
+                .map(Some)
+                .map_err(FsError::from),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        };
+        if !matches!(file, Ok(Some(_))) {
+            self.set_direct(&h, flags.write, false);
+        }
+        file
+    }
+
+    fn set_direct(&self, h: &Handle, writes: bool, on: bool) {
+        if h.passthrough.swap(on, Ordering::AcqRel) == on {
+            return;
+        }
+        let mut open = h.branch.open.lock();
+        let count = open.entry(h.node).or_default();
+        if on {
+            count.passthrough += 1;
+            count.passthrough_writers += u32::from(writes);
+        } else {
+            count.passthrough = count.passthrough.saturating_sub(1);
+            count.passthrough_writers = count.passthrough_writers.saturating_sub(u32::from(writes));
+        }
+    }
+
+    /// The last direct writer of a node closed: take the size and time the
+    /// kernel gave the object into the node.
+    pub(super) fn fold_direct_writes(&self, branch: &BranchState, id: NodeId) {
+        let content = {
+            let t = branch.tree.read();
+            t.get(id).and_then(|n| n.content().cloned())
+        };
+        let Some(c) = content else { return };
+        let Ok((len, mtime)) = self.backstore.len_and_mtime(c.id) else {
+            return;
+        };
+        let _ = Self::write_branch_tree(branch, |t| {
+            let Some(mut n) = t.edit(id) else {
+                return Ok(());
+            };
+            if n.content().is_some_and(|now| Arc::ptr_eq(now, &c)) {
+                n.meta.size = len;
+                n.meta.mtime = n.meta.mtime.max(mtime);
+                n.meta.ctime = n.meta.ctime.max(mtime);
+                t.insert(id, n);
+            }
+            Ok(())
+        });
+    }
+
     pub fn handle_target(&self, fh: HandleId) -> FsResult<(BranchId, NodeId)> {
         let h = self.handle(fh)?;
         Ok((h.branch.id, h.node))
@@ -246,8 +324,12 @@ impl FsCore {
                 let t = branch.tree.read();
                 super::node(&t, h.node)?.meta.size
             };
-            // Keep the object as long as the file before zeroing or punching past its end.
-            self.backstore.set_len(content.id, size)?;
+            // Zeroing or punching inside the file must not stop short at the
+            // object's end where the file is longer (a truncate-up leaves a
+            // hole), and must never shorten an object the kernel writes directly.
+            if self.backstore.len_and_mtime(content.id)?.0 < size {
+                self.backstore.set_len(content.id, size)?;
+            }
             self.backstore.fallocate(content.id, mode, offset, len)?;
             Self::write_branch_tree(branch, |t| {
                 let mut n = t.edit(h.node).ok_or(FsError::NotFound)?;
@@ -321,8 +403,16 @@ impl FsCore {
                 _ => return Err(FsError::Invalid),
             }
         }
-        if size == 0 {
-            // Nothing of the old bytes survives: let go of the object instead of copying it.
+        let shared = {
+            let t = branch.tree.read();
+            super::node(&t, id)?
+                .content()
+                .is_some_and(|c| c.epoch() != branch.epoch())
+        };
+        if size == 0 && shared {
+            // Nothing of the old bytes survives: let go of the object instead of
+            // copying it. (A private object is truncated in place below: the
+            // kernel may be writing it directly.)
             Self::write_branch_tree(branch, |t| {
                 let mut n = t.edit(id).ok_or(FsError::NotFound)?;
                 if n.meta.size != 0 || n.content().is_some() {

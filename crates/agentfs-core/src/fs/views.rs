@@ -143,7 +143,7 @@ impl FsCore {
             .open
             .lock()
             .iter()
-            .filter(|(_, c)| c.writers > 0)
+            .filter(|(_, c)| c.pins_content())
             .map(|(n, _)| *n)
             .collect();
         let mut live: Vec<(NodeId, Arc<Content>)> = {
@@ -183,6 +183,13 @@ impl FsCore {
                 if let Body::File { content: Some(c) } = &mut node.body {
                     if Arc::ptr_eq(c, old) {
                         *c = Arc::clone(copy);
+                        if open.get(n).is_some_and(|c| c.passthrough_writers > 0) {
+                            // The kernel wrote the object directly: its length is the file's.
+                            if let Ok((len, mtime)) = self.backstore.len_and_mtime(copy.id) {
+                                node.meta.size = len;
+                                node.meta.mtime = node.meta.mtime.max(mtime);
+                            }
+                        }
                         frozen.insert(*n, node);
                     }
                 }
