@@ -54,3 +54,11 @@ lint:
 # Format every crate in place.
 fmt:
     cargo fmt --all
+
+# AgentFS vs the host directory and fuse-overlayfs on the same disk: medians, ratios, a chart, in logs/fuse-performance-<UTC time>/ (root; ARGS e.g. --runs 5 --max-files 100000).
+test-fuse-performance *ARGS:
+    bash scripts/test-fuse-performance.sh {{ ARGS }}
+
+# The performance harness at tiny sizes, one run, debug build (CI): fails only on a failed measurement, never on a time.
+test-fuse-performance-smoke *ARGS:
+    bash scripts/test-fuse-performance.sh --smoke {{ ARGS }}

@@ -1,0 +1,575 @@
+#!/usr/bin/env python3
+"""The workloads of `just test-fuse-performance`, run on every target.
+
+scripts/test-fuse-performance.sh builds, installs the tools, mounts AgentFS
+and fuse-overlayfs and makes the host directory, then calls this program with
+the three target directories. It runs each workload on each target `--runs`
+times (runs interleaved across targets, so drift in the machine's load hits
+all three alike) and appends one JSON line per workload, target and run to
+`--out` (results.jsonl). A failure (non-zero exit, timeout, wrong result) is
+recorded as a line with "ok": false and the error; the run goes on. Nothing
+here ever fails on a time: it measures and writes numbers.
+
+Workloads (sizes from the flags; `--smoke` makes them tiny):
+  seq_write        dd if=/dev/zero bs=1M count=--size/1MiB conv=fdatasync;
+                   the time is dd's own (first write to end of fdatasync; no
+                   process start-up, which for fio is ~0.5 s here).
+  seq_read         dd of the same file to /dev/null, 1 MiB reads, after a
+                   cache drop.
+  rand_read        fio (psync), 4 KiB random reads, 2 jobs on that file,
+                   after a cache drop, --rand-seconds long, buffered;
+                   value: IOPS of both jobs, as fio counts them.
+  meta_create      metaops.c: create --meta-files empty files (1,000 a dir).
+  meta_stat_cold   lstat them all after a cache drop.
+  meta_stat_warm   lstat them all again, caches warm.
+  meta_unlink      unlink them all (and rmdir the directories).
+  tree_copy        cp -a of a generated ~--tree-files git repository (packed
+                   objects) from the host disk into the target; source warm.
+  tree_git_refresh git update-index --refresh right after the copy (every
+                   stat changed, so git re-reads and hashes every file).
+  tree_find        find TREE after a cache drop.
+  tree_du          du -s TREE after a cache drop.
+  tree_git_status  git status --porcelain after a cache drop (index fresh).
+  tree_rm          rm -rf TREE (caches warm from the walks).
+  writers4         4 dd writers at once (1 MiB blocks, conv=fdatasync),
+                   --writer-size each; value: total MiB / wall time of the
+                   group (start of the first to end of the last); on
+                   AgentFS each runs in its own branch (agentfs-control-cli
+                   branch-exec), elsewhere each in its own directory.
+  cow_first_write  open(O_WRONLY) + pwrite 1 byte + close of a --cow-size file
+                   after caches are dropped: AgentFS in a branch made from a
+                   snapshot holding the file (copy-on-write), fuse-overlayfs
+                   on a fresh mount whose lower dir holds it (copy-up), host a
+                   plain file (no copy: the floor).
+  snapshot_create_N, branch_create_N  (AgentFS only) round trip of the control
+                   command on a tree of N empty files, N in 1,000 / 100,000 /
+                   1,000,000 up to --max-files; timed on the control socket
+                   and, separately, as a whole agentfs-control-cli process.
+  populate_N       (AgentFS only) time to create the files that take the tree
+                   to N, so the cost of the large trees is on record.
+
+Hardware counters: with --perf-events, each external command is wrapped in
+`perf stat -a -x, -e EVENTS` (system-wide: a FUSE operation's cost is spread
+over the caller, the kernel and the daemon) and the counts, and counts per
+operation, are stored in the result line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+TARGETS = ("host", "agentfs", "overlay")
+
+
+def dd_seconds(text):
+    """The seconds of GNU dd's last statistics line ("N bytes ... copied, S s, R MB/s")."""
+    for line in reversed(text.splitlines()):
+        if "copied," in line:
+            try:
+                return float(line.split("copied,")[1].split()[0])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.a = args
+        self.out = open(args.out, "a", buffering=1)
+        self.dirs = {"host": Path(args.host), "agentfs": Path(args.agentfs), "overlay": Path(args.overlay)}
+        self.mount = Path(args.agentfs_mount)
+        self.work = Path(args.work)
+        self.cli = args.cli
+        self.perf_events = args.perf_events or None
+        self.failures = 0
+        self.passed = 0
+        self.env = dict(os.environ, AGENTFS_MOUNT=str(self.mount))
+        self.sock_path = json.loads((self.mount / ".agentfs" / "control").read_text())["socket"]
+
+    # --- recording ----------------------------------------------------------
+
+    def record(self, workload, target, run, ok, value=None, unit="s", higher_is_better=False,
+               seconds=None, ops=None, error=None, perf=None, **extra):
+        line = {
+            "workload": workload,
+            "target": target,
+            "run": run,
+            "ok": ok,
+            "value": value,
+            "unit": unit,
+            "higher_is_better": higher_is_better,
+            "seconds": seconds,
+            "ops": ops,
+            "loadavg_1m": os.getloadavg()[0],
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if perf is not None:
+            line["perf"] = perf
+        if error is not None:
+            line["error"] = error[-2000:]
+            self.failures += 1
+        else:
+            self.passed += 1
+        line.update(extra)
+        self.out.write(json.dumps(line) + "\n")
+        if ok:
+            shown = f"{value:.6g} {unit}" if isinstance(value, (int, float)) else str(value)
+            print(f"  {workload:<22} {target:<8} run {run}: {shown}", flush=True)
+        else:
+            print(f"  {workload:<22} {target:<8} run {run}: FAILED: {error}", flush=True)
+
+    # --- helpers ------------------------------------------------------------
+
+    def drop_caches(self) -> bool:
+        """sync, then drop the page, dentry and inode caches of every
+        filesystem, FUSE mounts included (their page cache is the kernel's)."""
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+            return True
+        except OSError:
+            return False
+
+    def run(self, argv, timeout=None, cwd=None, ops=None, env=None):
+        """Run argv (under perf stat when enabled); return (ok, seconds,
+        stdout, error, perf). The time is the wall time of the command."""
+        timeout = timeout or self.a.step_timeout
+        perf_file = None
+        full = list(argv)
+        if self.perf_events:
+            fd, perf_file = tempfile.mkstemp(prefix="perf-", dir=self.work)
+            os.close(fd)
+            full = ["perf", "stat", "-a", "-x,", "-e", self.perf_events, "-o", perf_file, "--"] + full
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run(full, cwd=cwd, env=env or self.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False, time.perf_counter() - t0, "", f"timed out after {timeout} s: {shlex.join(argv)}", None
+        secs = time.perf_counter() - t0
+        perf = self.read_perf(perf_file, ops) if perf_file else None
+        out = p.stdout.decode(errors="replace")
+        if p.returncode != 0:
+            err = p.stderr.decode(errors="replace").strip()
+            return False, secs, out, f"exit {p.returncode}: {shlex.join(argv)}: {err}", perf
+        return True, secs, out, None, perf
+
+    def read_perf(self, path, ops):
+        counts = {}
+        try:
+            for line in Path(path).read_text().splitlines():
+                parts = line.split(",")
+                if len(parts) < 3 or line.startswith("#"):
+                    continue
+                value, event = parts[0], parts[2]
+                try:
+                    counts[event] = float(value)
+                except ValueError:
+                    counts[event] = None  # <not counted> / <not supported>
+        finally:
+            os.unlink(path)
+        res = {"system_wide": True, "counts": counts}
+        if ops:
+            res["per_op"] = {k: (v / ops if v is not None else None) for k, v in counts.items()}
+            res["ops"] = ops
+        return res
+
+    def fio(self, name, path, extra, ops, timeout=None):
+        argv = ["fio", f"--name={name}", f"--filename={path}", "--ioengine=psync", "--fallocate=none",
+                "--output-format=json"] + extra
+        ok, secs, out, err, perf = self.run(argv, timeout=timeout, ops=ops)
+        js = None
+        if ok:
+            try:
+                js = json.loads(out[out.index("{"):])
+            except ValueError as e:
+                ok, err = False, f"fio output is not JSON: {e}: {out[:300]}"
+        return ok, secs, js, err, perf
+
+    def ctl(self, command: dict):
+        """One control-protocol request on the daemon's socket; returns
+        (seconds, reply). The time is connect + request + reply."""
+        body = json.dumps({"version": 1, "command": command}).encode()
+        t0 = time.perf_counter()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(self.sock_path)
+            s.sendall(struct.pack(">I", len(body)) + body)
+            hdr = self._recv(s, 4)
+            reply = json.loads(self._recv(s, struct.unpack(">I", hdr)[0]))
+        secs = time.perf_counter() - t0
+        if "ok" not in reply:
+            raise RuntimeError(f"{command['op']}: {reply}")
+        return secs, reply["ok"]
+
+    @staticmethod
+    def _recv(s, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            if not chunk:
+                raise RuntimeError("control socket closed")
+            buf += chunk
+        return buf
+
+    def cli_run(self, *args, timeout=60):
+        return self.run([self.cli, "--mount", str(self.mount), *args], timeout=timeout)
+
+    def targets(self):
+        return [t for t in TARGETS if t in self.a.targets]
+
+    # --- workloads ----------------------------------------------------------
+
+    def seq(self):
+        size = self.a.size
+        mib = size // MiB
+        for r in range(1, self.a.runs + 1):
+            for t in self.targets():
+                f = self.dirs[t] / "seq.dat"
+                if f.exists():
+                    f.unlink()
+                self.drop_caches()
+                ok, secs, out, err, perf = self.run(
+                    ["sh", "-c", f'dd if=/dev/zero of="$1" bs=1M count={mib} conv=fdatasync 2>&1', "dd", str(f)],
+                    ops=mib)
+                dd_s = dd_seconds(out) if ok else None
+                self.record("seq_write", t, r, ok and dd_s is not None, mib / dd_s if dd_s else None, "MiB/s", True,
+                            dd_s, mib, err or (None if dd_s else f"no time in dd output: {out!r}"), perf,
+                            wall_seconds=secs)
+                if not ok:
+                    continue
+                self.drop_caches()
+                ok, secs, out, err, perf = self.run(
+                    ["sh", "-c", 'dd if="$1" of=/dev/null bs=1M 2>&1', "dd", str(f)], ops=mib)
+                dd_s = dd_seconds(out) if ok else None
+                self.record("seq_read", t, r, ok and dd_s is not None, mib / dd_s if dd_s else None, "MiB/s", True,
+                            dd_s, mib, err or (None if dd_s else f"no time in dd output: {out!r}"), perf,
+                            wall_seconds=secs)
+
+    def rand(self):
+        size = self.a.size
+        for r in range(1, self.a.runs + 1):
+            for t in self.targets():
+                f = self.dirs[t] / "seq.dat"
+                if not f.exists():
+                    self.record("rand_read", t, r, False, error="no file from seq_write to read")
+                    continue
+                self.drop_caches()
+                ok, secs, js, err, perf = self.fio(
+                    "randread", f, ["--rw=randread", "--bs=4k", "--numjobs=2", "--group_reporting",
+                                    f"--size={size}", f"--runtime={self.a.rand_seconds}", "--time_based",
+                                    "--randrepeat=1"], ops=None)
+                iops = ios = None
+                if js:
+                    iops = js["jobs"][0]["read"]["iops"]
+                    ios = js["jobs"][0]["read"]["total_ios"]
+                    if perf and ios:
+                        perf["ops"] = ios
+                        perf["per_op"] = {k: (v / ios if v is not None else None) for k, v in perf["counts"].items()}
+                self.record("rand_read", t, r, ok, iops, "IOPS", True, secs, ios, err, perf)
+        for t in self.targets():
+            f = self.dirs[t] / "seq.dat"
+            if f.exists():
+                f.unlink()
+
+    def meta(self):
+        n = self.a.meta_files
+        m = self.a.metaops
+        for r in range(1, self.a.runs + 1):
+            for t in self.targets():
+                d = self.dirs[t] / "meta"
+                if d.exists():
+                    shutil.rmtree(d)
+                d.mkdir()
+                self.drop_caches()
+                steps = [("meta_create", "create", False), ("meta_stat_cold", "stat", True),
+                         ("meta_stat_warm", "stat", False), ("meta_unlink", "unlink", False)]
+                for workload, op, drop in steps:
+                    if drop:
+                        self.drop_caches()
+                    ok, secs, out, err, perf = self.run([m, op, str(d), str(n)], ops=n)
+                    inner = json.loads(out)["seconds"] if ok else None
+                    self.record(workload, t, r, ok, inner, "s", False, inner, n, err, perf,
+                                files_per_s=(n / inner) if ok and inner else None, process_seconds=secs)
+                    if not ok:
+                        break
+                shutil.rmtree(d, ignore_errors=True)
+
+    def tree(self):
+        src = Path(self.a.tree_src)
+        nfiles = sum(len(fs) for _, _, fs in os.walk(src))
+        for r in range(1, self.a.runs + 1):
+            for t in self.targets():
+                dst = self.dirs[t] / "tree"
+                if dst.exists():
+                    shutil.rmtree(dst, ignore_errors=True)
+                # Source warm, so the copy measures the destination.
+                subprocess.run(f"tar -C {shlex.quote(str(src))} -cf - . | cat > /dev/null", shell=True, check=False)
+                ok, secs, _, err, perf = self.run(["cp", "-a", str(src), str(dst)], ops=nfiles)
+                self.record("tree_copy", t, r, ok, secs if ok else None, "s", False, secs, nfiles, err, perf)
+                if not ok:
+                    shutil.rmtree(dst, ignore_errors=True)
+                    continue
+                git = ["git", "-c", "safe.directory=*", "-C", str(dst)]
+                ok, secs, _, err, perf = self.run(git + ["update-index", "--refresh", "-q"], ops=nfiles)
+                self.record("tree_git_refresh", t, r, ok, secs if ok else None, "s", False, secs, nfiles, err, perf)
+                for workload, argv in (("tree_find", ["find", str(dst)]),
+                                       ("tree_du", ["du", "-s", str(dst)]),
+                                       ("tree_git_status", git + ["status", "--porcelain"])):
+                    self.drop_caches()
+                    ok, secs, out, err, perf = self.run(argv, ops=nfiles)
+                    extra = {}
+                    if ok and workload == "tree_find":
+                        extra["entries"] = len(out.splitlines())
+                    if ok and workload == "tree_git_status":
+                        dirty = out.splitlines()
+                        extra["dirty_entries"] = len(dirty)
+                        if dirty:
+                            ok, err = False, f"git status shows {len(dirty)} changed entries, e.g. {dirty[:3]}"
+                    if ok and workload == "tree_du":
+                        extra["du_kib"] = int(out.split()[0])
+                    self.record(workload, t, r, ok, secs if ok else None, "s", False, secs, nfiles, err, perf, **extra)
+                ok, secs, _, err, perf = self.run(["rm", "-rf", str(dst)], ops=nfiles)
+                self.record("tree_rm", t, r, ok, secs if ok else None, "s", False, secs, nfiles, err, perf)
+
+    def writers(self):
+        size = self.a.writer_size
+        total_mib = 4 * size // MiB
+        dd_args = ["bs=1M", f"count={size // MiB}", "conv=fdatasync", "status=none"]
+        for r in range(1, self.a.runs + 1):
+            for t in self.targets():
+                branches = []
+                try:
+                    cmds = []
+                    if t == "agentfs":
+                        snap = f"w-r{r}"
+                        self.ctl({"op": "snapshot-create", "name": snap, "branch": None})
+                        for k in range(1, 5):
+                            name = f"w-r{r}-{k}"
+                            self.ctl({"op": "branch-create", "from": snap, "name": name})
+                            branches.append(name)
+                            ok, _, _, err, _ = self.cli_run("branch-exec", "--branch", name, "--",
+                                                            "mkdir", "-p", str(self.mount / f"w{k}"))
+                            if not ok:
+                                raise RuntimeError(err)
+                            cmds.append([self.cli, "--mount", str(self.mount), "branch-exec", "--branch", name,
+                                         "--", "dd", "if=/dev/zero", f"of={self.mount / f'w{k}' / 'data'}"]
+                                        + dd_args)
+                    else:
+                        for k in range(1, 5):
+                            d = self.dirs[t] / f"w{k}"
+                            shutil.rmtree(d, ignore_errors=True)
+                            d.mkdir()
+                            cmds.append(["dd", "if=/dev/zero", f"of={d / 'data'}"] + dd_args)
+                    self.drop_caches()
+                    self.concurrent(t, r, cmds, total_mib)
+                except Exception as e:  # noqa: BLE001 - a failed setup is a recorded result
+                    self.record("writers4", t, r, False, error=f"setup: {e}")
+                finally:
+                    if t == "agentfs":
+                        for name in branches:
+                            self.cli_run("branch-delete", "--force", name)
+                        self.cli_run("snapshot-delete", f"w-r{r}")
+                    else:
+                        for k in range(1, 5):
+                            shutil.rmtree(self.dirs[t] / f"w{k}", ignore_errors=True)
+
+    def concurrent(self, t, r, cmds, total_mib):
+        perf_file = None
+        perf_proc = None
+        if self.perf_events:
+            fd, perf_file = tempfile.mkstemp(prefix="perf-", dir=self.work)
+            os.close(fd)
+            perf_proc = subprocess.Popen(["perf", "stat", "-a", "-x,", "-e", self.perf_events, "-o", perf_file])
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(c, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in cmds]
+        errs = []
+        for p in procs:
+            try:
+                _, e = p.communicate(timeout=self.a.step_timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, e = p.communicate()
+                errs.append("timed out")
+                continue
+            if p.returncode != 0:
+                errs.append(f"exit {p.returncode}: {e.decode(errors='replace').strip()[-300:]}")
+        secs = time.perf_counter() - t0
+        perf = None
+        if perf_proc:
+            perf_proc.send_signal(2)
+            perf_proc.wait()
+            perf = self.read_perf(perf_file, total_mib)
+        ok = not errs
+        self.record("writers4", t, r, ok, total_mib / secs if ok else None, "MiB/s", True, secs, total_mib,
+                    "; ".join(errs) if errs else None, perf)
+
+    def cow(self):
+        size = self.a.cow_size
+        probe = [sys.executable, str(Path(__file__).with_name("cowprobe.py"))]
+        # The file every target starts from, written once per target.
+        host_big = self.dirs["host"] / "cow.dat"
+        lower = self.work / "cow-lower"
+        for r in range(1, self.a.runs + 1):
+            for t in self.targets():
+                mounted = None
+                branch = snap = None
+                try:
+                    if t == "host":
+                        if not host_big.exists():
+                            self.write_file(host_big, size)
+                        path, cmd_prefix = host_big, []
+                    elif t == "overlay":
+                        if not (lower / "cow.dat").exists():
+                            lower.mkdir(exist_ok=True)
+                            self.write_file(lower / "cow.dat", size)
+                        base = Path(tempfile.mkdtemp(prefix="cow-ovl-", dir=self.work))
+                        for sub in ("upper", "work", "mnt"):
+                            (base / sub).mkdir()
+                        subprocess.run(["fuse-overlayfs", "-o",
+                                        f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'}",
+                                        str(base / "mnt")], check=True, timeout=60)
+                        mounted = base
+                        path, cmd_prefix = base / "mnt" / "cow.dat", []
+                    else:
+                        big = self.mount / "cow" / "cow.dat"
+                        if not big.exists():
+                            big.parent.mkdir(exist_ok=True)
+                            self.write_file(big, size)
+                        snap, branch = f"cow-r{r}", f"cow-r{r}-b"
+                        self.ctl({"op": "snapshot-create", "name": snap, "branch": None})
+                        self.ctl({"op": "branch-create", "from": snap, "name": branch})
+                        path = big
+                        cmd_prefix = [self.cli, "--mount", str(self.mount), "branch-exec", "--branch", branch, "--"]
+                    self.drop_caches()
+                    ok, secs, out, err, _ = self.run(cmd_prefix + probe + [str(path)])
+                    res = json.loads(out) if ok else {}
+                    extra = {k: res.get(k) for k in ("open_s", "write_s", "close_s")}
+                    if ok and t == "agentfs":
+                        # The main branch must still see the original first byte.
+                        with open(path, "rb") as f:
+                            first = f.read(1)
+                        extra["original_unchanged"] = first == b"\0"
+                        if first != b"\0":
+                            ok, err = False, f"write in branch {branch} changed main's file (first byte {first!r})"
+                    self.record("cow_first_write", t, r, ok, res.get("total_s"), "s", False, res.get("total_s"),
+                                1, err, None, file_bytes=size, **extra)
+                except Exception as e:  # noqa: BLE001 - a failed setup is a recorded result
+                    self.record("cow_first_write", t, r, False, error=f"setup: {e}")
+                finally:
+                    if mounted is not None:
+                        subprocess.run(["fusermount3", "-u", str(mounted / "mnt")], check=False)
+                        shutil.rmtree(mounted, ignore_errors=True)
+                    if branch:
+                        self.cli_run("branch-delete", "--force", branch)
+                    if snap:
+                        self.cli_run("snapshot-delete", snap)
+        for f in (host_big, self.mount / "cow" / "cow.dat"):
+            if f.exists():
+                f.unlink()
+        shutil.rmtree(lower, ignore_errors=True)
+
+    def write_file(self, path, size):
+        """A size-byte file whose first byte is 0 (the probe writes 'x'), synced."""
+        subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={size // MiB}", "conv=fdatasync",
+                        "status=none"], check=True, timeout=self.a.step_timeout)
+
+    def scale(self):
+        sizes = sorted({n for n in (1000, 100_000, 1_000_000) if n <= self.a.max_files} | {self.a.max_files})
+        root = self.mount / "scale"
+        root.mkdir(exist_ok=True)
+        have = 0
+        for n in sizes:
+            ok, secs, out, err, _ = self.run([self.a.metaops, "create", str(root), str(n), str(have)],
+                                             timeout=self.a.populate_timeout)
+            self.record(f"populate_{n}", "agentfs", 1, ok, secs if ok else None, "s", False, secs, n - have, err,
+                        None, files_per_s=((n - have) / secs) if ok else None)
+            if not ok:
+                return
+            have = n
+            os.sync()
+            for r in range(1, self.a.runs + 1):
+                snap, branch = f"scale-{n}-r{r}", f"scale-{n}-r{r}-b"
+                try:
+                    secs, _ = self.ctl({"op": "snapshot-create", "name": snap, "branch": None})
+                    self.record(f"snapshot_create_{n}", "agentfs", r, True, secs * 1000, "ms", False, secs, 1,
+                                tree_files=n)
+                    secs, _ = self.ctl({"op": "branch-create", "from": snap, "name": branch})
+                    self.record(f"branch_create_{n}", "agentfs", r, True, secs * 1000, "ms", False, secs, 1,
+                                tree_files=n)
+                    # The same through the CLI, process start-up included.
+                    ok, s1, _, err, _ = self.cli_run("snapshot-create", "--name", snap + "c")
+                    ok2, s2, _, err2, _ = self.cli_run("branch-create", "--from", snap + "c", "--name", branch + "c")
+                    self.record(f"snapshot_create_{n}_cli", "agentfs", r, ok, s1 * 1000 if ok else None, "ms",
+                                False, s1, 1, err, tree_files=n)
+                    self.record(f"branch_create_{n}_cli", "agentfs", r, ok2, s2 * 1000 if ok2 else None, "ms",
+                                False, s2, 1, err2, tree_files=n)
+                    # A branch made from the big snapshot must see the tree.
+                    last = root / f"d{(n - 1) // 1000:04d}" / f"f{n - 1:07d}"
+                    ok3, _, _, err3, _ = self.cli_run("branch-exec", "--branch", branch, "--", "test", "-e",
+                                                      str(last))
+                    if not ok3:
+                        self.record(f"branch_create_{n}", "agentfs", r, False,
+                                    error=f"branch {branch} does not show {last}: {err3}")
+                except Exception as e:  # noqa: BLE001 - a failed command is a recorded result
+                    self.record(f"snapshot_create_{n}", "agentfs", r, False, error=str(e))
+                finally:
+                    for b in (branch, branch + "c"):
+                        self.cli_run("branch-delete", "--force", b)
+                    for s in (snap, snap + "c"):
+                        self.cli_run("snapshot-delete", s)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", required=True, help="scratch dir on the same disk")
+    p.add_argument("--host", required=True)
+    p.add_argument("--agentfs", required=True, help="a directory inside the AgentFS mount")
+    p.add_argument("--agentfs-mount", required=True)
+    p.add_argument("--overlay", required=True)
+    p.add_argument("--cli", required=True, help="agentfs-control-cli")
+    p.add_argument("--metaops", required=True)
+    p.add_argument("--tree-src", required=True)
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--workloads", default="seq,rand,meta,tree,writers,cow,scale")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--size", type=int, default=2048 * MiB)
+    p.add_argument("--rand-seconds", type=int, default=20)
+    p.add_argument("--meta-files", type=int, default=20_000)
+    p.add_argument("--writer-size", type=int, default=512 * MiB)
+    p.add_argument("--cow-size", type=int, default=1024 * MiB)
+    p.add_argument("--max-files", type=int, default=1_000_000)
+    p.add_argument("--perf-events", default="")
+    p.add_argument("--step-timeout", type=int, default=1200)
+    p.add_argument("--populate-timeout", type=int, default=7200)
+    p.add_argument("--fail-on-error", action="store_true",
+                   help="exit 1 if any measurement failed (the CI smoke run); times never fail")
+    a = p.parse_args()
+    a.targets = a.targets.split(",")
+    b = Bench(a)
+    for w in a.workloads.split(","):
+        t0 = time.monotonic()
+        print(f"==> workload group {w}", flush=True)
+        getattr(b, {"seq": "seq", "rand": "rand", "meta": "meta", "tree": "tree", "writers": "writers",
+                    "cow": "cow", "scale": "scale"}[w])()
+        print(f"    ({w}: {time.monotonic() - t0:.1f} s)", flush=True)
+    # Measurements that completed vs failed (an error or a wrong result, never a slow time).
+    print(f"measurements: {b.passed} passed, {b.failures} failed", flush=True)
+    return 1 if a.fail_on_error and b.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
