@@ -45,9 +45,9 @@ def main() -> int:
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
          f'font-family="sans-serif" font-size="12">',
          f'<rect width="{width}" height="{height}" fill="white"/>',
-         f'<text x="{left}" y="22" font-size="15" font-weight="bold">AgentFS and fuse-overlayfs vs the host '
+         f'<text x="10" y="22" font-size="15" font-weight="bold">AgentFS and fuse-overlayfs vs the host '
          f'directory (speed ratio, log scale; 1 = host)</text>',
-         f'<text x="{left}" y="40" fill="#444">{escape(str(meta.get("timestamp", "")))} · '
+         f'<text x="10" y="40" fill="#444">{escape(str(meta.get("timestamp", "")))} · '
          f'{escape(str(meta.get("fs_type", "")))} on {escape(str(meta.get("fs_source", "")))} · '
          f'load {escape(str(meta.get("loadavg_before", "")))} · runs {escape(str(meta.get("runs", "")))} · '
          f'data path {escape(str(meta.get("agentfs_data_path", "")))}</text>']

@@ -111,6 +111,16 @@ def main() -> int:
             return s + (f" ({e['failed_runs']} failed)" if e["failed_runs"] else "")
         out.append(f"| {r['workload']} | {r['unit'] or '-'} | {med('host')} | {med('agentfs')} | {med('overlay')} "
                    f"| {fmt(r.get('ratio_agentfs_host'))} | {fmt(r.get('ratio_overlay_host'))} |")
+    events = sorted({e for r in rows for t in TARGETS for e in (r.get(t) or {}).get("perf_per_op_median", {})})
+    if events:
+        out += ["", "Counters per operation (perf stat -a, medians; an operation is 1 MiB for sequential and "
+                "writer workloads, one I/O for random reads, one file otherwise):", "",
+                "| workload | event | host | AgentFS | fuse-overlayfs |", "|---|---|---:|---:|---:|"]
+        for r in rows:
+            for e in events:
+                vals = [(r.get(t) or {}).get("perf_per_op_median", {}).get(e) for t in TARGETS]
+                if any(v is not None for v in vals):
+                    out.append(f"| {r['workload']} | {e} | " + " | ".join(fmt(v) for v in vals) + " |")
     table = "\n".join(out)
     head = []
     if meta:
