@@ -409,9 +409,12 @@ impl FsCore {
     }
 }
 
-/// Node `id` of tree `t`.
+/// Node `id` of tree `t`. A node the kernel still names but that is gone
+/// (unlinked or renamed over, with no handle left) is `Stale`, not `NotFound`:
+/// on ESTALE the kernel walks the path again, so an open racing a rename over
+/// the name gets the new file instead of a spurious ENOENT.
 fn node(t: &Tree, id: NodeId) -> FsResult<&Arc<Node>> {
-    t.get(id).ok_or(FsError::NotFound)
+    t.get(id).ok_or(FsError::Stale)
 }
 
 /// Validate a name for a new directory entry.
