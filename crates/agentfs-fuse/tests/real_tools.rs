@@ -984,3 +984,109 @@ fn editor_atomic_save_never_shows_a_torn_file_to_a_polling_reader() {
         .collect();
     assert_eq!(leftovers.len(), 2, "temp files left in main: {leftovers:?}");
 }
+
+// ------------------------------------------------- known binding bugs ----
+
+/// Forks a daemon the way `git maintenance run --detach` does (fork, setsid,
+/// fork, the middle process exits), waits until the grandchild has been
+/// reparented away from the middle process, and has it report what it reads
+/// at `path`.
+const DAEMONIZE: &str = r#"
+import os, sys, time
+path, out = sys.argv[1], sys.argv[2]
+if os.fork() == 0:
+    os.setsid()
+    middle = os.getpid()
+    if os.fork() == 0:
+        deadline = time.monotonic() + 60
+        while os.getppid() == middle and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            seen = open(path).read()
+        except OSError as e:
+            seen = "error: %s" % e
+        with open(out + ".tmp", "w") as f:
+            f.write(seen)
+        os.rename(out + ".tmp", out)
+    os._exit(0)
+os.wait()
+deadline = time.monotonic() + 60
+while not os.path.exists(out) and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(open(out).read())
+"#;
+
+/// Known bug, found through git: `git commit` starts `git maintenance run
+/// --auto --detach`, whose daemonized grandchild is reparented to init and
+/// then resolves to the default branch, since a binding is found by walking
+/// the live PPid chain. It works on the default branch's files. A fix needs
+/// the binding to be inherited at fork time (e.g. the proc connector's fork
+/// events, a cgroup per binding, or `branch-exec` making its process a child
+/// subreaper).
+#[test]
+#[ignore = "known bug: a daemonized descendant of a bound process sees the default branch"]
+fn daemonized_grandchild_of_a_bound_process_keeps_its_branch() {
+    let m = mount_or_skip!();
+    let file = m.join("where.txt");
+    fs::write(&file, "main").unwrap();
+    let snap = m.snapshot("daemon-snap");
+    m.branch(&snap, "work");
+    write_in(&m, Some("work"), &file, "work");
+    let out = m.scratch().join("daemon-saw");
+    let seen = py_in_ok(&m, Some("work"), DAEMONIZE, &[s(&file), s(&out)]);
+    assert_eq!(
+        seen.trim(),
+        "work",
+        "a daemonized grandchild of a process bound to 'work' read another branch"
+    );
+}
+
+/// Changes into `dir`, announces readiness, waits for `go`, then prints its
+/// working directory as getcwd(2) reports it.
+const CWD_HOLDER: &str = r#"
+import os, sys, time
+d, ready, go = sys.argv[1:4]
+os.chdir(d)
+open(ready, "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.01)
+try:
+    print(os.getcwd())
+except OSError as e:
+    print("getcwd failed: %s" % e)
+"#;
+
+/// Known bug, found through git (the detached maintenance process above did
+/// this to the bound shell): every branch shares the mount root, so when a
+/// process of another branch looks up the same top-level name, the kernel's
+/// dentry for it is replaced (the node id differs), and a bound process whose
+/// working directory is below it gets ENOENT from getcwd(2). A fix needs
+/// branch processes not to share the root dentries (the design's private
+/// mount namespace with the branch bind-mounted over the mount path).
+#[test]
+#[ignore = "known bug: a lookup from another branch evicts the dentry a bound process is in"]
+fn cwd_of_a_bound_process_survives_a_lookup_from_another_branch() {
+    let m = mount_or_skip!();
+    let proj = m.join("proj");
+    fs::create_dir(&proj).unwrap();
+    fs::write(proj.join("file"), "x").unwrap();
+    let snap = m.snapshot("cwd-snap");
+    m.branch(&snap, "work");
+    let dir = m.scratch();
+    let (ready, go) = (dir.join("cwd-ready"), dir.join("cwd-go"));
+    let holder = spawn_py_in(
+        &m,
+        Some("work"),
+        CWD_HOLDER,
+        &[s(&proj), s(&ready), s(&go)],
+        None,
+    );
+    assert!(wait_until(CMD_TIMEOUT, || ready.exists()));
+    // The unbound test process (default branch) walks the same path.
+    assert_eq!(fs::read_to_string(proj.join("file")).unwrap(), "x");
+    fs::write(&go, "go").unwrap();
+    let out = holder.wait_output(CMD_TIMEOUT);
+    assert_success(&out, "cwd holder");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), s(&proj));
+}
