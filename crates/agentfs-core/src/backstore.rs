@@ -49,6 +49,9 @@ pub trait Backstore: Send + Sync + 'static {
     /// The object's length and last modification, as the host sees them: the
     /// truth for files the kernel writes directly (passthrough).
     fn len_and_mtime(&self, id: ContentId) -> io::Result<(u64, SystemTime)>;
+    /// Set the object's modification time (so a file the kernel writes
+    /// directly keeps the mtime a user gave it).
+    fn set_mtime(&self, id: ContentId, mtime: SystemTime) -> io::Result<()>;
     /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (`whence`) on the object.
     fn seek(&self, id: ContentId, offset: u64, whence: i32) -> io::Result<u64>;
     /// Capacity numbers of the filesystem the backstore lives on.

@@ -327,7 +327,7 @@ impl FsCore {
                 // The kernel writes this object directly: it knows the size.
                 if let Ok((len, mtime)) = self.backstore.len_and_mtime(c.id) {
                     meta.size = len;
-                    meta.mtime = meta.mtime.max(mtime);
+                    meta.mtime = mtime;
                     meta.ctime = meta.ctime.max(mtime);
                 }
             }
@@ -371,7 +371,12 @@ impl FsCore {
         let branch = &handle.branch;
         let writes = matches!(handle.kind, HandleKind::File(f) if f.write);
         let direct = handle.passthrough.load(Ordering::Acquire);
-        let (last, last_direct_writer) = {
+        if direct && writes && branch.open_count(handle.node).passthrough_writers == 1 {
+            // The last direct writer: take the object's size into the node while
+            // the handle still counts, so no getattr in between sees a stale size.
+            self.fold_direct_writes(branch, handle.node);
+        }
+        let last = {
             let mut open = branch.open.lock();
             let count = open.entry(handle.node).or_default();
             count.handles = count.handles.saturating_sub(1);
@@ -381,17 +386,13 @@ impl FsCore {
             count.passthrough_writers = count
                 .passthrough_writers
                 .saturating_sub(u32::from(direct_writer));
-            let last_direct_writer = direct_writer && count.passthrough_writers == 0;
             let last = count.handles == 0;
             if last {
                 open.remove(&handle.node);
             }
-            (last, last_direct_writer)
+            last
         };
         branch.open_handles.fetch_sub(1, Ordering::AcqRel);
-        if last_direct_writer {
-            self.fold_direct_writes(branch, handle.node);
-        }
         if last {
             // An orphan (nlink 0, kept alive for open handles) goes with its last handle.
             let node = handle.node;

@@ -302,6 +302,10 @@ impl Backstore for HostFs {
         Ok(self.file(id)?.metadata()?.blocks() * 512)
     }
 
+    fn set_mtime(&self, id: ContentId, mtime: std::time::SystemTime) -> io::Result<()> {
+        self.file(id)?.set_modified(mtime)
+    }
+
     fn len_and_mtime(&self, id: ContentId) -> io::Result<(u64, std::time::SystemTime)> {
         let meta = self.file(id)?.metadata()?;
         Ok((meta.len(), meta.modified()?))

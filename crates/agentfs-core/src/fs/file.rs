@@ -144,6 +144,14 @@ impl FsCore {
         file
     }
 
+    /// The kernel could not take the object after all (open_passthrough's
+    /// answer was not used): serve the handle through FsCore again.
+    pub fn close_passthrough(&self, fh: HandleId) -> FsResult<()> {
+        let (h, flags) = self.file_handle(fh)?;
+        self.set_direct(&h, flags.write, false);
+        Ok(())
+    }
+
     fn set_direct(&self, h: &Handle, writes: bool, on: bool) {
         if h.passthrough.swap(on, Ordering::AcqRel) == on {
             return;
@@ -176,12 +184,30 @@ impl FsCore {
             };
             if n.content().is_some_and(|now| Arc::ptr_eq(now, &c)) {
                 n.meta.size = len;
-                n.meta.mtime = n.meta.mtime.max(mtime);
+                n.meta.mtime = mtime;
                 n.meta.ctime = n.meta.ctime.max(mtime);
                 t.insert(id, n);
             }
             Ok(())
         });
+    }
+
+    /// A user set the mtime of a node the kernel may be writing directly: put
+    /// it on the object too, since the object's mtime is what getattr reports then.
+    pub(super) fn keep_direct_mtime(&self, b: BranchId, id: NodeId) -> FsResult<()> {
+        let branch = self.branch(b)?;
+        if branch.open_count(id).passthrough_writers == 0 {
+            return Ok(());
+        }
+        let (mtime, content) = {
+            let t = branch.tree.read();
+            let n = super::node(&t, id)?;
+            (n.meta.mtime, n.content().cloned())
+        };
+        if let Some(c) = content {
+            self.backstore.set_mtime(c.id, mtime)?;
+        }
+        Ok(())
     }
 
     pub fn handle_target(&self, fh: HandleId) -> FsResult<(BranchId, NodeId)> {

@@ -158,6 +158,9 @@ impl FsCore {
             t.insert(id, n);
             Ok(())
         })?;
+        if set.mtime.is_some() {
+            self.keep_direct_mtime(b, id)?;
+        }
         self.attr(b, id)
     }
 

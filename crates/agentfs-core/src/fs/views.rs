@@ -187,7 +187,7 @@ impl FsCore {
                             // The kernel wrote the object directly: its length is the file's.
                             if let Ok((len, mtime)) = self.backstore.len_and_mtime(copy.id) {
                                 node.meta.size = len;
-                                node.meta.mtime = node.meta.mtime.max(mtime);
+                                node.meta.mtime = mtime;
                             }
                         }
                         frozen.insert(*n, node);
