@@ -24,6 +24,7 @@
 //! The operations live in the submodules by topic; the `Filesystem` impl at
 //! the bottom of this file only forwards to them.
 
+mod data_path;
 mod dir;
 mod file;
 mod namespace;
@@ -69,6 +70,11 @@ pub struct AdapterConfig {
     pub owner_gid: u32,
     /// Testing only: getxattr of [`FAULT_PANIC_XATTR`] panics in its worker.
     pub fault_injection: bool,
+    /// Ask the kernel for FUSE passthrough (it is used only if the kernel agrees).
+    pub passthrough: bool,
+    /// Whether passthrough is in use now: set at init, cleared if the kernel
+    /// later refuses backing files. The control handler reports it.
+    pub passthrough_active: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The xattr whose read panics when fault injection is on.
@@ -81,6 +87,8 @@ pub struct AgentFs {
     ttl: Duration,
     virt: Arc<VirtualNodes>,
     fault_injection: bool,
+    want_passthrough: bool,
+    paths: Arc<data_path::DataPaths>,
 }
 
 impl AgentFs {
@@ -92,6 +100,8 @@ impl AgentFs {
             ttl: config.attr_ttl,
             virt: Arc::new(virt),
             fault_injection: config.fault_injection,
+            want_passthrough: config.passthrough,
+            paths: Arc::new(data_path::DataPaths::new(config.passthrough_active)),
         }
     }
 
@@ -194,6 +204,20 @@ impl Filesystem for AgentFs {
         // O_TRUNC reaches open (so truncation and copy-on-write are one step).
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
             tracing::warn!("kernel lacks FUSE capability {missing:?}; O_TRUNC arrives as setattr");
+        }
+        if self.want_passthrough {
+            // Backing files live on a plain filesystem (stack depth 0); depth 1
+            // also lets this mount sit under an overlayfs.
+            let granted = config.set_max_stack_depth(1).is_ok()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+            self.paths.set_enabled(granted);
+            if granted {
+                tracing::info!("FUSE passthrough on: file data goes straight to the backstore");
+            } else {
+                tracing::warn!(
+                    "kernel offers no FUSE passthrough: file data goes through the transport"
+                );
+            }
         }
         // No FUSE_WRITEBACK_CACHE: writes reach FsCore before write(2) returns,
         // which snapshots need and passthrough will require.

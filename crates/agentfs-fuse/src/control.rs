@@ -15,6 +15,7 @@ use agentfs_control::{
 };
 use agentfs_core::{BranchInfo, FsCore, FsError, SnapshotInfo};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,8 @@ pub struct CoreControl {
     core: Arc<FsCore>,
     owner_uid: u32,
     facts: MountFacts,
+    /// Whether the adapter serves file data through FUSE passthrough now.
+    passthrough: Arc<AtomicBool>,
 }
 
 impl CoreControl {
@@ -39,7 +42,14 @@ impl CoreControl {
             core,
             owner_uid,
             facts,
+            passthrough: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Report the data path from this flag (the adapter's `passthrough_active`).
+    pub fn with_passthrough_flag(mut self, flag: Arc<AtomicBool>) -> CoreControl {
+        self.passthrough = flag;
+        self
     }
 
     fn require_owner(&self, peer: &PeerCred, what: &str) -> Result<(), ControlError> {
@@ -99,7 +109,12 @@ impl CoreControl {
             protocol: PROTOCOL_VERSION,
             mountpoint: self.facts.mountpoint.display().to_string(),
             backstore: self.facts.backstore.display().to_string(),
-            data_path: "transport".to_string(),
+            data_path: if self.passthrough.load(Ordering::Acquire) {
+                "passthrough"
+            } else {
+                "transport"
+            }
+            .to_string(),
             default_branch: core.default_branch().to_string(),
             caller_branch: core.branch_of(peer.pid).to_string(),
             branches: branches.iter().map(|b| self.branch_view(b)).collect(),

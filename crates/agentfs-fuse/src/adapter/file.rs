@@ -4,6 +4,7 @@
 //! The control file (`.agentfs/control`) is answered here without FsCore: it
 //! opens read-only with file handle 0 and reads from the adapter's copy.
 
+use super::data_path::Route;
 use super::virtual_nodes::is_reserved;
 use super::{ctx, resolve, AgentFs};
 use crate::attr::file_attr;
@@ -17,6 +18,7 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
 };
 use std::ffi::OsStr;
+use std::sync::Arc;
 
 /// The file handle of every open of a virtual node (they need no state).
 const VIRTUAL_FH: FileHandle = FileHandle(0);
@@ -36,10 +38,17 @@ impl AgentFs {
         }
         let ctx = ctx(req);
         // Data lane: opening for writing may copy shared content first.
+        let paths = Arc::clone(&self.paths);
         self.submit(Lane::Data, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let fh = tri!(call, reply, core.open(&ctx, b, n, core_flags));
-            reply.opened(FileHandle(fh.0), FopenFlags::empty());
+            let ino = tri!(call, reply, inode::encode(b, n).map_err(FsError::from));
+            match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
+                Route::Direct(backing) => {
+                    reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &backing)
+                }
+                Route::Transport => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+            }
         });
     }
 
@@ -68,6 +77,7 @@ impl AgentFs {
         } else {
             self.ttl
         };
+        let paths = Arc::clone(&self.paths);
         self.submit(Lane::Data, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let created = core.create(&ctx, b, n, &name, mode, umask, core_flags, exclusive);
@@ -81,13 +91,13 @@ impl AgentFs {
                 }
             };
             let fattr = file_attr(ino, &attr);
-            reply.created(
-                &ttl,
-                &fattr,
-                Generation(0),
-                FileHandle(fh.0),
-                FopenFlags::empty(),
-            );
+            let (gen, handle, flags) = (Generation(0), FileHandle(fh.0), FopenFlags::empty());
+            match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
+                Route::Direct(backing) => {
+                    reply.created_passthrough(&ttl, &fattr, gen, handle, flags, &backing)
+                }
+                Route::Transport => reply.created(&ttl, &fattr, gen, handle, flags),
+            }
         });
     }
 
@@ -141,8 +151,12 @@ impl AgentFs {
         if ino.0 == inode::CONTROL_FILE_INO {
             return reply.ok();
         }
+        let paths = Arc::clone(&self.paths);
         self.submit(Lane::Data, call, move |core, call| {
-            tri!(call, reply, core.release(HandleId(fh.0)));
+            let released = core.release(HandleId(fh.0));
+            // The kernel is done with this open whatever FsCore answered.
+            paths.release(ino.0);
+            tri!(call, reply, released);
             reply.ok();
         });
     }

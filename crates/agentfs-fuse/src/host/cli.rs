@@ -42,6 +42,11 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub attr_ttl_ms: u64,
 
+    /// File data path: `auto` uses FUSE passthrough where the kernel allows
+    /// it (Linux 6.9+, CAP_SYS_ADMIN), `off` always serves data through the daemon.
+    #[arg(long, value_enum, default_value_t = Passthrough::Auto)]
+    pub passthrough: Passthrough,
+
     /// Testing only: reading the xattr `user.agentfs.fault.panic` panics inside
     /// the worker that serves it, to prove one failing operation fails alone.
     #[arg(long, hide = true)]
@@ -53,6 +58,13 @@ pub struct Cli {
 
     /// Directory to mount at.
     pub mountpoint: PathBuf,
+}
+
+/// `--passthrough` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Passthrough {
+    Auto,
+    Off,
 }
 
 /// `--log-level` values.

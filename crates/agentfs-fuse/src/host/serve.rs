@@ -11,7 +11,7 @@
 //! to end, stop the control server (removes the socket), shut the transport
 //! down (queued jobs still run), then `FsCore::sync_all`.
 
-use super::cli::Cli;
+use super::cli::{Cli, Passthrough};
 use super::daemon::Ready;
 use agentfs_control::{socket_path_for, ControlServer, Endpoint, PROTOCOL_VERSION};
 use agentfs_core::{CoreConfig, FsCore, ProcFs};
@@ -23,6 +23,7 @@ use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use nix::sys::signal::{SigSet, Signal};
 use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -84,7 +85,11 @@ pub fn serve(
         mountpoint: mountpoint.to_path_buf(),
         backstore: backstore.clone(),
     };
-    let handler = Arc::new(CoreControl::new(Arc::clone(&core), uid, facts));
+    let passthrough_active = Arc::new(AtomicBool::new(false));
+    let handler = Arc::new(
+        CoreControl::new(Arc::clone(&core), uid, facts)
+            .with_passthrough_flag(Arc::clone(&passthrough_active)),
+    );
     let control = ControlServer::bind(&socket, handler)
         .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
     let endpoint = Endpoint {
@@ -101,6 +106,8 @@ pub fn serve(
             owner_uid: uid,
             owner_gid: gid,
             fault_injection: cli.fault_injection,
+            passthrough: cli.passthrough == Passthrough::Auto,
+            passthrough_active,
         },
     );
     let metrics = Arc::clone(fs.metrics());

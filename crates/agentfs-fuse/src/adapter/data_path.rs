@@ -1,0 +1,155 @@
+//! Which data path each open inode uses: FUSE passthrough (the kernel reads
+//! and writes the backstore object itself) or the transport (every read and
+//! write is a FUSE request served by FsCore).
+//!
+//! The kernel's rules shape this: an inode has at most one backing file at a
+//! time, shared by all its passthrough opens, and passthrough and cached opens
+//! may not be mixed on one inode. So the first open of an inode decides its
+//! path until its last release: passthrough when FsCore says the content is
+//! the branch's own (`FsCore::open_passthrough`), else the transport, and
+//! every later open of that inode follows. Backing ids live here until the
+//! inode's last release, then close (their `Drop` tells the kernel).
+
+use agentfs_core::{FsCore, HandleId};
+use fuser::BackingId;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// How an open was answered.
+pub(crate) enum Route {
+    /// Reply with `opened_passthrough` and this backing id.
+    Direct(Arc<BackingId>),
+    /// Reply with a plain open: reads and writes come to FsCore.
+    Transport,
+}
+
+enum InodeIo {
+    Direct {
+        backing: Arc<BackingId>,
+        opens: usize,
+    },
+    Transport {
+        opens: usize,
+    },
+}
+
+/// The data path of every open inode of one mount.
+pub(crate) struct DataPaths {
+    /// Passthrough negotiated at init and not since refused by the kernel
+    /// (shared with the control handler, which reports it in `status`).
+    enabled: Arc<AtomicBool>,
+    // Leaf lock: held across the backing-open ioctl only, never across FsCore I/O
+    // that can be slow (the copy-on-write is done by `FsCore::open` before).
+    inodes: Mutex<HashMap<u64, InodeIo>>,
+}
+
+impl DataPaths {
+    pub(crate) fn new(enabled: Arc<AtomicBool>) -> DataPaths {
+        enabled.store(false, Ordering::Release);
+        DataPaths {
+            enabled,
+            inodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Release);
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Decide the path of a new open `fh` of inode `ino`. `open_backing` asks
+    /// the kernel for a backing id (the reply object's method).
+    pub(crate) fn route(
+        &self,
+        core: &FsCore,
+        ino: u64,
+        fh: HandleId,
+        open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> Route {
+        let mut inodes = self.inodes.lock();
+        match inodes.get_mut(&ino) {
+            Some(InodeIo::Transport { opens }) => {
+                *opens += 1;
+                return Route::Transport;
+            }
+            Some(InodeIo::Direct { backing, opens }) => {
+                // Same inode, same private object: FsCore must agree, and count the handle.
+                if let Ok(Some(_)) = core.open_passthrough(fh) {
+                    *opens += 1;
+                    return Route::Direct(Arc::clone(backing));
+                }
+                tracing::error!(ino, "inode has a backing file but FsCore refused passthrough; serving without cache");
+                *opens += 1;
+                return Route::Transport;
+            }
+            None => {}
+        }
+        if !self.enabled() {
+            inodes.insert(ino, InodeIo::Transport { opens: 1 });
+            return Route::Transport;
+        }
+        let file = match core.open_passthrough(fh) {
+            Ok(Some(file)) => file,
+            Ok(None) => {
+                inodes.insert(ino, InodeIo::Transport { opens: 1 });
+                return Route::Transport;
+            }
+            Err(e) => {
+                tracing::warn!(ino, error = %e, "no passthrough for this open");
+                inodes.insert(ino, InodeIo::Transport { opens: 1 });
+                return Route::Transport;
+            }
+        };
+        match open_backing(&file) {
+            Ok(id) => {
+                let backing = Arc::new(id);
+                inodes.insert(
+                    ino,
+                    InodeIo::Direct {
+                        backing: Arc::clone(&backing),
+                        opens: 1,
+                    },
+                );
+                Route::Direct(backing)
+            }
+            Err(e) => {
+                let _ = core.close_passthrough(fh);
+                // EPERM (no CAP_SYS_ADMIN) or a kernel without backing files:
+                // every later open would fail the same way.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM) | Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP)
+                ) {
+                    tracing::warn!(error = %e, "the kernel refused a backing file: passthrough off for this mount");
+                    self.set_enabled(false);
+                } else {
+                    tracing::warn!(ino, error = %e, "backing file refused; this inode uses the transport");
+                }
+                inodes.insert(ino, InodeIo::Transport { opens: 1 });
+                Route::Transport
+            }
+        }
+    }
+
+    /// The release of one open of `ino`; the last one closes its backing id.
+    pub(crate) fn release(&self, ino: u64) {
+        let mut inodes = self.inodes.lock();
+        let last = match inodes.get_mut(&ino) {
+            Some(InodeIo::Direct { opens, .. } | InodeIo::Transport { opens }) => {
+                *opens = opens.saturating_sub(1);
+                *opens == 0
+            }
+            None => false,
+        };
+        if last {
+            inodes.remove(&ino);
+        }
+    }
+}
