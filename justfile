@@ -40,6 +40,8 @@ test:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo build --workspace --bins
     cargo nextest run --workspace --no-fail-fast
+    # The mount tests again with file data through the transport instead of passthrough.
+    AGENTFS_PASSTHROUGH=off cargo nextest run -p agentfs-fuse --no-fail-fast
 
 # The control plane against a real mount: the Rust test, then the README walk-through script.
 test-fuse-control-plane:

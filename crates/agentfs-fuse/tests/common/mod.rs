@@ -303,7 +303,12 @@ impl Mount {
 
     fn spawn_daemon(&mut self) {
         let log = fs::File::create(&self.stderr_log).expect("create daemon stderr log");
+        // AGENTFS_PASSTHROUGH=off|auto picks the data path for the whole run,
+        // so the same tests cover passthrough and the transport.
+        let data_path = std::env::var("AGENTFS_PASSTHROUGH").unwrap_or_else(|_| "auto".into());
         let mut child = Command::new(host_bin())
+            .arg("--passthrough")
+            .arg(data_path)
             .args(&self.extra_args)
             .arg("--backstore")
             .arg(&self.backstore)
