@@ -64,3 +64,15 @@ test-fuse-performance *ARGS:
 # The performance harness at tiny sizes, one run, debug build (CI): fails only on a failed measurement, never on a time.
 test-fuse-performance-smoke *ARGS:
     bash scripts/test-fuse-performance.sh --smoke {{ ARGS }}
+
+# fsx on a real mount: default branch, snapshot branch (+ block mode), each data path; 10 seeds x 10,000 ops per configuration; logs/fsx-<UTC time>/ (ARGS e.g. --seeds 20 --passthrough off).
+test-fsx *ARGS:
+    bash scripts/test-fsx.sh {{ ARGS }}
+
+# fsx, about a minute (CI): 2 seeds x 1,500 ops per configuration and data path.
+test-fsx-short *ARGS:
+    bash scripts/test-fsx.sh --ops 1500 --seeds 2 --zero-ops 300 {{ ARGS }}
+
+# stress-ng filesystem class (--verify) and fio crc32c verify (psync, mmap), default branch and snapshot branch, each data path; logs/stress-<UTC time>/ (ARGS e.g. --fio-only --fio-size 64M).
+test-stress *ARGS:
+    bash scripts/test-stress.sh {{ ARGS }}
