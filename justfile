@@ -43,10 +43,11 @@ test:
     # The mount tests again with file data through the transport instead of passthrough.
     AGENTFS_PASSTHROUGH=off cargo nextest run -p agentfs-fuse --no-fail-fast
 
-# The control plane against a real mount: the Rust test, then the README walk-through script.
+# The control plane against a real mount: the Rust test, then the README walk-through script on each data path.
 test-fuse-control-plane:
     cargo nextest run -p agentfs-fuse --test control_plane --no-fail-fast
     bash scripts/test-fuse-control-plane.sh
+    AGENTFS_PASSTHROUGH=off bash scripts/test-fuse-control-plane.sh
 
 # Format check and clippy with warnings as errors.
 lint:

@@ -11,12 +11,15 @@
 #
 # Needs /dev/fuse and root (or a user allowed to mount FUSE), python3, fusermount3.
 # Environment: PROFILE=debug|release picks the build (default debug: it is what
-# `just test` already built); STEP_TIMEOUT bounds each command (default 60 s).
+# `just test` already built); AGENTFS_PASSTHROUGH=auto|off picks the mount's data
+# path (default auto, as the mount tests do); STEP_TIMEOUT bounds each command
+# (default 60 s).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PROFILE=${PROFILE:-debug}
 STEP_TIMEOUT=${STEP_TIMEOUT:-60}
+PASSTHROUGH=${AGENTFS_PASSTHROUGH:-auto}
 passed=0
 
 say() { printf '==> %s\n' "$*"; }
@@ -102,8 +105,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "mounting on $mnt (backstore $store)"
-if ! t agentfs-fuse-host --backstore "$store" "$mnt" >"$out" 2>"$err"; then
+say "mounting on $mnt (backstore $store, passthrough $PASSTHROUGH)"
+if ! t agentfs-fuse-host --backstore "$store" --passthrough "$PASSTHROUGH" "$mnt" >"$out" 2>"$err"; then
     fail "agentfs-fuse-host did not mount" "$(cat "$out" "$err")"
 fi
 grep -q "AgentFS mounted at $mnt" "$out" || fail "mount message missing" "$(cat "$out" "$err")"
@@ -184,6 +187,9 @@ ok "status" agentfs-control-cli status --json
 main_id=$(json 'd["default_branch"]' <"$out")
 expect_eq "an unbound caller sees the default branch" "$main_id" "$(json 'd["caller_branch"]' <"$out")"
 expect_eq "status names the mountpoint" "$mnt" "$(json 'd["mountpoint"]' <"$out")"
+if [ "$PASSTHROUGH" = off ]; then
+    expect_eq "with --passthrough off file data goes through the transport" "transport" "$(json 'd["data_path"]' <"$out")"
+fi
 ok "branch-list" agentfs-control-cli branch-list --json
 expect_eq "the default branch is called main" "main" \
     "$(json '[b["name"] for b in d if b["is_default"]][0]' <"$out")"
