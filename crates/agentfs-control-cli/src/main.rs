@@ -147,7 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pid: pid.unwrap_or_else(parent),
             },
         ),
-        Cmd::BranchExec { branch, command } => return branch_exec(conn, branch, command),
+        Cmd::BranchExec { branch, command } => return branch_exec(conn, &mount, branch, command),
         Cmd::Status => (Verb::Show, Command::Status),
     };
     let reply = conn.call(command)?;
@@ -200,12 +200,21 @@ fn branch_names(conn: &mut Client) -> BranchNames {
 
 /// Bind this very process to `branch`, then replace it with `command`, so the
 /// command keeps our pid (and start time) and it and its children see the branch.
-fn branch_exec(mut conn: Client, branch: String, command: Vec<OsString>) -> Result<ExitCode> {
+fn branch_exec(
+    mut conn: Client,
+    mount: &Path,
+    branch: String,
+    command: Vec<OsString>,
+) -> Result<ExitCode> {
     let Some((program, args)) = command.split_first() else {
         bail!("branch-exec needs a command to run");
     };
     let pid = std::process::id();
-    conn.call(Command::BranchBind { branch, pid })?;
+    conn.call(Command::BranchBind {
+        branch: branch.clone(),
+        pid,
+    })?;
+    enter_branch_view(mount, &branch);
     let err = std::process::Command::new(program).args(args).exec();
     // Still here: the exec failed. Undo the binding, best effort; the daemon
     // also drops bindings of dead processes.
@@ -215,6 +224,51 @@ fn branch_exec(mut conn: Client, branch: String, command: Vec<OsString>) -> Resu
         display(Path::new(program))
     ));
     Ok(ExitCode::from(127))
+}
+
+/// Give this process (and what it runs) a private mount namespace in which
+/// the branch's own root, `<mount>/.agentfs/branches/<branch>`, is bind-mounted
+/// over the mount path. The kernel then caches that tree like any other, and
+/// what the process sees no longer depends on its pid: a daemonized grandchild
+/// keeps the branch, and another branch's lookups at the mount root cannot
+/// disturb its working directory. Needs CAP_SYS_ADMIN; without it (or if any
+/// step fails) the process keeps the pid binding alone, which is still correct
+/// for everything it and its attached children do.
+fn enter_branch_view(mount: &Path, branch: &str) {
+    use nix::mount::{mount as sys_mount, MsFlags};
+    let mount = &mount.canonicalize().unwrap_or_else(|_| mount.to_path_buf());
+    let view = mount.join(".agentfs").join("branches").join(branch);
+    if !nix::unistd::geteuid().is_root() || !view.is_dir() {
+        return;
+    }
+    let cwd = std::env::current_dir().ok();
+    let entered = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .and_then(|()| {
+            // Our mounts must not propagate back to the namespace we came from.
+            sys_mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+        })
+        .and_then(|()| {
+            sys_mount(
+                Some(&view),
+                mount,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        });
+    if entered.is_err() {
+        return;
+    }
+    // A working directory inside the mount still names the old view: walk to it again.
+    if let Some(cwd) = cwd.filter(|c| c.starts_with(mount)) {
+        let _ = std::env::set_current_dir(&cwd);
+    }
 }
 
 fn display(path: &Path) -> String {

@@ -170,9 +170,11 @@ impl From<InodeError> for FsError {
 fn resolve(core: &FsCore, ino: Ino, pid: u32) -> FsResult<(BranchId, NodeId)> {
     match ino {
         Ino::Root => Ok((core.branch_of(pid), NodeId::ROOT)),
-        Ino::Node(b, n) if core.branch_exists(b) => Ok((b, n)),
+        Ino::Node(b, n) if core.branch_exists(inode::real_branch(b)) => {
+            Ok((inode::real_branch(b), n))
+        }
         Ino::Node(..) => Err(FsError::Stale),
-        Ino::AgentfsDir | Ino::ControlFile => Err(FsError::ReadOnly),
+        Ino::AgentfsDir | Ino::ControlFile | Ino::BranchesDir => Err(FsError::ReadOnly),
     }
 }
 
@@ -185,7 +187,7 @@ fn reply_entry(
     attr: &Attr,
     ttl: Duration,
 ) {
-    let ino = tri!(call, reply, inode::encode(b, attr.node));
+    let ino = tri!(call, reply, inode::encode_in(parent, b, attr.node));
     let attr_ttl = ttl_for(ino, ttl);
     let entry_ttl = if parent == Ino::Root {
         Duration::ZERO

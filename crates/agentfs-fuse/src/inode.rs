@@ -11,16 +11,27 @@
 //!   has only one root per mount. A request on ino 1 acts on the branch of the
 //!   calling process, which is why entries looked up in it must not be cached.
 //!   Encoding any branch's root node gives 1.
-//! - Branch 0 is reserved for the adapter's virtual nodes: `.agentfs` (ino 2)
-//!   and `.agentfs/control` (ino 3), which exist in every branch alike.
+//! - Branch 0 is reserved for the adapter's virtual nodes: `.agentfs` (ino 2),
+//!   `.agentfs/control` (ino 3) and `.agentfs/branches` (ino 4), which exist in
+//!   every branch alike.
+//!
+//! A branch can also be reached by path, `.agentfs/branches/<name>`, which is
+//! how `branch-exec` bind-mounts a branch over the mount path in a private mount
+//! namespace. Nodes reached that way carry [`VIEW_FLAG`] in their branch field:
+//! they are distinct kernel inodes from the same nodes reached through ino 1, so
+//! the kernel never has to give one directory inode two dentries (it would move
+//! the one a bound process stands in), and the branch's own root is a real
+//! directory whose entries can be cached like any other.
 
 use agentfs_core::{BranchId, NodeId};
 
 /// Bits of the inode number that hold the node id.
 pub const NODE_BITS: u32 = 44;
 const NODE_MASK: u64 = (1 << NODE_BITS) - 1;
+/// Set in the branch field of nodes reached through `.agentfs/branches/<name>`.
+pub const VIEW_FLAG: u64 = 1 << (63 - NODE_BITS);
 /// The largest branch id that fits into an inode number.
-pub const MAX_BRANCH: u64 = (1 << (64 - NODE_BITS)) - 1;
+pub const MAX_BRANCH: u64 = VIEW_FLAG - 1;
 
 /// The shared root directory.
 pub const ROOT_INO: u64 = 1;
@@ -28,6 +39,8 @@ pub const ROOT_INO: u64 = 1;
 pub const AGENTFS_DIR_INO: u64 = 2;
 /// The virtual file `.agentfs/control`.
 pub const CONTROL_FILE_INO: u64 = 3;
+/// The virtual directory `.agentfs/branches`.
+pub const BRANCHES_DIR_INO: u64 = 4;
 
 /// Why an inode number could not be made or read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +64,8 @@ pub enum Ino {
     AgentfsDir,
     /// The virtual file `.agentfs/control`.
     ControlFile,
+    /// The virtual directory `.agentfs/branches`: one entry per branch.
+    BranchesDir,
 }
 
 impl Ino {
@@ -64,6 +79,7 @@ impl Ino {
         match (branch, node) {
             (0, 2) => Ok(Ino::AgentfsDir),
             (0, 3) => Ok(Ino::ControlFile),
+            (0, 4) => Ok(Ino::BranchesDir),
             (0, _) | (_, 0) => Err(InodeError::Invalid(ino)),
             (b, n) => Ok(Ino::Node(BranchId(b), NodeId(n))),
         }
@@ -71,8 +87,49 @@ impl Ino {
 
     /// Whether this is one of the adapter's virtual nodes.
     pub fn is_virtual(self) -> bool {
-        matches!(self, Ino::AgentfsDir | Ino::ControlFile)
+        matches!(self, Ino::AgentfsDir | Ino::ControlFile | Ino::BranchesDir)
     }
+
+    /// Whether this is the root of a tree: ino 1, or a branch's root reached
+    /// through `.agentfs/branches` (both hold `.agentfs`).
+    pub fn is_root_dir(self) -> bool {
+        match self {
+            Ino::Root => true,
+            Ino::Node(b, n) => b.0 & VIEW_FLAG != 0 && n == NodeId::ROOT,
+            _ => false,
+        }
+    }
+
+    /// Whether this node was reached through `.agentfs/branches`.
+    pub fn is_view(self) -> bool {
+        matches!(self, Ino::Node(b, _) if b.0 & VIEW_FLAG != 0)
+    }
+}
+
+/// The branch FsCore knows, without the view flag.
+pub fn real_branch(b: BranchId) -> BranchId {
+    BranchId(b.0 & !VIEW_FLAG)
+}
+
+/// The inode number of branch `b`'s root as reached through `.agentfs/branches`.
+pub fn view_root(b: BranchId) -> Result<u64, InodeError> {
+    if b.0 == 0 || b.0 > MAX_BRANCH {
+        return Err(InodeError::BranchTooLarge(b.0));
+    }
+    Ok(((b.0 | VIEW_FLAG) << NODE_BITS) | NodeId::ROOT.0)
+}
+
+/// The inode number of `node` of branch `b` found under `parent`: in the same
+/// view as the parent (see the module header).
+pub fn encode_in(parent: Ino, b: BranchId, node: NodeId) -> Result<u64, InodeError> {
+    if !parent.is_view() {
+        return encode(b, node);
+    }
+    if node == NodeId::ROOT {
+        return view_root(b);
+    }
+    let plain = encode(b, node)?;
+    Ok(plain | (VIEW_FLAG << NODE_BITS))
 }
 
 /// The inode number of `node` in `branch`; the root node of any branch is ino 1.
@@ -121,12 +178,40 @@ mod tests {
     }
 
     #[test]
+    fn views_are_distinct_inodes_that_keep_their_view() {
+        let b = BranchId(3);
+        let root = view_root(b).unwrap();
+        let root_ino = Ino::decode(root).unwrap();
+        assert!(root_ino.is_root_dir() && root_ino.is_view());
+        assert_ne!(root, ROOT_INO);
+        let child = encode_in(root_ino, b, NodeId(9)).unwrap();
+        assert_ne!(
+            child,
+            encode(b, NodeId(9)).unwrap(),
+            "not the inode seen through ino 1"
+        );
+        let Ino::Node(cb, cn) = Ino::decode(child).unwrap() else {
+            panic!()
+        };
+        assert_eq!((real_branch(cb), cn), (b, NodeId(9)));
+        assert!(Ino::decode(child).unwrap().is_view());
+        // `..` of a view's top-level directory is the view's root, not ino 1.
+        assert_eq!(
+            encode_in(Ino::decode(child).unwrap(), b, NodeId::ROOT),
+            Ok(root)
+        );
+        assert_eq!(encode_in(Ino::Root, b, NodeId(9)), encode(b, NodeId(9)));
+        assert!(!Ino::Root.is_view() && Ino::Root.is_root_dir());
+    }
+
+    #[test]
     fn virtual_nodes_live_in_branch_0() {
         assert_eq!(Ino::decode(AGENTFS_DIR_INO), Ok(Ino::AgentfsDir));
         assert_eq!(Ino::decode(CONTROL_FILE_INO), Ok(Ino::ControlFile));
         assert!(Ino::decode(AGENTFS_DIR_INO).unwrap().is_virtual());
         assert!(!Ino::decode(1).unwrap().is_virtual());
-        assert_eq!(Ino::decode(4), Err(InodeError::Invalid(4)));
+        assert_eq!(Ino::decode(BRANCHES_DIR_INO), Ok(Ino::BranchesDir));
+        assert_eq!(Ino::decode(5), Err(InodeError::Invalid(5)));
         assert_eq!(Ino::decode(0), Err(InodeError::Invalid(0)));
         // Node 0 of a real branch is no node either.
         assert_eq!(

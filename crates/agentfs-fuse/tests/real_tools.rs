@@ -75,7 +75,7 @@ const GIT_FILES: usize = 3000;
 /// parent exits it is reparented to init, so AgentFS's ancestry walk no
 /// longer finds the branch binding and it works on the *default* branch's
 /// repository (and its root lookups evict the branch's dentry, so the bound
-/// shell's getcwd fails with ENOENT). See the ignored test
+/// shell's getcwd fails with ENOENT). See the test
 /// `daemonized_grandchild_keeps_the_branch`.
 fn git(m: &Mount, branch: Option<&str>, repo: &Path, args: &[&str]) -> String {
     let mut argv = vec![
@@ -1016,15 +1016,14 @@ while not os.path.exists(out) and time.monotonic() < deadline:
 print(open(out).read())
 "#;
 
-/// Known bug, found through git: `git commit` starts `git maintenance run
-/// --auto --detach`, whose daemonized grandchild is reparented to init and
-/// then resolves to the default branch, since a binding is found by walking
-/// the live PPid chain. It works on the default branch's files. A fix needs
-/// the binding to be inherited at fork time (e.g. the proc connector's fork
-/// events, a cgroup per binding, or `branch-exec` making its process a child
-/// subreaper).
+/// Found through git: `git commit` starts `git maintenance run --auto
+/// --detach`, whose daemonized grandchild is reparented to init; a binding
+/// found by walking the live PPid chain then resolved to the default branch.
+/// Under `branch-exec` (as root) the process runs in a private mount namespace
+/// with the branch bind-mounted over the mount path, which its descendants
+/// keep whoever their parent becomes. (A shell bound with `branch-bind` still
+/// depends on the PPid chain: specs/bindings.md.)
 #[test]
-#[ignore = "known bug: a daemonized descendant of a bound process sees the default branch"]
 fn daemonized_grandchild_of_a_bound_process_keeps_its_branch() {
     let m = mount_or_skip!();
     let file = m.join("where.txt");
@@ -1057,15 +1056,15 @@ except OSError as e:
     print("getcwd failed: %s" % e)
 "#;
 
-/// Known bug, found through git (the detached maintenance process above did
-/// this to the bound shell): every branch shares the mount root, so when a
-/// process of another branch looks up the same top-level name, the kernel's
-/// dentry for it is replaced (the node id differs), and a bound process whose
-/// working directory is below it gets ENOENT from getcwd(2). A fix needs
-/// branch processes not to share the root dentries (the design's private
-/// mount namespace with the branch bind-mounted over the mount path).
+/// Found through git (the detached maintenance process above did this to the
+/// bound shell): every branch shares the mount root, so when a process of
+/// another branch looks up the same top-level name, the kernel's dentry for it
+/// is replaced (the node id differs), and a process whose working directory is
+/// below it got ENOENT from getcwd(2). `branch-exec` (as root) now runs its
+/// command in a private mount namespace with the branch's own root
+/// bind-mounted over the mount path, so its dentries are its branch's alone.
+/// (A shell bound with `branch-bind` still shares the root: specs/bindings.md.)
 #[test]
-#[ignore = "known bug: a lookup from another branch evicts the dentry a bound process is in"]
 fn cwd_of_a_bound_process_survives_a_lookup_from_another_branch() {
     let m = mount_or_skip!();
     let proj = m.join("proj");

@@ -14,7 +14,9 @@ use crate::metrics::Op;
 use crate::tri;
 use agentfs_core::{FsError, HandleId};
 use agentfs_transport::Lane;
-use fuser::{FileHandle, FopenFlags, INodeNo, ReplyDirectory, ReplyEmpty, ReplyOpen, Request};
+use fuser::{
+    FileHandle, FileType, FopenFlags, INodeNo, ReplyDirectory, ReplyEmpty, ReplyOpen, Request,
+};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
@@ -27,7 +29,9 @@ impl AgentFs {
         let call = self.call(Op::Opendir, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         match target {
-            Ino::AgentfsDir => return reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ino::AgentfsDir | Ino::BranchesDir => {
+                return reply.opened(FileHandle(0), FopenFlags::empty())
+            }
             Ino::ControlFile => return call.fail(FsError::NotDir, reply),
             Ino::Root | Ino::Node(..) => {}
         }
@@ -56,6 +60,34 @@ impl AgentFs {
             }
             return reply.ok();
         }
+        let target = tri!(call, reply, Ino::decode(ino.0));
+        if target == Ino::BranchesDir {
+            // One directory per branch, by name; cookies 1 and 2 are . and ..
+            return self.submit(Lane::Meta, call, move |core, call| {
+                let mut entries = vec![
+                    (
+                        inode::BRANCHES_DIR_INO,
+                        FileType::Directory,
+                        ".".to_string(),
+                    ),
+                    (
+                        inode::AGENTFS_DIR_INO,
+                        FileType::Directory,
+                        "..".to_string(),
+                    ),
+                ];
+                for b in core.branch_list() {
+                    let b_ino = tri!(call, reply, inode::view_root(b.id));
+                    entries.push((b_ino, FileType::Directory, b.name));
+                }
+                for (i, (e_ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(*e_ino), i as u64 + 1, *kind, name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            });
+        }
         self.submit(Lane::Meta, call, move |core, call| {
             let fh = HandleId(fh.0);
             let (b, _) = tri!(call, reply, core.handle_target(fh));
@@ -64,7 +96,7 @@ impl AgentFs {
                 let entries = tri!(call, reply, core.readdir(fh, offset, READDIR_BATCH));
                 let complete = entries.len() < READDIR_BATCH;
                 for e in &entries {
-                    let e_ino = tri!(call, reply, inode::encode(b, e.node));
+                    let e_ino = tri!(call, reply, inode::encode_in(target, b, e.node));
                     let name = OsStr::from_bytes(&e.name);
                     if reply.add(INodeNo(e_ino), e.offset, file_type(e.kind), name) {
                         return reply.ok();

@@ -33,7 +33,7 @@ impl AgentFs {
                 return call.fail(FsError::ReadOnly, reply);
             }
             Ino::ControlFile => return reply.opened(VIRTUAL_FH, FopenFlags::empty()),
-            Ino::AgentfsDir => return call.fail(FsError::IsDir, reply),
+            Ino::AgentfsDir | Ino::BranchesDir => return call.fail(FsError::IsDir, reply),
             Ino::Root | Ino::Node(..) => {}
         }
         let ctx = ctx(req);
@@ -42,7 +42,11 @@ impl AgentFs {
         self.submit(Lane::Data, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let fh = tri!(call, reply, core.open(&ctx, b, n, core_flags));
-            let ino = tri!(call, reply, inode::encode(b, n).map_err(FsError::from));
+            let ino = tri!(
+                call,
+                reply,
+                inode::encode_in(target, b, n).map_err(FsError::from)
+            );
             match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
                 Route::Direct(backing) => {
                     reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &backing)
@@ -82,7 +86,7 @@ impl AgentFs {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let created = core.create(&ctx, b, n, &name, mode, umask, core_flags, exclusive);
             let (attr, fh) = tri!(call, reply, created);
-            let ino = match inode::encode(b, attr.node) {
+            let ino = match inode::encode_in(p, b, attr.node) {
                 Ok(ino) => ino,
                 Err(e) => {
                     // Do not leak the handle the kernel will never release.

@@ -4,10 +4,10 @@
 use super::virtual_nodes::is_reserved;
 use super::{ctx, rename_flags, reply_entry, resolve, AgentFs};
 use crate::attr::file_attr;
-use crate::inode::Ino;
+use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
-use agentfs_core::{FsError, SetAttr};
+use agentfs_core::{FsError, NodeId, SetAttr};
 use agentfs_transport::Lane;
 use fuser::{
     AccessFlags, Generation, INodeNo, RenameFlags, ReplyAttr, ReplyData, ReplyEmpty, ReplyEntry,
@@ -34,6 +34,21 @@ impl AgentFs {
             return;
         }
         let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
+        if p == Ino::BranchesDir {
+            // `.agentfs/branches/<name>`: the root of that branch, as its own
+            // directory. Not cached: branches come and go.
+            return self.submit(Lane::Meta, call, move |core, call| {
+                let found = name.to_str().map(|n| core.find_branch(n));
+                let b = match found {
+                    Some(Ok(b)) => b,
+                    _ => return call.fail(FsError::NotFound, reply),
+                };
+                let attr = tri!(call, reply, core.getattr(b, NodeId::ROOT));
+                let ino = tri!(call, reply, inode::view_root(b));
+                let zero = std::time::Duration::ZERO;
+                reply.entry_with_ttls(&zero, &zero, &file_attr(ino, &attr), Generation(0));
+            });
+        }
         self.submit(Lane::Meta, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let attr = tri!(call, reply, core.lookup(&ctx, b, n, &name));

@@ -7,7 +7,7 @@
 //! anywhere in the mount can find the daemon's socket.
 
 use crate::attr::BLKSIZE;
-use crate::inode::{Ino, AGENTFS_DIR_INO, CONTROL_FILE_INO, ROOT_INO};
+use crate::inode::{Ino, AGENTFS_DIR_INO, BRANCHES_DIR_INO, CONTROL_FILE_INO, ROOT_INO};
 use agentfs_core::FsError;
 use fuser::{FileAttr, FileType, INodeNo};
 use std::ffi::OsStr;
@@ -17,6 +17,8 @@ use std::time::SystemTime;
 pub const AGENTFS_DIR_NAME: &str = ".agentfs";
 /// Name of the control file in `.agentfs`.
 pub const CONTROL_FILE_NAME: &str = "control";
+/// Name of the directory of branches in `.agentfs`.
+pub const BRANCHES_DIR_NAME: &str = "branches";
 
 /// The contents and owner of the virtual nodes.
 #[derive(Debug, Clone)]
@@ -41,7 +43,8 @@ impl VirtualNodes {
     /// Attributes of a virtual node; `None` for any other inode.
     pub fn attr(&self, ino: Ino) -> Option<FileAttr> {
         let (ino, kind, perm, nlink, size) = match ino {
-            Ino::AgentfsDir => (AGENTFS_DIR_INO, FileType::Directory, 0o555, 2, 0),
+            Ino::AgentfsDir => (AGENTFS_DIR_INO, FileType::Directory, 0o555, 3, 0),
+            Ino::BranchesDir => (BRANCHES_DIR_INO, FileType::Directory, 0o555, 2, 0),
             Ino::ControlFile => (
                 CONTROL_FILE_INO,
                 FileType::RegularFile,
@@ -74,11 +77,13 @@ impl VirtualNodes {
     /// FsCore must answer.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Option<Result<FileAttr, FsError>> {
         match parent {
-            Ino::Root if name == AGENTFS_DIR_NAME => self.attr(Ino::AgentfsDir).map(Ok),
+            p if p.is_root_dir() && name == AGENTFS_DIR_NAME => self.attr(Ino::AgentfsDir).map(Ok),
             Ino::AgentfsDir if name == CONTROL_FILE_NAME => self.attr(Ino::ControlFile).map(Ok),
+            Ino::AgentfsDir if name == BRANCHES_DIR_NAME => self.attr(Ino::BranchesDir).map(Ok),
             Ino::AgentfsDir => Some(Err(FsError::NotFound)),
             Ino::ControlFile => Some(Err(FsError::NotDir)),
-            Ino::Root | Ino::Node(..) => None,
+            // Branch names are FsCore's to answer.
+            Ino::Root | Ino::Node(..) | Ino::BranchesDir => None,
         }
     }
 
@@ -93,6 +98,7 @@ impl VirtualNodes {
                 FileType::RegularFile,
                 CONTROL_FILE_NAME,
             ),
+            (BRANCHES_DIR_INO, 4, FileType::Directory, BRANCHES_DIR_NAME),
         ];
         all.into_iter().filter(|e| e.1 > offset).collect()
     }
@@ -114,7 +120,7 @@ impl VirtualNodes {
 /// Whether `name` in `parent` is the reserved name `.agentfs` of the root,
 /// which FsCore must never create, remove or rename.
 pub fn is_reserved(parent: Ino, name: &OsStr) -> bool {
-    parent == Ino::Root && name == AGENTFS_DIR_NAME
+    parent.is_root_dir() && name == AGENTFS_DIR_NAME
 }
 
 #[cfg(test)]
@@ -172,10 +178,10 @@ mod tests {
     fn listing_resumes_after_a_cookie() {
         let v = nodes();
         let names: Vec<_> = v.entries(0).into_iter().map(|e| e.3).collect();
-        assert_eq!(names, [".", "..", "control"]);
+        assert_eq!(names, [".", "..", "control", "branches"]);
         let names: Vec<_> = v.entries(2).into_iter().map(|e| e.3).collect();
-        assert_eq!(names, ["control"]);
-        assert!(v.entries(3).is_empty());
+        assert_eq!(names, ["control", "branches"]);
+        assert!(v.entries(4).is_empty());
     }
 
     #[test]
