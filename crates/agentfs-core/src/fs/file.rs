@@ -223,6 +223,20 @@ impl FsCore {
         }
     }
 
+    /// The file size reads and seeks are bounded by: the node's, or, while the
+    /// kernel writes the object directly, the object's length, as `attr`
+    /// reports it. The kernel still reads passthrough files through FsCore for
+    /// readahead, and takes a short answer as the end of the file.
+    fn data_size(&self, h: &Handle, size: u64, content: Option<&Arc<Content>>) -> u64 {
+        match content {
+            Some(c) if h.branch.open_count(h.node).passthrough_writers > 0 => self
+                .backstore
+                .len_and_mtime(c.id)
+                .map_or(size, |(len, _)| len),
+            _ => size,
+        }
+    }
+
     pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (h, flags) = self.file_handle(fh)?;
         if !flags.read {
@@ -236,6 +250,7 @@ impl FsCore {
             }
             (n.meta.size, n.content().cloned())
         };
+        let len = self.data_size(&h, len, content.as_ref());
         if offset >= len {
             return Ok(Vec::new());
         }
@@ -379,6 +394,7 @@ impl FsCore {
             let n = super::node(&t, h.node)?;
             (n.meta.size, n.content().cloned())
         };
+        let size = self.data_size(&h, size, content.as_ref());
         if offset >= size {
             return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::ENXIO)));
         }
