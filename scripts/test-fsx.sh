@@ -364,6 +364,7 @@ run_configs() {
                     { stable=fail; echo "tick $i changed" >>"$log/$data_path/stability.txt"; }
                 rm -f "$f"
             done
+            [ -s "$log/$data_path/stability.txt" ] || rm -f "$log/$data_path/stability.txt"
             [ "$checked" -gt 0 ] || stable="not checked (no tick reached 8)"
             echo "    snapshot stability over $checked ticks: $stable"
         fi
