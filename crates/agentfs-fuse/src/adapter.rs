@@ -26,6 +26,7 @@
 
 mod data_path;
 mod dir;
+mod exec_opens;
 mod file;
 mod namespace;
 mod virtual_nodes;
@@ -89,6 +90,7 @@ pub struct AgentFs {
     fault_injection: bool,
     want_passthrough: bool,
     paths: Arc<data_path::DataPaths>,
+    exec_opens: Arc<exec_opens::ExecOpens>,
 }
 
 impl AgentFs {
@@ -102,6 +104,7 @@ impl AgentFs {
             fault_injection: config.fault_injection,
             want_passthrough: config.passthrough,
             paths: Arc::new(data_path::DataPaths::new(config.passthrough_active)),
+            exec_opens: Arc::default(),
         }
     }
 

@@ -611,3 +611,46 @@ fn readdir_statfs_and_control_dir() {
     assert!(st.f_bsize > 0, "statfs reports zero block size");
     assert!(st.f_bfree <= st.f_blocks);
 }
+
+#[test]
+fn read_only_truncating_open_of_a_running_program_is_etxtbsy() {
+    // pjdfstest open::etxtbsy: with FUSE_ATOMIC_O_TRUNC an O_RDONLY|O_TRUNC
+    // open truncates in the daemon before the kernel checks for a running
+    // program, so the program was cut to nothing (and died of SIGBUS) although
+    // the open failed. The file must stay whole and the program alive.
+    let m = mount_or_skip!();
+    let prog = m.join("prog");
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("a sleep binary");
+    fs::copy(sleep, &prog).unwrap();
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+    let len = fs::metadata(&prog).unwrap().len();
+    assert!(len > 0);
+
+    let mut child = std::process::Command::new(&prog).arg("30").spawn().unwrap();
+    let err = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(&prog)
+        .expect_err("O_RDONLY|O_TRUNC open of a running program succeeded");
+    let still_running = child.try_wait().unwrap().is_none();
+    let len_after = fs::metadata(&prog).unwrap().len();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+    assert_eq!(len_after, len, "the running program was truncated");
+    assert!(still_running, "the running program died");
+
+    // Once it has exited, the same open truncates.
+    drop(
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(&prog)
+            .unwrap(),
+    );
+    assert_eq!(fs::metadata(&prog).unwrap().len(), 0);
+}

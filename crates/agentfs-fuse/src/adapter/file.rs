@@ -5,6 +5,7 @@
 //! opens read-only with file handle 0 and reads from the adapter's copy.
 
 use super::data_path::Route;
+use super::exec_opens::{truncates_read_only, FMODE_EXEC};
 use super::virtual_nodes::is_reserved;
 use super::{ctx, resolve, AgentFs};
 use crate::attr::file_attr;
@@ -37,16 +38,26 @@ impl AgentFs {
             Ino::Root | Ino::Node(..) => {}
         }
         let ctx = ctx(req);
+        let exec = flags.0 & FMODE_EXEC != 0;
+        let truncates_read_only = truncates_read_only(flags.0);
         // Data lane: opening for writing may copy shared content first.
-        let paths = Arc::clone(&self.paths);
+        let (paths, exec_opens) = (Arc::clone(&self.paths), Arc::clone(&self.exec_opens));
         self.submit(Lane::Data, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
-            let fh = tri!(call, reply, core.open(&ctx, b, n, core_flags));
             let ino = tri!(
                 call,
                 reply,
                 inode::encode_in(target, b, n).map_err(FsError::from)
             );
+            if truncates_read_only && exec_opens.executing(ino) {
+                // What the kernel answers for a write open of a running program.
+                let busy = std::io::Error::from_raw_os_error(libc::ETXTBSY);
+                return call.fail(FsError::Io(busy), reply);
+            }
+            let fh = tri!(call, reply, core.open(&ctx, b, n, core_flags));
+            if exec {
+                exec_opens.opened(fh.0, ino);
+            }
             match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
                 Route::Direct(backing) => {
                     reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &backing)
@@ -155,11 +166,12 @@ impl AgentFs {
         if ino.0 == inode::CONTROL_FILE_INO {
             return reply.ok();
         }
-        let paths = Arc::clone(&self.paths);
+        let (paths, exec_opens) = (Arc::clone(&self.paths), Arc::clone(&self.exec_opens));
         self.submit(Lane::Data, call, move |core, call| {
             let released = core.release(HandleId(fh.0));
             // The kernel is done with this open whatever FsCore answered.
             paths.release(ino.0);
+            exec_opens.released(fh.0);
             tri!(call, reply, released);
             reply.ok();
         });
