@@ -210,11 +210,14 @@ fn branch_exec(
         bail!("branch-exec needs a command to run");
     };
     let pid = std::process::id();
-    conn.call(Command::BranchBind {
-        branch: branch.clone(),
-        pid,
-    })?;
-    enter_branch_view(mount, &branch);
+    // In its own view the process never looks names up in the shared root; the
+    // daemon still needs the binding to know the caller's branch.
+    let command = if enter_branch_view(mount, &branch) {
+        Command::BranchBindPrivate { branch, pid }
+    } else {
+        Command::BranchBind { branch, pid }
+    };
+    conn.call(command)?;
     let err = std::process::Command::new(program).args(args).exec();
     // Still here: the exec failed. Undo the binding, best effort; the daemon
     // also drops bindings of dead processes.
@@ -234,12 +237,12 @@ fn branch_exec(
 /// disturb its working directory. Needs CAP_SYS_ADMIN; without it (or if any
 /// step fails) the process keeps the pid binding alone, which is still correct
 /// for everything it and its attached children do.
-fn enter_branch_view(mount: &Path, branch: &str) {
+fn enter_branch_view(mount: &Path, branch: &str) -> bool {
     use nix::mount::{mount as sys_mount, MsFlags};
     let mount = &mount.canonicalize().unwrap_or_else(|_| mount.to_path_buf());
     let view = mount.join(".agentfs").join("branches").join(branch);
     if !nix::unistd::geteuid().is_root() || !view.is_dir() {
-        return;
+        return false;
     }
     let cwd = std::env::current_dir().ok();
     let entered = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
@@ -263,12 +266,13 @@ fn enter_branch_view(mount: &Path, branch: &str) {
             )
         });
     if entered.is_err() {
-        return;
+        return false;
     }
     // A working directory inside the mount still names the old view: walk to it again.
     if let Some(cwd) = cwd.filter(|c| c.starts_with(mount)) {
         let _ = std::env::set_current_dir(&cwd);
     }
+    true
 }
 
 fn display(path: &Path) -> String {

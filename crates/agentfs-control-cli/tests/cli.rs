@@ -100,7 +100,9 @@ impl ControlHandler for Fake {
             Command::BranchBind { branch, .. } if branch == "missing" => {
                 Err(ControlError::not_found("no branch \"missing\""))
             }
-            Command::BranchBind { branch, pid } => Ok(Reply::Bound { pid, branch }),
+            Command::BranchBind { branch, pid } | Command::BranchBindPrivate { branch, pid } => {
+                Ok(Reply::Bound { pid, branch })
+            }
             Command::BranchUnbind { pid } => Ok(Reply::Unbound {
                 pid,
                 was_bound: true,

@@ -74,6 +74,15 @@ pub enum Command {
         branch: String,
         pid: u32,
     },
+    /// Like `BranchBind`, for a process that sees `branch` through a private
+    /// view of its own root (`branch-exec` in a mount namespace with
+    /// `.agentfs/branches/<branch>` bind-mounted over the mount path). Such a
+    /// process never looks names up in the shared mount root, so its binding
+    /// does not stop the kernel from caching the root's entries for others.
+    BranchBindPrivate {
+        branch: String,
+        pid: u32,
+    },
     BranchUnbind {
         pid: u32,
     },
@@ -91,6 +100,7 @@ impl Command {
             Command::BranchList => "branch-list",
             Command::BranchDelete { .. } => "branch-delete",
             Command::BranchBind { .. } => "branch-bind",
+            Command::BranchBindPrivate { .. } => "branch-bind-private",
             Command::BranchUnbind { .. } => "branch-unbind",
             Command::Status => "status",
         }
@@ -354,6 +364,10 @@ mod tests {
             Command::BranchBind {
                 branch: "b2".into(),
                 pid: 42,
+            },
+            Command::BranchBindPrivate {
+                branch: "b2".into(),
+                pid: 43,
             },
             Command::BranchUnbind { pid: 42 },
             Command::Status,

@@ -7,9 +7,10 @@
 //! production, a fake in tests).
 
 use crate::ids::BranchId;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// What FsCore needs to know about a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,14 +79,22 @@ const MAX_ANCESTRY: usize = 4096;
 pub(crate) struct Bindings {
     table: Box<dyn ProcessTable>,
     // Leaf lock: never held while taking another lock.
-    map: RwLock<HashMap<u32, (u64, BranchId)>>,
+    /// pid -> (start time, branch, whether the process reaches the branch
+    /// through the shared mount root rather than a private view of its own).
+    map: RwLock<HashMap<u32, (u64, BranchId, bool)>>,
+    // Leaf lock.
+    last_prune: Mutex<Instant>,
 }
+
+/// How often `root_is_shared` looks for dead bound processes.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Bindings {
     pub(crate) fn new(table: Box<dyn ProcessTable>) -> Self {
         Bindings {
             table,
             map: RwLock::new(HashMap::new()),
+            last_prune: Mutex::new(Instant::now()),
         }
     }
 
@@ -94,12 +103,41 @@ impl Bindings {
     }
 
     /// Bind the process `pid` (a thread id names its process) to `branch`.
-    pub(crate) fn bind(&self, pid: u32, branch: BranchId) -> Option<ProcessInfo> {
+    /// `shares_root`: the process sees the branch through the shared mount
+    /// root (not a private view of the branch's own directory).
+    pub(crate) fn bind(
+        &self,
+        pid: u32,
+        branch: BranchId,
+        shares_root: bool,
+    ) -> Option<ProcessInfo> {
         let info = self.table.info(pid)?;
-        self.map
-            .write()
-            .insert(info.tgid, (info.start_time, branch));
+        let entry = (info.start_time, branch, shares_root);
+        self.map.write().insert(info.tgid, entry);
         Some(info)
+    }
+
+    /// Whether any bound process looks up names through the shared root, so
+    /// that the root's entries differ by caller and must not be cached. Dead
+    /// processes' bindings are pruned at most once a second on the way, so the
+    /// root becomes cacheable again soon after the last bound shell exits.
+    pub(crate) fn root_is_shared(&self) -> bool {
+        let shared = self.map.read().values().any(|(_, _, shares)| *shares);
+        if shared {
+            let due = {
+                let mut last = self.last_prune.lock();
+                let due = last.elapsed() >= PRUNE_INTERVAL;
+                if due {
+                    *last = Instant::now();
+                }
+                due
+            };
+            if due {
+                self.list();
+                return self.map.read().values().any(|(_, _, shares)| *shares);
+            }
+        }
+        shared
     }
 
     /// Remove the binding of `pid`; answers whether there was one.
@@ -112,7 +150,7 @@ impl Bindings {
     pub(crate) fn unbind_branch(&self, branch: BranchId) -> usize {
         let mut map = self.map.write();
         let before = map.len();
-        map.retain(|_, (_, b)| *b != branch);
+        map.retain(|_, (_, b, _)| *b != branch);
         before - map.len()
     }
 
@@ -125,7 +163,7 @@ impl Bindings {
     pub(crate) fn list(&self) -> Vec<BindingInfo> {
         let entries: Vec<_> = self.map.read().iter().map(|(p, v)| (*p, *v)).collect();
         let mut live = Vec::new();
-        for (pid, (start_time, branch)) in entries {
+        for (pid, (start_time, branch, _)) in entries {
             match self.table.info(pid) {
                 Some(info) if info.start_time == start_time => live.push(BindingInfo {
                     pid,
@@ -134,7 +172,7 @@ impl Bindings {
                 }),
                 _ => {
                     let mut map = self.map.write();
-                    if map.get(&pid).is_some_and(|(s, _)| *s == start_time) {
+                    if map.get(&pid).is_some_and(|(s, _, _)| *s == start_time) {
                         map.remove(&pid);
                     }
                 }
@@ -153,7 +191,7 @@ impl Bindings {
         let mut pid = pid;
         for _ in 0..MAX_ANCESTRY {
             let info = self.table.info(pid)?;
-            if let Some((start, branch)) = map.get(&info.tgid) {
+            if let Some((start, branch, _)) = map.get(&info.tgid) {
                 if *start == info.start_time {
                     return Some(*branch);
                 }
@@ -207,9 +245,9 @@ pub(crate) mod tests {
         procs.spawn(12, 11, 7);
         let b = Bindings::new(Box::new(procs.clone()));
         assert_eq!(b.resolve(12), None);
-        b.bind(10, BranchId(2));
+        b.bind(10, BranchId(2), true);
         assert_eq!(b.resolve(12), Some(BranchId(2)));
-        b.bind(11, BranchId(3));
+        b.bind(11, BranchId(3), true);
         assert_eq!(b.resolve(12), Some(BranchId(3)));
         assert_eq!(b.resolve(10), Some(BranchId(2)));
         assert_eq!(b.resolve(1), None);
@@ -221,7 +259,7 @@ pub(crate) mod tests {
         procs.spawn(1, 0, 1);
         procs.spawn(20, 1, 100);
         let b = Bindings::new(Box::new(procs.clone()));
-        b.bind(20, BranchId(7));
+        b.bind(20, BranchId(7), true);
         assert_eq!(b.resolve(20), Some(BranchId(7)));
         procs.exit(20);
         procs.spawn(20, 1, 200);

@@ -622,3 +622,36 @@ fn bindings_inherit_and_ignore_reused_pids() {
     e.core.branch_delete(b, true).unwrap();
     assert_eq!(e.core.branch_of(101), e.main());
 }
+
+#[test]
+fn only_bindings_through_the_shared_root_make_it_caller_dependent() {
+    let e = env();
+    e.procs.spawn(1, 0, 1, 0);
+    e.procs.spawn(300, 1, 10, 0);
+    e.procs.spawn(301, 1, 11, 0);
+    let s = e.core.snapshot_create(e.main(), None).unwrap();
+    let b = e.core.branch_create(s.id, None).unwrap().id;
+    assert!(
+        !e.core.root_is_shared(),
+        "nobody bound: everyone sees main at the root"
+    );
+    e.core.bind_view(300, b, false).unwrap();
+    assert!(
+        !e.core.root_is_shared(),
+        "a private view never looks in the shared root"
+    );
+    assert_eq!(
+        e.core.branch_of(300),
+        b,
+        "but the daemon still knows its branch"
+    );
+    e.core.bind(301, b).unwrap();
+    assert!(e.core.root_is_shared());
+    e.core.unbind(301).unwrap();
+    assert!(!e.core.root_is_shared());
+    e.write_file(e.main(), "top", b"");
+    e.mkdir(e.main(), "dir");
+    let mut names = e.core.root_names(e.main()).unwrap();
+    names.sort();
+    assert_eq!(names, vec![b"dir".to_vec(), b"top".to_vec()]);
+}

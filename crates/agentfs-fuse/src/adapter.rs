@@ -134,16 +134,25 @@ impl AgentFs {
             tracing::warn!(op = op.name(), %lane, "request dropped (EIO): {e}");
         }
     }
+}
 
-    /// The TTL of attributes of `ino`: zero for the shared root.
-    fn attr_ttl(&self, ino: u64) -> Duration {
-        ttl_for(ino, self.ttl)
+/// The TTL of attributes of `ino`: `ttl`, except zero for the shared root
+/// while its contents depend on who asks (`root_shared`).
+fn ttl_for(ino: u64, ttl: Duration, root_shared: bool) -> Duration {
+    if ino == ROOT_INO && root_shared {
+        Duration::ZERO
+    } else {
+        ttl
     }
 }
 
-/// The TTL of attributes of `ino`: zero for the shared root, else `ttl`.
-fn ttl_for(ino: u64, ttl: Duration) -> Duration {
-    if ino == ROOT_INO {
+/// The TTL of entries in `parent`: zero in the shared root while processes
+/// bound through it see different branches there; else `ttl`. While nobody is
+/// bound through the root, every caller sees the default branch in it, and the
+/// first such binding makes the kernel forget what it cached
+/// (`CoreControl::bind`).
+fn entry_ttl(core: &FsCore, parent: Ino, ttl: Duration) -> Duration {
+    if parent == Ino::Root && core.root_is_shared() {
         Duration::ZERO
     } else {
         ttl
@@ -183,6 +192,7 @@ fn resolve(core: &FsCore, ino: Ino, pid: u32) -> FsResult<(BranchId, NodeId)> {
 
 /// Answer an entry for `attr`, a child of `parent` in branch `b`.
 fn reply_entry(
+    core: &FsCore,
     call: &Call,
     reply: ReplyEntry,
     parent: Ino,
@@ -191,12 +201,8 @@ fn reply_entry(
     ttl: Duration,
 ) {
     let ino = tri!(call, reply, inode::encode_in(parent, b, attr.node));
-    let attr_ttl = ttl_for(ino, ttl);
-    let entry_ttl = if parent == Ino::Root {
-        Duration::ZERO
-    } else {
-        ttl
-    };
+    let attr_ttl = ttl_for(ino, ttl, core.root_is_shared());
+    let entry_ttl = entry_ttl(core, parent, ttl);
     reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, attr), Generation(0));
 }
 
@@ -601,9 +607,10 @@ mod tests {
     #[test]
     fn root_gets_zero_ttl_everything_else_the_configured_one() {
         let ttl = Duration::from_millis(1500);
-        assert_eq!(ttl_for(ROOT_INO, ttl), Duration::ZERO);
+        assert_eq!(ttl_for(ROOT_INO, ttl, true), Duration::ZERO);
+        assert_eq!(ttl_for(ROOT_INO, ttl, false), ttl);
         let ino = inode::encode(BranchId(1), NodeId(7)).unwrap();
-        assert_eq!(ttl_for(ino, ttl), ttl);
+        assert_eq!(ttl_for(ino, ttl, true), ttl);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use agentfs_control::{
 use agentfs_core::{BranchInfo, FsCore, FsError, SnapshotInfo};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where the mount lives, for `status`.
@@ -33,7 +33,12 @@ pub struct CoreControl {
     facts: MountFacts,
     /// Whether the adapter serves file data through FUSE passthrough now.
     passthrough: Arc<AtomicBool>,
+    root_invalidator: OnceLock<RootInvalidator>,
 }
+
+/// Makes the kernel forget the named entries of the mount root (and the root's
+/// attributes).
+pub type RootInvalidator = Box<dyn Fn(Vec<Vec<u8>>) + Send + Sync>;
 
 impl CoreControl {
     /// A handler over `core` for a mount owned by `owner_uid`.
@@ -43,6 +48,7 @@ impl CoreControl {
             owner_uid,
             facts,
             passthrough: Arc::new(AtomicBool::new(false)),
+            root_invalidator: OnceLock::new(),
         }
     }
 
@@ -50,6 +56,38 @@ impl CoreControl {
     pub fn with_passthrough_flag(mut self, flag: Arc<AtomicBool>) -> CoreControl {
         self.passthrough = flag;
         self
+    }
+
+    fn bind(
+        &self,
+        peer: &PeerCred,
+        branch: &str,
+        pid: u32,
+        shares_root: bool,
+    ) -> Result<Reply, ControlError> {
+        self.require_process(peer, pid, "bind")?;
+        let core = &self.core;
+        let b = core.find_branch(branch).map_err(control_error)?;
+        let was_shared = core.root_is_shared();
+        let info = core.bind_view(pid, b, shares_root).map_err(control_error)?;
+        if shares_root && !was_shared {
+            // Until now every caller saw the default branch at the root, so the
+            // kernel may hold its entries: drop them before they mislead.
+            if let Some(forget) = self.root_invalidator.get() {
+                let names = core.root_names(core.default_branch()).unwrap_or_default();
+                forget(names);
+            }
+        }
+        Ok(Reply::Bound {
+            pid: info.tgid,
+            branch: b.to_string(),
+        })
+    }
+
+    /// Install how to make the kernel forget the root's cached entries (set once
+    /// the FUSE session exists).
+    pub fn set_root_invalidator(&self, forget: RootInvalidator) {
+        let _ = self.root_invalidator.set(forget);
     }
 
     fn require_owner(&self, peer: &PeerCred, what: &str) -> Result<(), ControlError> {
@@ -180,15 +218,8 @@ impl CoreControl {
                 core.branch_delete(b, force).map_err(control_error)?;
                 Ok(Reply::Deleted { id: b.to_string() })
             }
-            Command::BranchBind { branch, pid } => {
-                self.require_process(peer, pid, "bind")?;
-                let b = core.find_branch(&branch).map_err(control_error)?;
-                let info = core.bind(pid, b).map_err(control_error)?;
-                Ok(Reply::Bound {
-                    pid: info.tgid,
-                    branch: b.to_string(),
-                })
-            }
+            Command::BranchBind { branch, pid } => self.bind(peer, &branch, pid, true),
+            Command::BranchBindPrivate { branch, pid } => self.bind(peer, &branch, pid, false),
             Command::BranchUnbind { pid } => {
                 self.require_process(peer, pid, "unbind")?;
                 let was_bound = core.unbind(pid).map_err(control_error)?;

@@ -22,4 +22,4 @@ pub mod metrics;
 pub mod reply;
 
 pub use adapter::{AdapterConfig, AgentFs, DEFAULT_ATTR_TTL};
-pub use control::{CoreControl, MountFacts};
+pub use control::{CoreControl, MountFacts, RootInvalidator};

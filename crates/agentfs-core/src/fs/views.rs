@@ -369,13 +369,40 @@ impl FsCore {
         self.registry.read().branches.contains_key(&b)
     }
 
+    /// Bind process `pid` to branch `b`; it reaches the branch through the
+    /// shared mount root.
     pub fn bind(&self, pid: u32, b: BranchId) -> FsResult<ProcessInfo> {
+        self.bind_view(pid, b, true)
+    }
+
+    /// Bind process `pid` to branch `b`. `shares_root` is false for a process
+    /// that sees the branch through a private view of its own root (a mount
+    /// namespace): it never looks names up in the shared root.
+    pub fn bind_view(&self, pid: u32, b: BranchId, shares_root: bool) -> FsResult<ProcessInfo> {
         if !self.branch_exists(b) {
             return Err(FsError::UnknownView(b.to_string()));
         }
         self.bindings
-            .bind(pid, b)
+            .bind(pid, b, shares_root)
             .ok_or_else(|| FsError::UnknownView(format!("no process {pid}")))
+    }
+
+    /// Whether the shared mount root's entries depend on who asks: true while
+    /// any process bound through the shared root exists (dead ones count until
+    /// pruned). While false, every caller sees the default branch there.
+    pub fn root_is_shared(&self) -> bool {
+        self.bindings.root_is_shared()
+    }
+
+    /// Names in the root directory of branch `b`.
+    pub fn root_names(&self, b: BranchId) -> FsResult<Vec<Vec<u8>>> {
+        self.read_tree(b, |t| {
+            let root = super::node(t, NodeId::ROOT)?;
+            Ok(root
+                .entries()
+                .map(|e| e.keys().cloned().collect())
+                .unwrap_or_default())
+        })
     }
 
     pub fn unbind(&self, pid: u32) -> FsResult<bool> {

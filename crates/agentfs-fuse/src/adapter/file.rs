@@ -86,12 +86,7 @@ impl AgentFs {
         let exclusive = flags & libc::O_EXCL != 0;
         let core_flags = CoreOpenFlags::from_raw(flags);
         let (ctx, name) = (ctx(req), name.to_os_string());
-        // One TTL for entry and attributes: zero for names in the shared root.
-        let ttl = if p == Ino::Root {
-            std::time::Duration::ZERO
-        } else {
-            self.ttl
-        };
+        let ttl = self.ttl;
         let paths = Arc::clone(&self.paths);
         self.submit(Lane::Data, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
@@ -105,6 +100,9 @@ impl AgentFs {
                     return call.fail(e.into(), reply);
                 }
             };
+            // One TTL for entry and attributes: zero for names in the shared root
+            // while it is shared.
+            let ttl = super::entry_ttl(core, p, ttl);
             let fattr = file_attr(ino, &attr);
             let (gen, handle, flags) = (Generation(0), FileHandle(fh.0), FopenFlags::empty());
             match paths.route(core, ino, fh, |file| reply.open_backing(file)) {

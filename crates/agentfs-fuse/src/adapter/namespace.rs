@@ -2,7 +2,7 @@
 //! linking names, and `access`.
 
 use super::virtual_nodes::is_reserved;
-use super::{ctx, rename_flags, reply_entry, resolve, AgentFs};
+use super::{ctx, rename_flags, reply_entry, resolve, ttl_for, AgentFs};
 use crate::attr::file_attr;
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
@@ -52,7 +52,7 @@ impl AgentFs {
         self.submit(Lane::Meta, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let attr = tri!(call, reply, core.lookup(&ctx, b, n, &name));
-            reply_entry(&call, reply, p, b, &attr, ttl);
+            reply_entry(core, &call, reply, p, b, &attr, ttl);
         });
     }
 
@@ -63,10 +63,11 @@ impl AgentFs {
             reply.attr(&self.ttl, &attr);
             return;
         }
-        let ttl = self.attr_ttl(ino.0);
+        let ttl = self.ttl;
         self.submit(Lane::Meta, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.getattr(b, n));
+            let ttl = ttl_for(ino.0, ttl, core.root_is_shared());
             reply.attr(&ttl, &file_attr(ino.0, &attr));
         });
     }
@@ -80,10 +81,11 @@ impl AgentFs {
         } else {
             Lane::Meta
         };
-        let (ctx, ttl) = (ctx(req), self.attr_ttl(ino.0));
+        let (ctx, ttl) = (ctx(req), self.ttl);
         self.submit(lane, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.setattr(&ctx, b, n, &set));
+            let ttl = ttl_for(ino.0, ttl, core.root_is_shared());
             reply.attr(&ttl, &file_attr(ino.0, &attr));
         });
     }
@@ -125,7 +127,7 @@ impl AgentFs {
                 reply,
                 core.mknod(&ctx, b, n, &name, mode, umask, rdev)
             );
-            reply_entry(&call, reply, p, b, &attr, ttl);
+            reply_entry(core, &call, reply, p, b, &attr, ttl);
         });
     }
 
@@ -147,7 +149,7 @@ impl AgentFs {
         self.submit(Lane::Meta, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let attr = tri!(call, reply, core.mkdir(&ctx, b, n, &name, mode, umask));
-            reply_entry(&call, reply, p, b, &attr, ttl);
+            reply_entry(core, &call, reply, p, b, &attr, ttl);
         });
     }
 
@@ -169,7 +171,7 @@ impl AgentFs {
         self.submit(Lane::Meta, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let attr = tri!(call, reply, core.symlink(&ctx, b, n, &name, &target));
-            reply_entry(&call, reply, p, b, &attr, ttl);
+            reply_entry(core, &call, reply, p, b, &attr, ttl);
         });
     }
 
@@ -259,7 +261,7 @@ impl AgentFs {
                 return call.fail(FsError::CrossDevice, reply);
             }
             let attr = tri!(call, reply, core.link(&ctx, b, n, nn, &newname));
-            reply_entry(&call, reply, np, b, &attr, ttl);
+            reply_entry(core, &call, reply, np, b, &attr, ttl);
         });
     }
 

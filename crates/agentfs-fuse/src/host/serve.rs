@@ -90,7 +90,7 @@ pub fn serve(
         CoreControl::new(Arc::clone(&core), uid, facts)
             .with_passthrough_flag(Arc::clone(&passthrough_active)),
     );
-    let control = ControlServer::bind(&socket, handler)
+    let control = ControlServer::bind(&socket, Arc::clone(&handler) as Arc<_>)
         .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
     let endpoint = Endpoint {
         protocol: PROTOCOL_VERSION,
@@ -114,6 +114,7 @@ pub fn serve(
     let mut session = Session::new(fs, mountpoint, &session_config(cli))
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    handler.set_root_invalidator(root_invalidator(session.notifier()));
     let (ended_tx, ended_rx) = mpsc::channel();
     let main_pid = nix::unistd::getpid();
     let session_thread = std::thread::Builder::new()
@@ -227,4 +228,28 @@ fn init_logging(cli: &Cli) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_thread_names(true)
         .try_init();
+}
+
+/// Make the kernel forget the mount root's entries `names` and its attributes:
+/// at once, and once more a moment later for lookups that were answered
+/// (cacheable) while the first binding through the root was being made.
+fn root_invalidator(notifier: fuser::Notifier) -> agentfs_fuse::RootInvalidator {
+    use std::os::unix::ffi::OsStrExt;
+    let forget = move |names: &[Vec<u8>]| {
+        for name in names {
+            let _ = notifier.inval_entry(fuser::INodeNo(1), std::ffi::OsStr::from_bytes(name));
+        }
+        let _ = notifier.inval_inode(fuser::INodeNo(1), 0, 0);
+    };
+    let forget = Arc::new(forget);
+    Box::new(move |names: Vec<Vec<u8>>| {
+        forget(&names);
+        let again = Arc::clone(&forget);
+        let _ = std::thread::Builder::new()
+            .name("root-invalidate".into())
+            .spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                again(&names);
+            });
+    })
 }
