@@ -77,3 +77,7 @@ test-fsx-short *ARGS:
 # stress-ng filesystem class (--verify) and fio crc32c verify (psync, mmap), default branch and snapshot branch, each data path; logs/stress-<UTC time>/ (ARGS e.g. --fio-only --fio-size 64M).
 test-stress *ARGS:
     bash scripts/test-stress.sh {{ ARGS }}
+
+# pjdfstest on ext4 (reference), AgentFS main and a snapshot branch, each data path; checks specs/pjdfstest.baseline.json; logs/pjdfstest-<UTC time>/ (ARGS e.g. --update-baseline, --no-link-max, a test-name pattern).
+test-pjdfstest *ARGS:
+    bash scripts/test-pjdfstest.sh {{ ARGS }}
