@@ -254,6 +254,8 @@ agentfs_runs() {
 
     say "unmounting $mnt"
     unmount_agentfs "passthrough-$passthrough"
+    mnt=""
+    store=""
 }
 
 # --- a) ext4 -------------------------------------------------------------------

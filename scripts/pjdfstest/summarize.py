@@ -21,6 +21,7 @@ summary line.
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections import OrderedDict
@@ -206,7 +207,7 @@ def main():
     summary["runs"] = runs
     summary["baseline"] = OrderedDict(
         [
-            ("file", args.baseline),
+            ("file", os.path.relpath(args.baseline)),
             ("updated", args.update_baseline),
             ("regressions", regressions),
             ("newly_passing", newly_passing),
@@ -229,7 +230,7 @@ def main():
         print("pjdfstest: %s: %d test(s) pass that the baseline does not list "
               "(run with --update-baseline to record them): %s" % (name, len(gained), " ".join(gained)))
     for p in problems:
-        print("pjdfstest: REGRESSION/ERROR: " + p, file=sys.stderr)
+        print("pjdfstest: REGRESSION/ERROR: " + p)
     def describe(n, r):
         text = "%s %d passed %d failed %d skipped" % (LABELS.get(n, n), r["passed"], r["failed"], r["skipped"])
         sup = r["supplementary"]
