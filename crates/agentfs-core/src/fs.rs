@@ -317,13 +317,19 @@ impl FsCore {
     /// Attributes of node `id` in branch `b`.
     fn attr(&self, b: BranchId, id: NodeId) -> FsResult<Attr> {
         let branch = self.branch(b)?;
-        let (mut meta, content) = {
+        // The writer count is read under the same tree lock as the node: the
+        // last direct writer's release folds the object's size into the node
+        // (under the write lock) before its count drops, so this sees either
+        // the folded size or a count that sends it to the object. Read apart,
+        // a release in between left the node's stale size and no writer.
+        let (mut meta, content, direct_writers) = {
             let t = branch.tree.read();
             let n = node(&t, id)?;
-            (n.meta.clone(), n.content().cloned())
+            let writers = branch.open_count(id).passthrough_writers;
+            (n.meta.clone(), n.content().cloned(), writers)
         };
         if let Some(c) = &content {
-            if branch.open_count(id).passthrough_writers > 0 {
+            if direct_writers > 0 {
                 // The kernel writes this object directly: it knows the size.
                 if let Ok((len, mtime)) = self.backstore.len_and_mtime(c.id) {
                     meta.size = len;
