@@ -38,7 +38,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
-command_line="scripts/test-fuse-performance.sh $*"
+command_line="scripts/test-fuse-performance.sh${*:+ $*}"
 
 MiB=$((1 << 20))
 smoke=0
@@ -245,7 +245,7 @@ meta = {
     "perf": e["META_PERF"], "agentfs_data_path": e["META_PATH"], "agentfs_build": e["META_PROFILE"],
     "agentfs_mount_flags": "daemon mode, defaults (no flags besides --backstore)",
     "fuse_overlayfs_options": "lowerdir=<empty>,upperdir=<same disk>,workdir=<same disk>",
-    "fio": sh("fio --version"), "fuse_overlayfs": sh("fuse-overlayfs --version 2>&1 | head -n1"),
+    "fio": sh("fio --version"), "fuse_overlayfs": sh("dpkg-query -W -f='${Version}' fuse-overlayfs 2>/dev/null || fuse-overlayfs --version 2>/dev/null | head -n1"),
     "git_commit": sh("git rev-parse HEAD"), "git_dirty": bool(sh("git status --porcelain -uno")),
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=2)

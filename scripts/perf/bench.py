@@ -45,6 +45,7 @@ Workloads (sizes from the flags; `--smoke` makes them tiny):
                    command on a tree of N empty files, N in 1,000 / 100,000 /
                    1,000,000 up to --max-files; timed on the control socket
                    and, separately, as a whole agentfs-control-cli process.
+                   Each is timed max(--runs, --scale-reps) times.
   populate_N       (AgentFS only) time to create the files that take the tree
                    to N, so the cost of the large trees is on record.
 
@@ -500,7 +501,8 @@ class Bench:
                 return
             have = n
             os.sync()
-            for r in range(1, self.a.runs + 1):
+            # Cheap operations: more repetitions than --runs for a steadier median.
+            for r in range(1, max(self.a.runs, self.a.scale_reps) + 1):
                 snap, branch = f"scale-{n}-r{r}", f"scale-{n}-r{r}-b"
                 try:
                     secs, _ = self.ctl({"op": "snapshot-create", "name": snap, "branch": None})
@@ -552,6 +554,8 @@ def main() -> int:
     p.add_argument("--writer-size", type=int, default=512 * MiB)
     p.add_argument("--cow-size", type=int, default=1024 * MiB)
     p.add_argument("--max-files", type=int, default=1_000_000)
+    p.add_argument("--scale-reps", type=int, default=10,
+                   help="snapshot/branch creations timed per tree size (at least --runs)")
     p.add_argument("--perf-events", default="")
     p.add_argument("--step-timeout", type=int, default=1200)
     p.add_argument("--populate-timeout", type=int, default=7200)
