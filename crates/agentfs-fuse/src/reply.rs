@@ -70,6 +70,12 @@ impl Call {
     }
 
     /// Log, count and answer `err`.
+    /// Count a lookup answered "no such name" with a cacheable negative entry
+    /// (a success on the wire, an ENOENT to the caller).
+    pub fn count_negative_entry(&self) {
+        self.metrics.count_error(libc::ENOENT);
+    }
+
     pub fn fail<R: ErrorReply>(&self, err: FsError, reply: R) {
         let errno = err.errno();
         self.metrics.count_error(errno);

@@ -51,8 +51,17 @@ impl AgentFs {
         }
         self.submit(Lane::Meta, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
-            let attr = tri!(call, reply, core.lookup(&ctx, b, n, &name));
-            reply_entry(core, &call, reply, p, b, &attr, ttl);
+            match core.lookup(&ctx, b, n, &name) {
+                Ok(attr) => reply_entry(core, &call, reply, p, b, &attr, ttl),
+                // A name that does not exist is cached as such (a negative
+                // entry) wherever its answer does not depend on the caller:
+                // it can only appear through a create the kernel sees.
+                Err(FsError::NotFound) if !super::entry_ttl(core, p, ttl).is_zero() => {
+                    call.count_negative_entry();
+                    reply.entry(&ttl, &negative_entry(), Generation(0));
+                }
+                Err(e) => call.fail(e, reply),
+            }
         });
     }
 
@@ -286,5 +295,27 @@ impl AgentFs {
             tri!(call, reply, core.access(&ctx, b, n, mask.bits()));
             reply.ok();
         });
+    }
+}
+
+/// A lookup answer that says "no such name" and may be cached: node id 0.
+fn negative_entry() -> fuser::FileAttr {
+    let never = std::time::UNIX_EPOCH;
+    fuser::FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: never,
+        mtime: never,
+        ctime: never,
+        crtime: never,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
