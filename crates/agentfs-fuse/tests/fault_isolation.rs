@@ -22,7 +22,16 @@ fn getxattr(path: &std::path::Path, name: &str) -> Result<usize, i32> {
 
 #[test]
 fn a_panicking_operation_answers_eio_and_the_mount_keeps_serving() {
-    let Some(m) = Mount::start_with(&["--fault-injection"]) else {
+    panic_fails_alone(&["--fault-injection"]);
+}
+
+#[test]
+fn a_panicking_operation_answered_on_the_fuse_thread_fails_alone_too() {
+    panic_fails_alone(&["--fault-injection", "--inline-meta"]);
+}
+
+fn panic_fails_alone(flags: &[&str]) {
+    let Some(m) = Mount::start_with(flags) else {
         return;
     };
     let file = m.join("f");

@@ -47,6 +47,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Passthrough::Auto)]
     pub passthrough: Passthrough,
 
+    /// Answer metadata requests (lookup, getattr, readdir, mkdir, unlink, ...)
+    /// on the threads reading /dev/fuse instead of the meta workers: faster,
+    /// but a slow backstore can then stall those threads.
+    #[arg(long)]
+    pub inline_meta: bool,
+
     /// Testing only: reading the xattr `user.agentfs.fault.panic` panics inside
     /// the worker that serves it, to prove one failing operation fails alone.
     #[arg(long, hide = true)]

@@ -107,6 +107,7 @@ pub fn serve(
             owner_gid: gid,
             fault_injection: cli.fault_injection,
             passthrough: cli.passthrough == Passthrough::Auto,
+            inline_meta: cli.inline_meta,
             passthrough_active,
         },
     );
