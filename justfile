@@ -34,8 +34,15 @@ umount-fuse mount=default_mount:
 status mount=default_mount: build
     target/release/agentfs-control-cli --mount {{ quote(mount) }} status
 
-# The whole suite: format, lint, build, every test (the mount tests need root and /dev/fuse).
-test:
+# Unit and mount tests on both data paths, the control-plane walk-through, the
+# performance harness at tiny sizes, short fsx and fio verify runs, and pjdfstest
+# against its committed baseline. Needs root and /dev/fuse.
+
+# The whole suite, as CI runs it (about 20-30 min on 2 cores).
+test: test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-pjdfstest
+
+# Format, lint, build, and every cargo test (the mount tests among them) on both data paths.
+test-unit:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo build --workspace --bins
@@ -48,6 +55,10 @@ test-fuse-control-plane:
     cargo nextest run -p agentfs-fuse --test control_plane --no-fail-fast
     bash scripts/test-fuse-control-plane.sh
     AGENTFS_PASSTHROUGH=off bash scripts/test-fuse-control-plane.sh
+
+# fio crc32c verify, 16 MiB per job (under a minute): default and snapshot branch, each data path.
+test-fio-short:
+    bash scripts/test-stress.sh --fio-only --fio-size 16M
 
 # Format check and clippy with warnings as errors.
 lint:
