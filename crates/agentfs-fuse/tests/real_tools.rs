@@ -450,7 +450,20 @@ const SQLITE_WRITER: &str = r#"
 import json, os, sqlite3, sys, time
 db, writer, n, ready, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 con = sqlite3.connect(db, timeout=0, isolation_level=None)
-assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+# Two connections opening one WAL database at once may find the other one
+# rebuilding the WAL index: SQLITE_BUSY, on any filesystem. Retry that here
+# (the timed part below counts its own retries).
+for attempt in range(2000):
+    try:
+        mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+        break
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e) and "busy" not in str(e):
+            raise
+        time.sleep(0.005)
+else:
+    sys.exit("the database stayed busy at start")
+assert mode == "wal", mode
 open(ready, "w").close()
 deadline = time.monotonic() + 120
 while not os.path.exists(go):
@@ -521,11 +534,25 @@ fn sqlite_writers(m: &Mount, branch: Option<&str>, db: &Path, w1: u32, w2: u32) 
             (g, ready)
         })
         .collect();
-    for (_, ready) in &writers {
-        assert!(
-            wait_until(CMD_TIMEOUT, || ready.exists()),
-            "sqlite writer never ready"
-        );
+    let all_ready = writers
+        .iter()
+        .all(|(_, ready)| wait_until(CMD_TIMEOUT, || ready.exists()));
+    if !all_ready {
+        // Let the ready one finish, and show what the other one said.
+        fs::write(&go, "go").unwrap();
+        let said: Vec<String> = writers
+            .into_iter()
+            .map(|(g, _)| {
+                let out = g.wait_output(CMD_TIMEOUT);
+                format!(
+                    "{:?}: {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .collect();
+        panic!("a sqlite writer in {branch:?} never got ready: {said:#?}");
     }
     fs::write(&go, "go").unwrap();
     for (g, _) in writers {
