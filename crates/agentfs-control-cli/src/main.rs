@@ -9,6 +9,7 @@
 //!
 //! Errors are one line on stderr, `agentfs-control-cli: <message>`, and exit
 //! status 1 (usage errors keep clap's status 2; a failed `branch-exec` exec is 127).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod render;
 

@@ -12,6 +12,8 @@
 //! tree nodes (and open handles) that use it, so dropping the last tree that
 //! holds it frees it, whatever mix of snapshots and branches shared it.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod attr;
 pub mod backstore;
 pub mod binding;

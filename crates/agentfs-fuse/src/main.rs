@@ -6,6 +6,7 @@
 //! mounts. It stays until SIGINT/SIGTERM or an external unmount, then
 //! unmounts, drains the transport, syncs the core and removes the socket.
 //! See `host.rs` for the sequence and why the fork comes first.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod host;
 
