@@ -7,7 +7,7 @@ use crate::attr::file_attr;
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
-use agentfs_core::{FsError, NodeId, SetAttr};
+use agentfs_core::{Attr, BranchId, Ctx, FsCore, FsError, FsResult, NodeId, SetAttr};
 use agentfs_transport::Lane;
 use fuser::{
     AccessFlags, Generation, INodeNo, RenameFlags, ReplyAttr, ReplyData, ReplyEmpty, ReplyEntry,
@@ -112,6 +112,33 @@ impl AgentFs {
         });
     }
 
+    /// The shared skeleton of mknod, mkdir and symlink: refuse the reserved
+    /// name, resolve the parent's branch, let `make` create the node, and
+    /// answer its entry.
+    fn new_entry<F>(
+        &self,
+        op: Op,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        make: F,
+    ) where
+        F: FnOnce(&FsCore, &Ctx, BranchId, NodeId, &OsStr) -> FsResult<Attr> + Send + 'static,
+    {
+        let call = self.call(op, parent.0, req);
+        let p = tri!(call, reply, Ino::decode(parent.0));
+        if is_reserved(p, name) {
+            return call.fail(FsError::Exists, reply);
+        }
+        let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
+        self.submit(Lane::Meta, call, move |core, call| {
+            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+            let attr = tri!(call, reply, make(core, &ctx, b, n, &name));
+            reply_entry(core, &call, reply, p, b, &attr, ttl);
+        });
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn do_mknod(
         &self,
@@ -123,21 +150,14 @@ impl AgentFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let call = self.call(Op::Mknod, parent.0, req);
-        let p = tri!(call, reply, Ino::decode(parent.0));
-        if is_reserved(p, name) {
-            return call.fail(FsError::Exists, reply);
-        }
-        let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
-        self.submit(Lane::Meta, call, move |core, call| {
-            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
-            let attr = tri!(
-                call,
-                reply,
-                core.mknod(&ctx, b, n, &name, mode, umask, rdev)
-            );
-            reply_entry(core, &call, reply, p, b, &attr, ttl);
-        });
+        self.new_entry(
+            Op::Mknod,
+            req,
+            parent,
+            name,
+            reply,
+            move |core, ctx, b, n, name| core.mknod(ctx, b, n, name, mode, umask, rdev),
+        );
     }
 
     pub(super) fn do_mkdir(
@@ -149,17 +169,14 @@ impl AgentFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let call = self.call(Op::Mkdir, parent.0, req);
-        let p = tri!(call, reply, Ino::decode(parent.0));
-        if is_reserved(p, name) {
-            return call.fail(FsError::Exists, reply);
-        }
-        let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
-        self.submit(Lane::Meta, call, move |core, call| {
-            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
-            let attr = tri!(call, reply, core.mkdir(&ctx, b, n, &name, mode, umask));
-            reply_entry(core, &call, reply, p, b, &attr, ttl);
-        });
+        self.new_entry(
+            Op::Mkdir,
+            req,
+            parent,
+            name,
+            reply,
+            move |core, ctx, b, n, name| core.mkdir(ctx, b, n, name, mode, umask),
+        );
     }
 
     pub(super) fn do_symlink(
@@ -170,18 +187,15 @@ impl AgentFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let call = self.call(Op::Symlink, parent.0, req);
-        let p = tri!(call, reply, Ino::decode(parent.0));
-        if is_reserved(p, name) {
-            return call.fail(FsError::Exists, reply);
-        }
-        let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
         let target = target.as_os_str().as_bytes().to_vec();
-        self.submit(Lane::Meta, call, move |core, call| {
-            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
-            let attr = tri!(call, reply, core.symlink(&ctx, b, n, &name, &target));
-            reply_entry(core, &call, reply, p, b, &attr, ttl);
-        });
+        self.new_entry(
+            Op::Symlink,
+            req,
+            parent,
+            name,
+            reply,
+            move |core, ctx, b, n, name| core.symlink(ctx, b, n, name, &target),
+        );
     }
 
     /// `unlink` (op Unlink) or `rmdir` (op Rmdir).
