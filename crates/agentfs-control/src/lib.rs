@@ -7,7 +7,8 @@
 //!
 //! - [`protocol`]: requests, commands, replies, errors and their JSON shapes.
 //! - [`frame`]: 4-byte big-endian length + JSON body, several per connection.
-//! - [`endpoint`]: `<mount>/.agentfs/control` names the socket; where the socket goes.
+//! - [`endpoint`]: `<mount>/.agentfs/control` names the socket; where the socket
+//!   goes (a runtime directory every user of the mount can reach).
 //! - [`server`]: [`ControlServer`], threads over a Unix socket, answering via a
 //!   [`ControlHandler`] with the caller's [`PeerCred`] from `SO_PEERCRED`.
 //! - [`client`]: [`client::discover`] and [`client::call`].
@@ -20,7 +21,9 @@ pub mod protocol;
 pub mod server;
 
 pub use client::ClientError;
-pub use endpoint::{control_file_path, socket_path_for, Endpoint};
+pub use endpoint::{
+    control_file_path, prepare_socket_path, socket_path_for, Endpoint, ROOT_SOCKET_DIR,
+};
 pub use frame::FrameError;
 pub use protocol::{
     BindingView, BranchView, Command, ControlError, ErrorKind, Reply, Request, Response,

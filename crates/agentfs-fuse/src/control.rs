@@ -7,7 +7,10 @@
 //!   the daemon) or root;
 //! - branch-bind/unbind: the target process must exist and belong to the
 //!   caller, unless the caller is root;
-//! - status and lists: anyone who can reach the socket.
+//! - status and lists: anyone who can reach the socket;
+//! - on a mount without `--allow-other`, nothing for anyone but the owner and
+//!   root: the socket sits where every user can reach it, but such a mount
+//!   serves no one else, so its control plane answers no one else either.
 
 use agentfs_control::{
     BindingView, BranchView, Command, ControlError, ControlHandler, ErrorKind, PeerCred, Reply,
@@ -33,6 +36,9 @@ pub struct CoreControl {
     facts: MountFacts,
     /// Whether the adapter serves file data through FUSE passthrough now.
     passthrough: Arc<AtomicBool>,
+    /// Whether users other than the owner and root may use the mount (and
+    /// so its control plane): the mount's `--allow-other`.
+    other_users: bool,
     root_invalidator: OnceLock<RootInvalidator>,
 }
 
@@ -48,8 +54,16 @@ impl CoreControl {
             owner_uid,
             facts,
             passthrough: Arc::new(AtomicBool::new(false)),
+            other_users: true,
             root_invalidator: OnceLock::new(),
         }
+    }
+
+    /// Whether other users than the owner and root may send any command
+    /// (default `true`); `false` for a mount without `--allow-other`.
+    pub fn with_other_users(mut self, allowed: bool) -> CoreControl {
+        self.other_users = allowed;
+        self
     }
 
     /// Report the data path from this flag (the adapter's `passthrough_active`).
@@ -183,6 +197,12 @@ impl ControlHandler for CoreControl {
 
 impl CoreControl {
     fn dispatch(&self, peer: &PeerCred, command: Command) -> Result<Reply, ControlError> {
+        if !self.other_users && peer.uid != self.owner_uid && peer.uid != 0 {
+            return Err(ControlError::permission_denied(format!(
+                "permission denied: this mount is not shared (no --allow-other); only its owner (uid {}) or root may use it",
+                self.owner_uid
+            )));
+        }
         let core = &self.core;
         match command {
             Command::SnapshotCreate { name, branch } => {

@@ -160,6 +160,31 @@ fn lists_and_status_are_open_to_anyone() {
 }
 
 #[test]
+fn an_unshared_mount_answers_only_its_owner_and_root() {
+    let (h, _) = setup();
+    let h = h.with_other_users(false);
+    for command in [
+        Command::Status,
+        Command::SnapshotList,
+        Command::BranchList,
+        Command::BranchUnbind { pid: 20 },
+        Command::BranchBind {
+            branch: "main".into(),
+            pid: 20,
+        },
+    ] {
+        let err = h.handle(&peer(20, OTHER), command.clone()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PermissionDenied, "{command:?}");
+        assert!(err.message.contains("--allow-other"), "{}", err.message);
+    }
+    assert!(h.core.bindings().is_empty());
+    for who in [peer(10, OWNER), peer(1, 0)] {
+        assert!(h.handle(&who, Command::Status).is_ok(), "{who:?}");
+    }
+    snapshot(&h, peer(10, OWNER), "still-mine").unwrap();
+}
+
+#[test]
 fn bind_needs_an_existing_process_of_the_caller() {
     let (h, procs) = setup();
     let s = snapshot(&h, peer(10, OWNER), "base").unwrap();

@@ -9,12 +9,17 @@
 //!
 //! Teardown: unmount (lazily if the mount is busy) and wait for the session
 //! to end, stop the control server (removes the socket), shut the transport
-//! down (queued jobs still run), then `FsCore::sync_all`.
+//! down (queued jobs still run), then `FsCore::checkpoint` (the whole state
+//! in one file and an empty journal: the next mount replays nothing).
+//!
+//! Startup opens FsCore from the backstore's checkpoint and journal
+//! (`FsCore::open_persisted`), recovering after a crash; a backstore whose
+//! metadata this build cannot read is refused with the reason.
 
 use super::cli::{Cli, Passthrough};
 use super::daemon::Ready;
-use agentfs_control::{socket_path_for, ControlServer, Endpoint, PROTOCOL_VERSION};
-use agentfs_core::{CoreConfig, FsCore, ProcFs};
+use agentfs_control::{prepare_socket_path, ControlServer, Endpoint, PROTOCOL_VERSION};
+use agentfs_core::{Backstore, CoreConfig, FsCore, MetaStore, ProcFs};
 use agentfs_fuse::{AdapterConfig, AgentFs, CoreControl, MountFacts};
 use agentfs_hostfs::{HostFs, HostFsOptions};
 use agentfs_transport::{FsCoreTransport, InProcessTransport, TransportConfig};
@@ -59,18 +64,23 @@ pub fn serve(
 
     let hostfs = HostFs::open(backstore, HostFsOptions::default()).map_err(|e| anyhow!("{e}"))?;
     let backstore = hostfs.root().to_path_buf();
+    let hostfs = Arc::new(hostfs);
     ready.redirect_output(&backstore.join("agentfs.log"))?;
     init_logging(cli);
 
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
-    let core = Arc::new(FsCore::new(
-        Arc::new(hostfs),
+    let (core, recovery) = FsCore::open_persisted(
+        Arc::clone(&hostfs) as Arc<dyn Backstore>,
+        hostfs as Arc<dyn MetaStore>,
         CoreConfig {
             process_table: Box::new(ProcFs),
             default_branch_name: cli.default_branch.clone(),
         },
-    ));
+    )
+    .map_err(|e| anyhow!("cannot load the backstore {}: {e}", backstore.display()))?;
+    tracing::info!(?recovery, "metadata loaded");
+    let core = Arc::new(core);
     let transport = InProcessTransport::try_new(
         Arc::clone(&core),
         TransportConfig {
@@ -80,7 +90,11 @@ pub fn serve(
     )
     .map_err(|e| anyhow!("cannot start the transport workers: {e}"))?;
 
-    let socket = socket_path_for(&backstore, uid);
+    // In a runtime directory every user of the mount can reach (not the
+    // owner-only backstore); named after the mountpoint.
+    let euid = nix::unistd::geteuid().as_raw();
+    let socket =
+        prepare_socket_path(mountpoint, euid).context("cannot place the control socket")?;
     let facts = MountFacts {
         mountpoint: mountpoint.to_path_buf(),
         backstore: backstore.clone(),
@@ -88,7 +102,8 @@ pub fn serve(
     let passthrough_active = Arc::new(AtomicBool::new(false));
     let handler = Arc::new(
         CoreControl::new(Arc::clone(&core), uid, facts)
-            .with_passthrough_flag(Arc::clone(&passthrough_active)),
+            .with_passthrough_flag(Arc::clone(&passthrough_active))
+            .with_other_users(cli.allow_other),
     );
     let control = ControlServer::bind(&socket, Arc::clone(&handler) as Arc<_>)
         .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
@@ -171,8 +186,8 @@ pub fn serve(
     for (name, value) in metrics.snapshot() {
         tracing::info!(metric = name, value, "final count");
     }
-    core.sync_all()
-        .map_err(|e| anyhow!("final sync of the backstore failed: {e}"))?;
+    core.checkpoint()
+        .map_err(|e| anyhow!("final checkpoint of the backstore failed: {e}"))?;
     tracing::info!("unmounted cleanly");
     Ok(())
 }
