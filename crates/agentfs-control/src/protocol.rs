@@ -42,6 +42,39 @@ impl Request {
             command,
         }
     }
+
+    /// Decode one message body (the bytes after the length prefix), as the
+    /// server does: the version first, so that a newer client's unknown
+    /// command is answered [`ErrorKind::UnsupportedVersion`] rather than
+    /// [`ErrorKind::BadMessage`]; then the whole request.
+    ///
+    /// Total on any input: every byte string gives a request or an error
+    /// whose message says what is wrong, never a panic. Nesting deeper than
+    /// serde_json's limit (128 levels) is an error, not a deep recursion.
+    /// Unknown fields are ignored, and nothing in the body can speak for the
+    /// caller's identity: the server takes that from the socket.
+    pub fn decode(body: &[u8]) -> Result<Request, ControlError> {
+        let malformed = |e: serde_json::Error| {
+            ControlError::bad_message(format!("malformed control request: {e}"))
+        };
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(ControlError::bad_message(format!(
+                "message of {} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes",
+                body.len()
+            )));
+        }
+        let envelope: Envelope = serde_json::from_slice(body).map_err(malformed)?;
+        if envelope.version != PROTOCOL_VERSION {
+            return Err(ControlError::unsupported_version(envelope.version));
+        }
+        serde_json::from_slice(body).map_err(malformed)
+    }
+}
+
+/// Only the version of a request, read before the rest.
+#[derive(Deserialize)]
+struct Envelope {
+    version: u32,
 }
 
 /// What a client can ask the daemon to do. Who is asking comes from the

@@ -29,12 +29,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt};
-use serde::Deserialize;
 
 use crate::frame::{read_frame, write_frame, FrameError};
 use crate::protocol::{
     Command, ControlError, Reply, Request, Response, WireResponse, MAX_MESSAGE_BYTES,
-    PROTOCOL_VERSION,
 };
 
 #[cfg(test)]
@@ -360,22 +358,9 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
     }
 }
 
-/// Only the version, read first so that a newer client's unknown command is
-/// answered `UnsupportedVersion` rather than `BadMessage`.
-#[derive(Deserialize)]
-struct Envelope {
-    version: u32,
-}
-
 /// The answer to one well-framed message.
 fn answer(handler: &dyn ControlHandler, peer: &PeerCred, body: &[u8]) -> Response {
-    let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|e| ControlError::bad_message(format!("malformed control request: {e}")))?;
-    if envelope.version != PROTOCOL_VERSION {
-        return Err(ControlError::unsupported_version(envelope.version));
-    }
-    let request: Request = serde_json::from_slice(body)
-        .map_err(|e| ControlError::bad_message(format!("malformed control request: {e}")))?;
+    let request = Request::decode(body)?;
     let op = request.command.op();
     tracing::debug!(pid = peer.pid, uid = peer.uid, op, "control request");
     match catch_unwind(AssertUnwindSafe(|| handler.handle(peer, request.command))) {

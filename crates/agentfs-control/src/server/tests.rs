@@ -5,7 +5,7 @@ use super::*;
 use crate::client::{self, Client, ClientError};
 use crate::endpoint::Endpoint;
 use crate::frame::{read_message, write_frame};
-use crate::protocol::{BranchView, ErrorKind};
+use crate::protocol::{BranchView, ErrorKind, PROTOCOL_VERSION};
 use std::io::Read;
 use std::sync::mpsc;
 
