@@ -55,7 +55,7 @@ impl Request {
     /// caller's identity: the server takes that from the socket.
     pub fn decode(body: &[u8]) -> Result<Request, ControlError> {
         let malformed = |e: serde_json::Error| {
-            ControlError::bad_message(format!("malformed control request: {e}"))
+            ControlError::bad_message(format!("malformed control request: {e}")).tidy()
         };
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(ControlError::bad_message(format!(
@@ -302,6 +302,16 @@ impl ControlError {
         ControlError::new(ErrorKind::Internal, message)
     }
 
+    /// This error with its message made fit to show: one line (control
+    /// characters such as a newline or an escape written as `\n`, `\u{1b}`),
+    /// at most [`MAX_ERROR_MESSAGE_CHARS`] characters (then `...`). Messages
+    /// may quote what a client sent (an unknown `op`, a name), and a client
+    /// can send anything.
+    pub fn tidy(mut self) -> ControlError {
+        self.message = one_line(&self.message, MAX_ERROR_MESSAGE_CHARS);
+        self
+    }
+
     /// The answer to a request at a protocol version this side does not speak.
     pub fn unsupported_version(got: u32) -> ControlError {
         ControlError::new(
@@ -311,6 +321,28 @@ impl ControlError {
             ),
         )
     }
+}
+
+/// The longest error message, in characters, a server sends (see [`ControlError::tidy`]).
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 512;
+
+/// `text` on one line with control characters escaped, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max + 3));
+    let mut kept = 0;
+    for c in text.chars() {
+        if kept >= max {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        kept += 1;
+    }
+    out
 }
 
 /// The result of one request.
@@ -509,6 +541,25 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&err).unwrap(),
             json!({"err": {"kind": "not-found", "message": "no branch \"x\""}})
+        );
+    }
+
+    #[test]
+    fn tidy_messages_are_one_bounded_line() {
+        let err = ControlError::bad_message("unknown variant `a\nb\r\u{1b}[31mc`").tidy();
+        assert_eq!(err.message, "unknown variant `a\\nb\\r\\u{1b}[31mc`");
+        let long = ControlError::not_found("x".repeat(10_000)).tidy();
+        assert_eq!(long.message.chars().count(), MAX_ERROR_MESSAGE_CHARS + 3);
+        assert!(long.message.ends_with("..."));
+        assert_eq!(long.kind, ErrorKind::NotFound);
+        let short = ControlError::busy("fine as it is").tidy();
+        assert_eq!(short.message, "fine as it is");
+        // An op echoed back from a request is tidied by the decoder.
+        let err =
+            Request::decode(br#"{"version": 1, "command": {"op": "\nx\u001b"}}"#).unwrap_err();
+        assert!(
+            !err.message.contains('\n') && !err.message.contains('\u{1b}'),
+            "{err}"
         );
     }
 

@@ -379,9 +379,12 @@ fn answer(handler: &dyn ControlHandler, peer: &PeerCred, body: &[u8]) -> Respons
     }
 }
 
-/// Write one response frame. A reply too large for a frame becomes an
+/// Write one response frame, its error message made one bounded line
+/// ([`ControlError::tidy`]). A reply too large for a frame becomes an
 /// `Internal` error so the client is never left without an answer.
 fn send(stream: &mut impl Write, response: Response) -> Result<(), FrameError> {
+    // Messages may quote the client (names, ops): one bounded line each.
+    let response = response.map_err(ControlError::tidy);
     let body = serde_json::to_vec(&WireResponse::from(response))?;
     if body.len() > MAX_MESSAGE_BYTES {
         let err = ControlError::internal(format!(

@@ -22,7 +22,7 @@ use std::time::Duration;
 use agentfs_control::frame::{read_frame, write_frame, FrameError};
 use agentfs_control::{
     Command, ControlError, ControlServer, ErrorKind, PeerCred, Reply, Request, ServerConfig,
-    WireResponse, MAX_MESSAGE_BYTES,
+    WireResponse, MAX_ERROR_MESSAGE_CHARS, MAX_MESSAGE_BYTES,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -82,7 +82,12 @@ fn check_decode(body: &[u8]) -> Result<Option<ControlError>, TestCaseError> {
                 err.kind
             );
             prop_assert!(!err.message.trim().is_empty(), "empty message");
-            prop_assert!(!err.message.contains('\n'), "multi-line: {}", err.message);
+            prop_assert!(
+                !err.message.chars().any(char::is_control),
+                "not one clean line: {:?}",
+                err.message
+            );
+            prop_assert!(err.message.chars().count() <= MAX_ERROR_MESSAGE_CHARS + 3);
             Ok(Some(err))
         }
     }
@@ -603,6 +608,9 @@ fn a_server_survives_garbage_on_many_connections() {
                 Ok(Some(body)) => {
                     let wire: Result<WireResponse, _> = serde_json::from_slice(&body);
                     prop_assert!(wire.is_ok(), "unparsable response {:?}", body);
+                    if let Ok(WireResponse::Err(e)) = wire {
+                        prop_assert!(!e.message.chars().any(char::is_control), "{:?}", e.message);
+                    }
                 }
                 Ok(None) => break,
                 // Reset by a server that closed with unread input: also an end.
