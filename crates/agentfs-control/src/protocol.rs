@@ -329,8 +329,7 @@ pub const MAX_ERROR_MESSAGE_CHARS: usize = 512;
 /// `text` on one line with control characters escaped, cut to `max` characters.
 fn one_line(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max + 3));
-    let mut kept = 0;
-    for c in text.chars() {
+    for (kept, c) in text.chars().enumerate() {
         if kept >= max {
             out.push_str("...");
             break;
@@ -340,7 +339,6 @@ fn one_line(text: &str, max: usize) -> String {
         } else {
             out.push(c);
         }
-        kept += 1;
     }
     out
 }
