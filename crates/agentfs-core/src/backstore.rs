@@ -60,6 +60,11 @@ pub trait Backstore: Send + Sync + 'static {
     fn usage(&self) -> BackstoreUsage;
     /// Flush everything the backstore holds to stable storage (`syncfs`).
     fn sync_all(&self) -> io::Result<()>;
+    /// Every object that exists (for recovery, which removes those no tree
+    /// names). Backstores that cannot list answer `Unsupported`.
+    fn list_objects(&self) -> io::Result<Vec<ContentId>> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// An open host file of the object, for a passthrough data path. Backstores
     /// without host files answer `Unsupported`.
     fn host_file(&self, id: ContentId) -> io::Result<Arc<File>> {

@@ -9,13 +9,15 @@
 //! to keep one object still while it is written or copied.
 
 mod dir;
+mod durable;
 mod file;
 mod namespace;
 mod perm;
-mod tree;
+pub(crate) mod tree;
 mod views;
 mod xattr;
 
+pub use durable::RecoveryReport;
 pub use views::{BranchInfo, CoreStats, SnapshotInfo};
 
 use crate::attr::{Attr, DirEntry, FileKind};
@@ -23,6 +25,8 @@ use crate::backstore::Backstore;
 use crate::binding::{Bindings, ProcessTable};
 use crate::error::{FsError, FsResult};
 use crate::ids::{BranchId, HandleId, NodeId, SnapshotId};
+use crate::persist::journal::Journal;
+use crate::persist::record;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -116,6 +120,8 @@ pub(crate) struct BranchState {
     /// Nodes with open handles, and how many of those write.
     open: Mutex<HashMap<NodeId, OpenCount>>,
     open_handles: AtomicUsize,
+    /// Where committed changes of this tree are recorded (`None`: not persisted).
+    journal: Option<Arc<Journal>>,
 }
 
 impl BranchState {
@@ -173,10 +179,12 @@ pub struct FsCore {
     next_handle: AtomicU64,
     next_epoch: AtomicU64,
     cow_clones: AtomicU64,
+    /// Set once by `FsCore::open_persisted`: the metadata journal.
+    journal: std::sync::OnceLock<Arc<Journal>>,
 }
 
 /// Epoch stamped on objects that belong to a snapshot alone: no branch has it.
-const FROZEN_EPOCH: u64 = 0;
+pub(crate) const FROZEN_EPOCH: u64 = 0;
 
 impl FsCore {
     /// A core with one empty default branch, its root owned by this process's user.
@@ -209,6 +217,7 @@ impl FsCore {
             next_handle: AtomicU64::new(1),
             next_epoch: AtomicU64::new(FROZEN_EPOCH + 1),
             cow_clones: AtomicU64::new(0),
+            journal: std::sync::OnceLock::new(),
         };
         let main = core.new_branch_state(&config.default_branch_name, None, tree);
         debug_assert_eq!(main.id, core.default_branch);
@@ -235,6 +244,7 @@ impl FsCore {
     ) -> Arc<BranchState> {
         let mut reg = self.registry.write();
         reg.next_branch += 1;
+        let journal = self.journal.get().cloned();
         let state = Arc::new(BranchState {
             id: BranchId(reg.next_branch),
             name: name.to_string(),
@@ -245,7 +255,16 @@ impl FsCore {
             epoch: AtomicU64::new(self.new_epoch()),
             open: Mutex::new(HashMap::new()),
             open_handles: AtomicUsize::new(0),
+            journal,
         });
+        if let Some(j) = &state.journal {
+            j.append(&record::branch_create(
+                state.id,
+                &state.name,
+                from,
+                state.created,
+            ));
+        }
         reg.branches.insert(state.id, Arc::clone(&state));
         state
     }
@@ -284,7 +303,17 @@ impl FsCore {
     ) -> FsResult<R> {
         let mut guard = branch.tree.write();
         let mut draft = guard.clone();
+        if branch.journal.is_some() {
+            draft.start_log();
+        }
         let result = f(&mut draft)?;
+        if let Some(j) = &branch.journal {
+            // Recorded under the tree lock: the journal's order is the commit order.
+            let mut touched = draft.take_log();
+            if let Some(rec) = record::tree(branch.id, &guard, &draft, &mut touched) {
+                j.append(&rec);
+            }
+        }
         let old = std::mem::replace(&mut *guard, draft);
         drop(guard);
         drop(old);

@@ -22,6 +22,7 @@ pub mod error;
 pub mod ids;
 
 mod fs;
+pub mod persist;
 
 pub use attr::{Attr, DirEntry, FileKind, SetAttr, SetTime, StatFs};
 pub use backstore::{Backstore, BackstoreUsage};
@@ -29,6 +30,8 @@ pub use binding::{BindingInfo, ProcFs, ProcessInfo, ProcessTable};
 pub use creds::Ctx;
 pub use error::{FsError, FsResult};
 pub use fs::{
-    BranchInfo, CoreConfig, CoreStats, FsCore, OpenFlags, RenameFlags, SnapshotInfo, XattrSet,
+    BranchInfo, CoreConfig, CoreStats, FsCore, OpenFlags, RecoveryReport, RenameFlags,
+    SnapshotInfo, XattrSet,
 };
 pub use ids::{BranchId, ContentId, HandleId, NodeId, SnapshotId};
+pub use persist::{MemStore, MetaStore, PersistError};

@@ -9,18 +9,19 @@
 //! <root>/objects/<ff>/<id>         one file per content object; <id> is 16 hex
 //!                                  digits, <ff> its low byte in 2 (256 fanout
 //!                                  directories, made on first use)
-//! <root>/trash-<nanos>/            objects of a previous mount, being deleted
+//! <root>/meta/checkpoint          FsCore's last checkpoint (see `meta.rs`)
+//! <root>/meta/journal             FsCore's journal since that checkpoint
+//! <root>/trash-<nanos>/            objects moved aside by a build from before
+//!                                  persistence, deleted in the background
 //! ```
 //!
-//! # Nothing survives a reopen (yet)
+//! # Objects survive a reopen
 //!
-//! FsCore does not persist its metadata yet (a later issue adds a journal), so
-//! no tree can refer to an object written by an earlier mount: at open,
-//! `objects/` is renamed to `trash-<nanos>` and deleted by a background thread
-//! (with any `trash-*` an earlier crash left), which keeps mounting fast however
-//! large the old backstore was. Ids come from a counter that starts at 1 for
-//! every open. When the journal lands, this step must go, and ids must resume
-//! after the highest one recorded.
+//! FsCore persists its trees (journal and checkpoint, kept here through
+//! [`agentfs_core::MetaStore`]), and they name objects by id, so objects of
+//! earlier mounts stay. At open, the objects directory is scanned once and
+//! new ids continue above the highest one found; FsCore's recovery removes
+//! the objects no tree names ([`Backstore::list_objects`]).
 //!
 //! # Why descriptors are cached, with a bound
 //!
@@ -40,6 +41,7 @@
 mod cache;
 mod clone;
 mod error;
+mod meta;
 mod root;
 mod sys;
 
@@ -112,23 +114,36 @@ pub struct HostFs {
     /// The thread deleting a previous mount's objects (tests wait on it).
     #[cfg_attr(not(test), allow(dead_code))]
     trash: Mutex<Option<JoinHandle<()>>>,
+    meta: meta::MetaFiles,
 }
 
 impl HostFs {
     /// Open (creating if missing) the backstore at `root` for this process
-    /// alone. Objects left by an earlier open are discarded (crate header).
+    /// alone. Objects left by an earlier open stay; new ids continue above them.
     pub fn open(root: &Path, opts: HostFsOptions) -> Result<HostFs, HostFsError> {
         let claimed = root::claim(root)?;
+        let io_err = |op: &'static str| {
+            let path = claimed.path.clone();
+            move |source| HostFsError::Io { path, op, source }
+        };
+        let highest = list_ids(&claimed.objects)
+            .map_err(io_err("list its objects"))?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let meta = meta::MetaFiles::open(&claimed.path.join(root::META_DIR))
+            .map_err(io_err("open its metadata journal"))?;
         Ok(HostFs {
             root: claimed.path,
             objects: claimed.objects,
             root_dir: claimed.dir,
             _lock: claimed.lock,
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(highest + 1),
             cache: FdCache::new(opts.max_open_files),
             reflinks: AtomicU64::new(0),
             copies: AtomicU64::new(0),
             trash: Mutex::new(claimed.trash),
+            meta,
         })
     }
 
@@ -363,4 +378,33 @@ impl Backstore for HostFs {
     fn host_file(&self, id: ContentId) -> io::Result<Arc<File>> {
         self.file(id)
     }
+
+    fn list_objects(&self) -> io::Result<Vec<ContentId>> {
+        Ok(list_ids(&self.objects)?
+            .into_iter()
+            .map(ContentId)
+            .collect())
+    }
+}
+
+/// The ids of every object file under `objects` (names that are not 16 hex
+/// digits are not objects and are left alone).
+fn list_ids(objects: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for fanout in fs::read_dir(objects)? {
+        let fanout = fanout?;
+        if !fanout.file_type()?.is_dir() {
+            continue;
+        }
+        for object in fs::read_dir(fanout.path())? {
+            let name = object?.file_name();
+            let name = name.to_string_lossy();
+            if name.len() == 16 {
+                if let Ok(id) = u64::from_str_radix(&name, 16) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    Ok(ids)
 }

@@ -2,10 +2,11 @@
 //!
 //! In order: make sure the root is a directory we can write (creating it, mode
 //! 0700, if missing), take the exclusive `flock` on `<root>/lock` that keeps a
-//! second mount off it, then move any `objects/` left by a previous mount aside
-//! as `trash-<nanos>` and delete every `trash-*` in a background thread. Until
-//! metadata is journaled, old objects are unreachable garbage; renaming is one
-//! metadata operation, so a mount over a large old backstore still starts fast.
+//! second mount off it, make sure `objects/` and `meta/` exist, and delete in a
+//! background thread every `trash-*` that a build from before persistence left
+//! (it moved the previous mount's objects aside there). Objects of earlier
+//! mounts stay: FsCore's journal and checkpoint name them, and recovery
+//! removes the ones nothing names.
 
 use crate::error::HostFsError;
 use crate::sys;
@@ -15,10 +16,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) const LOCK_FILE: &str = "lock";
 pub(crate) const OBJECTS_DIR: &str = "objects";
+pub(crate) const META_DIR: &str = "meta";
 const TRASH_PREFIX: &str = "trash-";
 
 /// A root we own for as long as `lock` stays open.
@@ -56,13 +57,6 @@ fn access_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) ->
             source,
         },
     }
-}
-
-fn nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
 }
 
 /// Claim `root`: see the module header for the steps.
@@ -106,15 +100,13 @@ pub(crate) fn claim(root: &Path) -> Result<Root, HostFsError> {
     let dir = File::open(&path).map_err(io_err(&path, "open it"))?;
 
     let objects = path.join(OBJECTS_DIR);
-    if fs::symlink_metadata(&objects).is_ok() {
-        let trash = fresh_trash_name(&path);
-        fs::rename(&objects, &trash)
-            .map_err(io_err(&path, "move the previous mount's objects aside"))?;
+    for dir in [&objects, &path.join(META_DIR)] {
+        match DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(io_err(&path, "create its objects and meta directories")(e)),
+        }
     }
-    DirBuilder::new()
-        .mode(0o700)
-        .create(&objects)
-        .map_err(io_err(&path, "create its objects directory"))?;
     let trash = start_trash_cleaner(&path)?;
     Ok(Root {
         path,
@@ -141,17 +133,6 @@ fn probe_writable(root: &Path) -> Result<(), HostFsError> {
         .open(&probe)
         .map_err(access_err(root, "create a probe file in it"))?;
     fs::remove_file(&probe).map_err(access_err(root, "remove a probe file from it"))
-}
-
-fn fresh_trash_name(root: &Path) -> PathBuf {
-    let base = format!("{TRASH_PREFIX}{}", nanos());
-    let mut name = root.join(&base);
-    let mut k = 0u32;
-    while fs::symlink_metadata(&name).is_ok() {
-        k += 1;
-        name = root.join(format!("{base}-{k}"));
-    }
-    name
 }
 
 /// Delete every `trash-*` under `root` on a named background thread.

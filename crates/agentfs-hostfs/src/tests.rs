@@ -110,27 +110,28 @@ fn a_second_open_is_refused_while_the_first_lives() {
 }
 
 #[test]
-fn objects_of_a_previous_open_are_gone_after_reopen() {
+fn objects_of_a_previous_open_survive_reopen_and_ids_continue() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     let old = {
         let fs = open_in(&root);
-        let id = fs.create().expect("create");
-        fs.write_at(id, &[1u8; 1 << 20], 0).expect("write");
-        assert!(fs.object_path(id).is_file());
-        fs.object_path(id)
+        let a = fs.create().expect("create");
+        let b = fs.create().expect("create");
+        fs.write_at(b, b"kept", 0).expect("write");
+        assert!(a < b);
+        b
     };
-    // A trash directory a crashed earlier mount left behind.
+    // A trash directory a build from before persistence left behind.
     fs::create_dir_all(root.join("trash-1").join("00")).expect("mkdir");
     fs::write(root.join("trash-1").join("00").join("x"), b"x").expect("write");
 
     let fs = open_in(&root);
-    assert!(!old.exists(), "old object still at {}", old.display());
-    assert_eq!(fs.usage(), BackstoreUsage::default());
-    let err = fs
-        .read_at(ContentId(1), &mut [0u8; 4], 0)
-        .expect_err("old id readable");
-    assert_eq!(errno(&err), libc::ENOENT);
+    assert_eq!(read_all(&fs, old, 16), b"kept");
+    let mut listed = fs.list_objects().expect("list");
+    listed.sort();
+    assert_eq!(listed, vec![ContentId(1), old]);
+    let fresh = fs.create().expect("create");
+    assert!(fresh > old, "id {fresh} reused after {old}");
     fs.wait_for_trash();
     let left: Vec<_> = fs::read_dir(&root)
         .expect("list root")
@@ -139,10 +140,30 @@ fn objects_of_a_previous_open_are_gone_after_reopen() {
         .filter(|name| name.starts_with("trash-"))
         .collect();
     assert!(left.is_empty(), "trash left behind: {left:?}");
-    // Ids restart at 1 and the new object is empty.
-    let id = fs.create().expect("create");
-    assert_eq!(id, ContentId(1));
-    assert_eq!(read_all(&fs, id, 16), Vec::<u8>::new());
+}
+
+#[test]
+fn the_meta_store_replaces_checkpoints_and_keeps_the_journal() {
+    use agentfs_core::MetaStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    {
+        let fs = open_in(&root);
+        assert_eq!(fs.read_checkpoint().expect("read"), None);
+        fs.write_checkpoint(b"first").expect("write");
+        fs.write_checkpoint(b"second").expect("write");
+        fs.write_journal(0, b"abcdef").expect("append");
+        fs.write_journal(6, b"gh").expect("append");
+        fs.truncate_journal(7).expect("truncate");
+        fs.sync_journal().expect("sync");
+    }
+    let fs = open_in(&root);
+    assert_eq!(
+        fs.read_checkpoint().expect("read").as_deref(),
+        Some(&b"second"[..])
+    );
+    assert_eq!(fs.read_journal().expect("read"), b"abcdefg");
+    assert!(!root.join("meta").join("checkpoint.tmp").exists());
 }
 
 #[test]
@@ -438,7 +459,10 @@ fn the_descriptor_cache_stays_bounded() {
     .expect("open");
     let root = fs.root().to_path_buf();
     let before = fds_under(&root);
-    assert_eq!(before, 2, "the lock file and the root directory");
+    assert_eq!(
+        before, 3,
+        "the lock file, the root directory and the journal"
+    );
     let ids: Vec<_> = (0..2000).map(|_| fs.create().expect("create")).collect();
     for (i, &id) in ids.iter().enumerate() {
         fs.write_at(id, &(i as u64).to_le_bytes(), 0)

@@ -186,6 +186,10 @@ impl Backstore for MemBackstore {
         }
     }
 
+    fn list_objects(&self) -> io::Result<Vec<ContentId>> {
+        Ok(self.inner.lock().objects.keys().copied().collect())
+    }
+
     fn sync_all(&self) -> io::Result<()> {
         Ok(())
     }

@@ -322,6 +322,15 @@ impl FsCore {
         };
         if let Some(c) = content {
             self.backstore.sync(c.id, data_only)?;
+            if h.branch.open_count(h.node).passthrough_writers > 0 {
+                // The kernel wrote the object directly: its size and mtime
+                // are the file's, and must be recorded with it.
+                self.fold_direct_writes(&h.branch, h.node);
+            }
+        }
+        // The file's metadata (and every change before it) is durable too.
+        if let Some(j) = self.journal.get() {
+            j.sync()?;
         }
         Ok(())
     }

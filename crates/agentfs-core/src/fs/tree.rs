@@ -181,6 +181,9 @@ impl Node {
 #[derive(Clone, Default)]
 pub(crate) struct Tree {
     nodes: imbl::HashMap<NodeId, Arc<Node>>,
+    /// While a change is being made on a draft: the ids it inserted or
+    /// removed, for the journal (`persist`). `None` otherwise.
+    log: Option<Vec<NodeId>>,
 }
 
 impl Tree {
@@ -189,11 +192,35 @@ impl Tree {
     }
 
     pub(crate) fn insert(&mut self, id: NodeId, node: Node) {
-        self.nodes.insert(id, Arc::new(node));
+        self.insert_arc(id, Arc::new(node));
+    }
+
+    pub(crate) fn insert_arc(&mut self, id: NodeId, node: Arc<Node>) {
+        if let Some(log) = &mut self.log {
+            log.push(id);
+        }
+        self.nodes.insert(id, node);
     }
 
     pub(crate) fn remove(&mut self, id: NodeId) -> Option<Arc<Node>> {
+        if let Some(log) = &mut self.log {
+            log.push(id);
+        }
         self.nodes.remove(&id)
+    }
+
+    /// Start recording the ids that `insert` and `remove` touch.
+    pub(crate) fn start_log(&mut self) {
+        self.log = Some(Vec::new());
+    }
+
+    /// Stop recording; the ids touched since `start_log`.
+    pub(crate) fn take_log(&mut self) -> Vec<NodeId> {
+        self.log.take().unwrap_or_default()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (NodeId, &Arc<Node>)> + '_ {
+        self.nodes.iter().map(|(id, n)| (*id, n))
     }
 
     pub(crate) fn len(&self) -> usize {

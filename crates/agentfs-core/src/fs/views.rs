@@ -172,9 +172,12 @@ impl FsCore {
             copies.push((*n, Arc::clone(c), copy));
         }
 
-        let frozen = {
+        let (frozen, tag) = {
             let tree = branch.tree.write();
             let mut frozen = tree.clone();
+            if branch.journal.is_some() {
+                frozen.start_log();
+            }
             let open = branch.open.lock();
             for (n, old, copy) in &copies {
                 let Some(mut node) = frozen.edit(*n) else {
@@ -201,12 +204,19 @@ impl FsCore {
                 }
             }
             drop(open);
+            // The snapshot's tree as of now, recorded under the tree lock.
+            let tag = branch.journal.as_ref().map(|j| {
+                let tag = j.tag();
+                let mut touched = frozen.take_log();
+                j.append(&super::record::freeze(b, tag, &tree, &frozen, &mut touched));
+                tag
+            });
             let epoch = self.new_epoch();
             branch.epoch.store(epoch, Ordering::Release);
             for (_, c) in &live {
                 c.epoch.store(epoch, Ordering::Release);
             }
-            frozen
+            (frozen, tag)
         };
         drop(guards);
         drop(copies);
@@ -226,8 +236,19 @@ impl FsCore {
             created: SystemTime::now(),
             tree: frozen,
         });
+        if let (Some(j), Some(tag)) = (&branch.journal, tag) {
+            j.append(&super::record::snapshot_create(
+                id,
+                &state.name,
+                b,
+                state.created,
+                tag,
+            ));
+        }
         reg.snapshots.insert(id, Arc::clone(&state));
         drop(reg);
+        // Durable when it returns: the objects it names, then its records.
+        self.make_durable(true)?;
         Ok(self.snapshot_view(&state))
     }
 
@@ -240,13 +261,19 @@ impl FsCore {
 
     /// Delete a snapshot. Branches made from it keep what they share with it.
     pub fn snapshot_delete(&self, s: SnapshotId) -> FsResult<()> {
-        let gone = self
-            .registry
-            .write()
-            .snapshots
-            .remove(&s)
-            .ok_or_else(|| FsError::UnknownView(s.to_string()))?;
+        let gone = {
+            let mut reg = self.registry.write();
+            let gone = reg
+                .snapshots
+                .remove(&s)
+                .ok_or_else(|| FsError::UnknownView(s.to_string()))?;
+            if let Some(j) = self.journal.get() {
+                j.append(&super::record::snapshot_delete(s));
+            }
+            gone
+        };
         drop(gone);
+        self.make_durable(false)?;
         self.reap();
         Ok(())
     }
@@ -282,9 +309,14 @@ impl FsCore {
             .count()
             > 1;
         if dup {
-            self.registry.write().branches.remove(&state.id);
+            let mut reg = self.registry.write();
+            reg.branches.remove(&state.id);
+            if let Some(j) = self.journal.get() {
+                j.append(&super::record::branch_delete(state.id));
+            }
             return Err(FsError::NameTaken(name));
         }
+        self.make_durable(false)?;
         Ok(self.branch_view(&state))
     }
 
@@ -321,9 +353,16 @@ impl FsCore {
             }
         }
         self.bindings.unbind_branch(b);
-        let gone = self.registry.write().branches.remove(&b);
+        let gone = {
+            let mut reg = self.registry.write();
+            if let Some(j) = self.journal.get() {
+                j.append(&super::record::branch_delete(b));
+            }
+            reg.branches.remove(&b)
+        };
         drop(branch);
         drop(gone);
+        self.make_durable(false)?;
         self.reap();
         Ok(())
     }
@@ -430,7 +469,7 @@ impl FsCore {
     }
 
     pub fn sync_all(&self) -> FsResult<()> {
-        Ok(self.backstore.sync_all()?)
+        self.make_durable(true)
     }
 
     pub fn usage(&self) -> BackstoreUsage {

@@ -399,6 +399,44 @@ impl Mount {
         p
     }
 
+    /// Unmount cleanly, wait for the daemon to exit (it checkpoints), and
+    /// mount the same backstore again at the same path.
+    pub fn remount(&mut self) {
+        assert!(
+            force_unmount(&self.mountpoint),
+            "cannot unmount {}",
+            self.mountpoint.display()
+        );
+        let mut child = self.child.take().expect("daemon running");
+        let status = wait_timeout(&mut child, EXIT_TIMEOUT).unwrap_or_else(|| {
+            signal(child.id(), libc::SIGKILL);
+            panic!(
+                "the daemon did not exit after unmount; stderr:\n{}",
+                self.daemon_stderr()
+            )
+        });
+        assert!(
+            status.success(),
+            "daemon exit {status}; stderr:\n{}",
+            self.daemon_stderr()
+        );
+        self.spawn_daemon();
+    }
+
+    /// `kill -9` the daemon, clean the dead connection (lazy unmount), and
+    /// mount the same backstore again at the same path.
+    pub fn crash_and_remount(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        signal(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+        assert!(
+            force_unmount(&self.mountpoint),
+            "cannot detach {}",
+            self.mountpoint.display()
+        );
+        self.spawn_daemon();
+    }
+
     /// The daemon's pid.
     pub fn daemon_pid(&self) -> u32 {
         self.child.as_ref().expect("daemon running").id()

@@ -1,0 +1,274 @@
+//! The journal: records appended in commit order, written to the store by a
+//! background thread every few milliseconds, and made durable (fdatasync) by
+//! every fsync, syncfs and view change before it is answered.
+//!
+//! File layout: a 24-byte header (magic, format version, generation), then
+//! frames of `[len u32][crc32c u32][payload]`. The generation ties a journal
+//! to the checkpoint it continues; a journal of another generation is stale
+//! (a checkpoint was written after it) and is ignored. Replay stops at the
+//! first frame that is short or fails its checksum: a torn tail is what a
+//! crash in the middle of an append leaves.
+//!
+//! Objects freed by a change are removed from the backstore only once the
+//! record of that change is durable, so a crash never leaves a recovered tree
+//! naming an object that is gone.
+
+use super::codec::crc32c;
+use super::{MetaStore, PersistError, FORMAT_VERSION};
+use crate::backstore::Backstore;
+use crate::ids::ContentId;
+use parking_lot::Mutex;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+const MAGIC: &[u8; 8] = b"AGFSJNL\0";
+pub(crate) const HEADER_LEN: u64 = 24;
+/// How often the background thread writes appended records out.
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
+
+pub(crate) fn header(gen: u64) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN as usize);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&gen.to_le_bytes());
+    h
+}
+
+/// The valid frames of a journal: `(start offset, payload)` each, in order,
+/// and the offset where the valid part ends.
+pub(crate) type Frames<'a> = (Vec<(usize, &'a [u8])>, usize);
+
+/// The frames of a journal of generation `gen`: `(start offset, payload)`
+/// of each valid one, in order, and where the valid part ends. A journal of
+/// another generation (or none) has no frames.
+pub(crate) fn frames(data: &[u8], gen: u64) -> Result<Frames<'_>, PersistError> {
+    let hl = HEADER_LEN as usize;
+    if data.len() < hl || &data[..8] != MAGIC {
+        return Ok((Vec::new(), 0));
+    }
+    let version = u32::from_le_bytes(data[8..12].try_into().expect("4"));
+    if version != FORMAT_VERSION {
+        return Err(PersistError::Version {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if u64::from_le_bytes(data[16..24].try_into().expect("8")) != gen {
+        return Ok((Vec::new(), 0));
+    }
+    let mut out = Vec::new();
+    let mut pos = hl;
+    while pos + 8 <= data.len() {
+        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4")) as usize;
+        let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4"));
+        let Some(end) = (pos + 8).checked_add(len).filter(|&e| e <= data.len()) else {
+            break;
+        };
+        let payload = &data[pos + 8..end];
+        if crc32c(payload) != crc {
+            break;
+        }
+        out.push((pos, payload));
+        pos = end;
+    }
+    Ok((out, pos))
+}
+
+struct Pending {
+    /// Frames appended and not yet written.
+    buf: Vec<u8>,
+    /// Journal offset where everything appended so far ends.
+    appended: u64,
+    /// Objects to remove once the journal is durable up to the offset.
+    removals: Vec<(u64, ContentId)>,
+}
+
+struct Written {
+    /// Journal offset up to which frames are written to the store.
+    written: u64,
+    /// Journal offset up to which frames are durable.
+    durable: u64,
+}
+
+/// The running journal of one FsCore.
+pub(crate) struct Journal {
+    store: Arc<dyn MetaStore>,
+    backstore: Arc<dyn Backstore>,
+    /// Leaf lock: taken under tree and registry locks to append.
+    pending: Mutex<Pending>,
+    /// Serialises writes to the store; never taken under a tree lock.
+    io: Mutex<Written>,
+    next_tag: AtomicU64,
+    failed: AtomicBool,
+    /// Generation of the checkpoint this journal continues.
+    generation: AtomicU64,
+}
+
+impl Journal {
+    /// A journal continuing at `len` bytes of the store's journal (which
+    /// holds at least the header).
+    pub(crate) fn start(
+        store: Arc<dyn MetaStore>,
+        backstore: Arc<dyn Backstore>,
+        len: u64,
+        generation: u64,
+    ) -> Arc<Journal> {
+        let journal = Arc::new(Journal {
+            store,
+            backstore,
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                appended: len,
+                removals: Vec::new(),
+            }),
+            io: Mutex::new(Written {
+                written: len,
+                durable: len,
+            }),
+            next_tag: AtomicU64::new(1),
+            failed: AtomicBool::new(false),
+            generation: AtomicU64::new(generation),
+        });
+        let weak: Weak<Journal> = Arc::downgrade(&journal);
+        let spawned = std::thread::Builder::new()
+            .name("agentfs-journal".into())
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_EVERY);
+                let Some(j) = weak.upgrade() else { break };
+                let due = !j.pending.lock().removals.is_empty();
+                if let Err(e) = j.flush(due) {
+                    if !j.failed.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, "cannot write the journal; retrying");
+                    }
+                } else {
+                    j.failed.store(false, Ordering::Relaxed);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the journal thread; records are written at sync only");
+        }
+        journal
+    }
+
+    pub(crate) fn store(&self) -> &dyn MetaStore {
+        &*self.store
+    }
+
+    /// Start the next generation: `write_checkpoint(generation)` writes the
+    /// checkpoint holding everything appended so far (the caller keeps
+    /// anything from being appended meanwhile), then the journal restarts
+    /// empty. Objects waiting for their records are removed: the checkpoint
+    /// is durable.
+    pub(crate) fn restart(
+        &self,
+        write_checkpoint: impl FnOnce(u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut io = self.io.lock();
+        let mut p = self.pending.lock();
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        write_checkpoint(generation)?;
+        // From here on the old journal is stale (its generation is older).
+        self.generation.store(generation, Ordering::Release);
+        p.buf.clear();
+        p.appended = HEADER_LEN;
+        io.written = HEADER_LEN;
+        io.durable = HEADER_LEN;
+        let due: Vec<ContentId> = p.removals.drain(..).map(|(_, id)| id).collect();
+        drop(p);
+        self.store.truncate_journal(0)?;
+        self.store.write_journal(0, &header(generation))?;
+        self.store.sync_journal()?;
+        drop(io);
+        for id in due {
+            if let Err(e) = self.backstore.remove(id) {
+                tracing::warn!(content = %id, error = %e, "could not remove a freed content object");
+            }
+        }
+        Ok(())
+    }
+
+    /// Append one record (called with the lock that orders it held).
+    pub(crate) fn append(&self, payload: &[u8]) {
+        let mut p = self.pending.lock();
+        p.buf
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        p.buf.extend_from_slice(&crc32c(payload).to_le_bytes());
+        p.buf.extend_from_slice(payload);
+        p.appended += 8 + payload.len() as u64;
+    }
+
+    /// A tag naming a frozen snapshot tree between its two records.
+    pub(crate) fn tag(&self) -> u64 {
+        self.next_tag.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Remove `ids` from the backstore once every record appended so far is durable.
+    pub(crate) fn remove_when_durable(&self, ids: Vec<ContentId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut p = self.pending.lock();
+        let at = p.appended;
+        p.removals.extend(ids.into_iter().map(|id| (at, id)));
+    }
+
+    /// Make every record appended so far durable.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        let target = self.pending.lock().appended;
+        if self.io.lock().durable >= target {
+            return Ok(());
+        }
+        self.flush(true)
+    }
+
+    /// Write out what is appended; with `durable`, fdatasync it too. Then
+    /// remove the objects whose freeing records are durable.
+    pub(crate) fn flush(&self, durable: bool) -> io::Result<()> {
+        let mut io = self.io.lock();
+        let (data, end) = {
+            let mut p = self.pending.lock();
+            (std::mem::take(&mut p.buf), p.appended)
+        };
+        if !data.is_empty() {
+            if let Err(e) = self.store.write_journal(io.written, &data) {
+                // Keep the frames for the next attempt, in order, and cut
+                // whatever part of them reached the file.
+                let _ = self.store.truncate_journal(io.written);
+                let mut p = self.pending.lock();
+                let mut all = data;
+                all.extend_from_slice(&p.buf);
+                p.buf = all;
+                return Err(e);
+            }
+            io.written = end;
+        }
+        if durable && io.durable < io.written {
+            self.store.sync_journal()?;
+            io.durable = io.written;
+        }
+        let durable_at = io.durable;
+        let due: Vec<ContentId> = {
+            let mut p = self.pending.lock();
+            let mut due = Vec::new();
+            p.removals.retain(|&(at, id)| {
+                if at <= durable_at {
+                    due.push(id);
+                    false
+                } else {
+                    true
+                }
+            });
+            due
+        };
+        drop(io);
+        for id in due {
+            if let Err(e) = self.backstore.remove(id) {
+                tracing::warn!(content = %id, error = %e, "could not remove a freed content object");
+            }
+        }
+        Ok(())
+    }
+}

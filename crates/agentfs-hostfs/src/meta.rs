@@ -1,0 +1,81 @@
+//! FsCore's metadata store ([`agentfs_core::MetaStore`]) as two files under
+//! `<root>/meta/`: `checkpoint` (replaced atomically: written to
+//! `checkpoint.tmp`, fsynced, renamed over, the directory fsynced) and
+//! `journal` (written at offsets, fdatasynced on demand). The root's `flock`
+//! already keeps a second process off both.
+
+use crate::HostFs;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+const JOURNAL: &str = "journal";
+
+/// The open journal file and where the metadata lives.
+pub(crate) struct MetaFiles {
+    dir: PathBuf,
+    journal: File,
+}
+
+impl MetaFiles {
+    pub(crate) fn open(dir: &Path) -> io::Result<MetaFiles> {
+        let journal = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(JOURNAL))?;
+        Ok(MetaFiles {
+            dir: dir.to_path_buf(),
+            journal,
+        })
+    }
+}
+
+impl agentfs_core::MetaStore for HostFs {
+    fn read_checkpoint(&self) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.meta.dir.join(CHECKPOINT)) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_checkpoint(&self, data: &[u8]) -> io::Result<()> {
+        let tmp = self.meta.dir.join(CHECKPOINT_TMP);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, self.meta.dir.join(CHECKPOINT))?;
+        File::open(&self.meta.dir)?.sync_all()
+    }
+
+    fn read_journal(&self) -> io::Result<Vec<u8>> {
+        let len = self.meta.journal.metadata()?.len() as usize;
+        let mut data = vec![0u8; len];
+        self.meta.journal.read_exact_at(&mut data, 0)?;
+        Ok(data)
+    }
+
+    fn write_journal(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.meta.journal.write_all_at(data, offset)
+    }
+
+    fn truncate_journal(&self, len: u64) -> io::Result<()> {
+        self.meta.journal.set_len(len)
+    }
+
+    fn sync_journal(&self) -> io::Result<()> {
+        self.meta.journal.sync_data()
+    }
+}
