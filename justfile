@@ -39,7 +39,7 @@ status mount=default_mount: build
 # against its committed baseline. Needs root and /dev/fuse.
 
 # The whole suite, as CI runs it (about 20-30 min on 2 cores).
-test: test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-pjdfstest
+test: test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-crash-short test-pjdfstest
 
 # Format, lint, build, and every cargo test (the mount tests among them) on both data paths.
 test-unit:
@@ -88,6 +88,15 @@ test-fsx-short *ARGS:
 # stress-ng filesystem class (--verify) and fio crc32c verify (psync, mmap), default branch and snapshot branch, each data path; logs/stress-<UTC time>/ (ARGS e.g. --fio-only --fio-size 64M).
 test-stress *ARGS:
     bash scripts/test-stress.sh {{ ARGS }}
+
+# Crash loop: kill -9 the daemon at random moments of a random workload (default branch and a branch, fsyncs, snapshots, branches), remount, verify against what was acknowledged durable; logs/crash-<UTC>/ (ARGS e.g. --iterations 500 --passthrough off).
+test-crash *ARGS:
+    bash scripts/test-crash.sh --iterations 300 {{ ARGS }}
+
+# The crash loop, 20 iterations with passthrough and 10 through the transport (about 90 s; CI).
+test-crash-short *ARGS:
+    bash scripts/test-crash.sh --iterations 20 {{ ARGS }}
+    bash scripts/test-crash.sh --iterations 10 --no-build --passthrough off {{ ARGS }}
 
 # pjdfstest on ext4 (reference), AgentFS main and a snapshot branch, each data path; checks specs/pjdfstest.baseline.json; logs/pjdfstest-<UTC time>/ (ARGS e.g. --update-baseline, --no-link-max, a test-name pattern).
 test-pjdfstest *ARGS:
