@@ -305,7 +305,7 @@ fn an_unprivileged_user_can_look_but_not_change_a_mount_it_does_not_own() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|b| b["pid"].to_string() == other_pid),
+            .any(|b| b["pid"].as_u64() == other_pid.parse().ok()),
         "the binding survived: {bindings}"
     );
     drop(other);
