@@ -56,6 +56,24 @@ test-fuse-control-plane:
     bash scripts/test-fuse-control-plane.sh
     AGENTFS_PASSTHROUGH=off bash scripts/test-fuse-control-plane.sh
 
+# Names, limits and control-plane fuzzing at full size, printing every figure (root, /dev/fuse; about 40 min on 2 cores): 1,000,000 decoder fuzz cases per runner, 100,000 hostile control connections, 1,000,000 entries in one directory, 19,000 open fds, a 20,000-level tree, 2,000 snapshots and branches 3 times; logs/limits-<UTC time>/run.log. The short versions run in `cargo nextest`.
+test-fuse-limits:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    log="logs/limits-$(date -u +%Y%m%dT%H%M%SZ)"
+    mkdir -p "$log"
+    cargo build --workspace --bins
+    {
+        echo "# just test-fuse-limits at $(git rev-parse --short HEAD) on $(uname -r), $(nproc) cores"
+        AGENTFS_FUZZ_CASES=1000000 cargo test --release -p agentfs-control --test fuzz -- --nocapture --test-threads 2
+        AGENTFS_LIVE_FUZZ_CONNECTIONS=100000 cargo nextest run -p agentfs-fuse --test control_fuzz --no-capture
+        AGENTFS_NAMES_DIR_ENTRIES=100000 AGENTFS_LIMITS_ROUNDS=2 cargo nextest run -p agentfs-fuse --test names_limits --no-capture -E 'test(one_directory)'
+        AGENTFS_NAMES_DIR_ENTRIES=1000000 AGENTFS_LIMITS_ROUNDS=1 cargo nextest run -p agentfs-fuse --test names_limits --no-capture -E 'test(one_directory)'
+        AGENTFS_NAMES_DEPTH=20000 AGENTFS_LIMITS_OPEN_FILES=19000 AGENTFS_LIMITS_ROUNDS=3 cargo nextest run -p agentfs-fuse --test names_limits --no-capture -E 'not test(one_directory)'
+    } 2>&1 | tee "$log/run.log"
+    grep -E '^(fuzz|live control fuzz|limits):' "$log/run.log" > "$log/figures.txt"
+    echo "figures: $log/figures.txt"
+
 # fio crc32c verify, 16 MiB per job (under a minute): default and snapshot branch, each data path.
 test-fio-short:
     bash scripts/test-stress.sh --fio-only --fio-size 16M
