@@ -294,6 +294,7 @@ impl FsCore {
         let branch = self.branch(b)?;
         let result = Self::write_branch_tree(&branch, f);
         self.reap();
+        self.maybe_checkpoint();
         result
     }
 

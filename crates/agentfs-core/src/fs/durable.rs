@@ -63,16 +63,19 @@ impl FsCore {
             replayed: loaded.replayed,
             ..RecoveryReport::default()
         };
+        let loaded_clean = loaded.state.is_some();
         let mut state = match loaded.state {
             Some(state) => state,
             None => core.capture(),
         };
+        let mut orphans = 0;
         for b in state.branches.values_mut() {
-            drop_orphans(&mut b.tree);
+            orphans += drop_orphans(&mut b.tree);
         }
         for s in state.snapshots.values_mut() {
-            drop_orphans(&mut s.tree);
+            orphans += drop_orphans(&mut s.tree);
         }
+        let loaded_clean = loaded_clean && orphans == 0;
         if !state.branches.contains_key(&core.default_branch) {
             return Err(PersistError::Corrupt(
                 "the default branch is missing".into(),
@@ -138,9 +141,17 @@ impl FsCore {
         let named: HashSet<ContentId> = owner.keys().copied().collect();
         drop(loaded.contents);
 
-        // The recovered state is the next generation's checkpoint.
-        let generation = report.generation + 1;
-        store.write_checkpoint(&checkpoint::encode(&state, generation))?;
+        // The recovered state is the next generation's checkpoint; after a
+        // clean unmount (nothing replayed, nothing reconciled, no orphan) it
+        // is the checkpoint already there, and its generation goes on.
+        let clean = loaded_clean && report.replayed == 0 && report.reconciled == 0;
+        let generation = if clean {
+            report.generation
+        } else {
+            let generation = report.generation + 1;
+            store.write_checkpoint(&checkpoint::encode(&state, generation))?;
+            generation
+        };
         store.truncate_journal(0)?;
         store.write_journal(0, &journal::header(generation))?;
         store.sync_journal()?;
@@ -255,12 +266,16 @@ impl FsCore {
     }
 
     /// Write the whole state as a new checkpoint and start an empty journal,
-    /// so the next open replays nothing. For a clean unmount: changes made
-    /// while it runs wait for it. A core that is not persisted has nothing to do.
+    /// so the next open replays nothing. At clean unmount, and while mounted
+    /// when the journal passes its threshold: changes wait while it runs
+    /// (it holds the registry and every tree; nothing takes the registry
+    /// under a tree lock, so this cannot deadlock). A core that is not
+    /// persisted has nothing to do.
     pub fn checkpoint(&self) -> FsResult<()> {
         let Some(journal) = self.journal.get() else {
             return Ok(());
         };
+        let _gate = journal.gate.write();
         // No change can commit (and append) while every tree and the
         // registry are held: the state taken is exactly the journal's.
         let reg = self.registry.write();
@@ -312,6 +327,34 @@ impl FsCore {
         Ok(())
     }
 
+    /// Set the journal size that triggers a checkpoint (tests use a small one).
+    #[cfg(test)]
+    pub(crate) fn set_checkpoint_threshold(&self, bytes: u64) {
+        if let Some(j) = self.journal.get() {
+            j.threshold.store(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Checkpoint if the journal has grown past its threshold (called after
+    /// a change, with no lock held). One thread does it; others go on.
+    pub(super) fn maybe_checkpoint(&self) {
+        let Some(journal) = self.journal.get() else {
+            return;
+        };
+        if !journal.wants_checkpoint() || journal.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self.checkpoint() {
+            Ok(()) => tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "checkpoint written (journal past its threshold)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed; the journal keeps growing"),
+        }
+        journal.checkpointing.store(false, Ordering::Release);
+    }
+
     /// Make every change so far durable: with `data`, the backstore's objects
     /// first (syncfs), then the journal.
     pub(super) fn make_durable(&self, data: bool) -> FsResult<()> {
@@ -330,15 +373,17 @@ impl FsCore {
 }
 
 /// Remove nodes with no link left: they lived only for open handles.
-fn drop_orphans(tree: &mut Tree) {
+/// Answers how many went.
+fn drop_orphans(tree: &mut Tree) -> usize {
     let orphans: Vec<NodeId> = tree
         .iter()
         .filter(|(id, n)| n.meta.nlink == 0 && *id != NodeId::ROOT)
         .map(|(id, _)| id)
         .collect();
-    for id in orphans {
+    for &id in &orphans {
         tree.remove(id);
     }
+    orphans.len()
 }
 
 /// The backstore FsCore sees when persisted: every call goes to the real
@@ -347,6 +392,15 @@ fn drop_orphans(tree: &mut Tree) {
 struct Deferred {
     inner: Arc<dyn Backstore>,
     journal: OnceLock<Arc<Journal>>,
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        // The core is going away: stop the journal thread with it.
+        if let Some(j) = self.journal.get() {
+            j.shutdown();
+        }
+    }
 }
 
 impl Backstore for Deferred {

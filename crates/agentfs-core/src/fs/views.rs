@@ -136,6 +136,8 @@ impl FsCore {
                 return Err(FsError::NameTaken(n.clone()));
             }
         }
+        // No checkpoint between this snapshot's two journal records.
+        let _gate = self.journal.get().map(|j| j.gate.read());
         let _serial = branch.snapshot_lock.lock();
 
         // Objects being written through open handles, still this branch's alone.

@@ -105,7 +105,21 @@ pub(crate) struct Journal {
     failed: AtomicBool,
     /// Generation of the checkpoint this journal continues.
     generation: AtomicU64,
+    /// Held shared by an operation whose journal records must not be split
+    /// by a checkpoint (snapshot-create's freeze and create), exclusively by
+    /// a checkpoint. Taken before every other FsCore lock.
+    pub(crate) gate: parking_lot::RwLock<()>,
+    /// Journal bytes past which a change triggers a checkpoint.
+    pub(crate) threshold: AtomicU64,
+    /// Set while a checkpoint runs, so only one thread starts one.
+    pub(crate) checkpointing: AtomicBool,
+    /// Tells the background thread to end; its handle, to wait for it.
+    stop: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// Journal size that triggers a checkpoint while mounted.
+pub(crate) const CHECKPOINT_THRESHOLD: u64 = 64 << 20;
 
 impl Journal {
     /// A journal continuing at `len` bytes of the store's journal (which
@@ -131,6 +145,11 @@ impl Journal {
             next_tag: AtomicU64::new(1),
             failed: AtomicBool::new(false),
             generation: AtomicU64::new(generation),
+            gate: parking_lot::RwLock::new(()),
+            threshold: AtomicU64::new(CHECKPOINT_THRESHOLD),
+            checkpointing: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            thread: Mutex::new(None),
         });
         let weak: Weak<Journal> = Arc::downgrade(&journal);
         let spawned = std::thread::Builder::new()
@@ -138,6 +157,9 @@ impl Journal {
             .spawn(move || loop {
                 std::thread::sleep(FLUSH_EVERY);
                 let Some(j) = weak.upgrade() else { break };
+                if j.stop.load(Ordering::Acquire) {
+                    break;
+                }
                 let due = !j.pending.lock().removals.is_empty();
                 if let Err(e) = j.flush(due) {
                     if !j.failed.swap(true, Ordering::Relaxed) {
@@ -147,10 +169,33 @@ impl Journal {
                     j.failed.store(false, Ordering::Relaxed);
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the journal thread; records are written at sync only");
+        match spawned {
+            Ok(handle) => *journal.thread.lock() = Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the journal thread; records are written at sync only")
+            }
         }
         journal
+    }
+
+    /// Write out what is appended and end the background thread (when the
+    /// core goes away), so the store is released with the core.
+    pub(crate) fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        let handle = self.thread.lock().take();
+        if let Some(handle) = handle {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+        if let Err(e) = self.flush(false) {
+            tracing::warn!(error = %e, "cannot write the journal's last records");
+        }
+    }
+
+    /// Whether the journal has grown past the checkpoint threshold.
+    pub(crate) fn wants_checkpoint(&self) -> bool {
+        self.pending.lock().appended > self.threshold.load(Ordering::Relaxed)
     }
 
     pub(crate) fn store(&self) -> &dyn MetaStore {

@@ -308,3 +308,41 @@ fn objects_no_tree_names_are_removed_at_open_and_freed_ones_after_the_journal() 
     assert_eq!(core.getattr(main, f.node).unwrap().size, kept.size);
     assert_eq!(read_all(&core, main, &["f"]), b"data");
 }
+
+#[test]
+fn a_growing_journal_is_checkpointed_while_mounted_and_recovery_still_matches() {
+    let objects = Arc::new(MemBackstore::new());
+    let (core, store) = open(&objects, MemStore::new());
+    core.set_checkpoint_threshold(4096);
+    let generation = |s: &MemStore| {
+        let c = s.read_checkpoint().unwrap().unwrap();
+        u64::from_le_bytes(c[12..20].try_into().unwrap())
+    };
+    let first = generation(&store);
+    let feature = build(&core);
+    let ctx = Ctx::root();
+    let main = core.default_branch();
+    for i in 0..300 {
+        core.mkdir(&ctx, main, NodeId::ROOT, n(&format!("d{i}")), 0o755, 0)
+            .unwrap();
+    }
+    assert!(
+        generation(&store) > first + 2,
+        "no checkpoint while mounted: generation {} after {first}",
+        generation(&store)
+    );
+    assert!(
+        store.journal_len() < 16384,
+        "journal {} bytes",
+        store.journal_len()
+    );
+    core.sync_all().unwrap();
+    let live = dump(&core.capture());
+    let image = store.image(None);
+    std::mem::forget(core);
+    let (core, _store) = open(&objects, image);
+    check_contents(&core, feature);
+    let recovered = dump(&core.capture());
+    let lost: Vec<&String> = live.iter().filter(|l| !recovered.contains(l)).collect();
+    assert_eq!(lost.len(), 1, "only the orphan differs: {lost:?}");
+}
