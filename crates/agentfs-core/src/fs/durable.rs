@@ -39,6 +39,8 @@ pub struct RecoveryReport {
     pub reconciled: usize,
     /// Objects removed because no tree names them.
     pub swept: usize,
+    /// Files whose object was missing (now read as zeros).
+    pub lost: usize,
     pub branches: usize,
     pub snapshots: usize,
 }
@@ -105,6 +107,41 @@ impl FsCore {
                 }
             }
         }
+        // Objects a tree names that the backstore lost (a power cut before
+        // they reached the disk): those files read as holes from now on.
+        let existing = match deferred.inner.list_objects() {
+            Ok(all) => Some(all.into_iter().collect::<HashSet<ContentId>>()),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Unsupported {
+                    tracing::warn!(error = %e, "cannot list backstore objects; unreferenced ones stay");
+                }
+                None
+            }
+        };
+        if let Some(existing) = &existing {
+            let lost: HashSet<ContentId> = owner
+                .keys()
+                .filter(|id| !existing.contains(id))
+                .copied()
+                .collect();
+            if !lost.is_empty() {
+                tracing::error!(
+                    objects = lost.len(),
+                    "content objects named by the metadata are missing; their files read as zeros"
+                );
+                let trees = state
+                    .branches
+                    .values_mut()
+                    .map(|b| &mut b.tree)
+                    .chain(state.snapshots.values_mut().map(|s| &mut s.tree));
+                for tree in trees {
+                    report.lost += forget_contents(tree, &lost);
+                }
+                for id in &lost {
+                    owner.remove(id);
+                }
+            }
+        }
         let epochs: HashMap<BranchId, u64> = state
             .branches
             .keys()
@@ -144,7 +181,8 @@ impl FsCore {
         // The recovered state is the next generation's checkpoint; after a
         // clean unmount (nothing replayed, nothing reconciled, no orphan) it
         // is the checkpoint already there, and its generation goes on.
-        let clean = loaded_clean && report.replayed == 0 && report.reconciled == 0;
+        let clean =
+            loaded_clean && report.replayed == 0 && report.reconciled == 0 && report.lost == 0;
         let generation = if clean {
             report.generation
         } else {
@@ -164,20 +202,16 @@ impl FsCore {
 
         // Objects of no tree: leftovers of a crash (or of a build before persistence).
         core.reap();
-        match deferred.inner.list_objects() {
-            Ok(all) => {
-                for id in all.into_iter().filter(|id| !named.contains(id)) {
-                    match deferred.inner.remove(id) {
-                        Ok(()) => report.swept += 1,
-                        Err(e) => {
-                            tracing::warn!(content = %id, error = %e, "cannot remove an unreferenced object")
-                        }
-                    }
-                }
+        for id in existing.into_iter().flatten() {
+            if named.contains(&id) {
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list backstore objects; unreferenced ones stay")
+            match deferred.inner.remove(id) {
+                Ok(()) => report.swept += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(content = %id, error = %e, "cannot remove an unreferenced object")
+                }
             }
         }
 
@@ -275,6 +309,22 @@ impl FsCore {
         let Some(journal) = self.journal.get() else {
             return Ok(());
         };
+        // Files the kernel writes directly: their size and mtime into the tree.
+        let branches: Vec<Arc<BranchState>> =
+            self.registry.read().branches.values().cloned().collect();
+        for b in &branches {
+            let direct: Vec<NodeId> = b
+                .open
+                .lock()
+                .iter()
+                .filter(|(_, c)| c.passthrough_writers > 0)
+                .map(|(n, _)| *n)
+                .collect();
+            for n in direct {
+                self.fold_direct_writes(b, n);
+            }
+        }
+        drop(branches);
         let _gate = journal.gate.write();
         // No change can commit (and append) while every tree and the
         // registry are held: the state taken is exactly the journal's.
@@ -370,6 +420,23 @@ impl FsCore {
         journal.sync()?;
         Ok(())
     }
+}
+
+/// Files of `tree` whose content is in `lost` lose it (keeping their size:
+/// they read as a hole). Answers how many.
+fn forget_contents(tree: &mut Tree, lost: &HashSet<ContentId>) -> usize {
+    let hit: Vec<NodeId> = tree
+        .iter()
+        .filter(|(_, n)| n.content().is_some_and(|c| lost.contains(&c.id)))
+        .map(|(id, _)| id)
+        .collect();
+    for &id in &hit {
+        if let Some(mut n) = tree.edit(id) {
+            n.body = super::tree::Body::File { content: None };
+            tree.insert(id, n);
+        }
+    }
+    hit.len()
 }
 
 /// Remove nodes with no link left: they lived only for open handles.

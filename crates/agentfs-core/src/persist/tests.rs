@@ -346,3 +346,32 @@ fn a_growing_journal_is_checkpointed_while_mounted_and_recovery_still_matches() 
     let lost: Vec<&String> = live.iter().filter(|l| !recovered.contains(l)).collect();
     assert_eq!(lost.len(), 1, "only the orphan differs: {lost:?}");
 }
+
+#[test]
+fn a_file_whose_object_is_lost_reads_as_a_hole_instead_of_failing() {
+    let objects = Arc::new(MemBackstore::new());
+    let (core, store) = open(&objects, MemStore::new());
+    let ctx = Ctx::root();
+    let main = core.default_branch();
+    let (f, fh) = core
+        .create(&ctx, main, NodeId::ROOT, n("f"), 0o644, 0, RW, false)
+        .unwrap();
+    core.write(&ctx, fh, 0, b"gone").unwrap();
+    core.release(fh).unwrap();
+    core.sync_all().unwrap();
+    // A power cut took the object but not the metadata.
+    for id in objects.list_objects().unwrap() {
+        objects.remove(id).unwrap();
+    }
+    std::mem::forget(core);
+    let store = Arc::new(store.image(None));
+    let (core, report) = FsCore::open_persisted(
+        Arc::clone(&objects) as Arc<dyn Backstore>,
+        store as Arc<dyn MetaStore>,
+        config(),
+    )
+    .unwrap();
+    assert_eq!(report.lost, 1);
+    assert_eq!(core.getattr(main, f.node).unwrap().size, 4);
+    assert_eq!(read_all(&core, main, &["f"]), vec![0u8; 4]);
+}
