@@ -137,6 +137,8 @@ def run(args):
             t = rng.choice(trees)
             files = model[t]
             r = rng.random()
+            if len(files) > 120 and r < 0.40:
+                r = 0.60  # keep trees small: unlink instead of growing
             if r < 0.40 or not files:
                 rel = rng.choice(sorted(files)) if files and rng.random() < 0.5 else new_name(t)
                 old = files.get(rel, b"")

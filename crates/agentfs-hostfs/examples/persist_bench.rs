@@ -1,11 +1,12 @@
 //! Persistence costs, measured on a real HostFs in a temp dir (no mount):
-//! creating FILES files (in 100 directories, one in ten with 4 KiB of data)
+//! creating FILES files (in 100 directories, one in DATA_EVERY with 4 KiB of
+//! data; 0: none)
 //! without and with the journal, then the clean checkpoint, a clean reopen,
 //! and a reopen after a "crash" (the core dropped without a checkpoint: the
 //! whole creation replayed from the journal). Prints milliseconds and sizes;
 //! asserts nothing about time.
 //!
-//! Run: cargo run --release -p agentfs-hostfs --example persist_bench -- [FILES] [SNAPSHOTS]
+//! Run: cargo run --release -p agentfs-hostfs --example persist_bench -- [FILES] [SNAPSHOTS] [DATA_EVERY]
 
 use agentfs_core::{Backstore, CoreConfig, Ctx, FsCore, MetaStore, NodeId, OpenFlags, ProcFs};
 use agentfs_hostfs::{HostFs, HostFsOptions};
@@ -21,7 +22,7 @@ fn config() -> CoreConfig {
     }
 }
 
-fn populate(core: &FsCore, files: usize) {
+fn populate(core: &FsCore, files: usize, data_every: usize) {
     let ctx = Ctx::root();
     let main = core.default_branch();
     let rw = OpenFlags {
@@ -58,7 +59,7 @@ fn populate(core: &FsCore, files: usize) {
                 false,
             )
             .unwrap();
-        if i % 10 == 0 {
+        if data_every > 0 && i % data_every == 0 {
             core.write(&ctx, fh, 0, &data).unwrap();
         }
         core.release(fh).unwrap();
@@ -83,6 +84,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let files: usize = args.next().map_or(100_000, |a| a.parse().unwrap());
     let snapshots: usize = args.next().map_or(10, |a| a.parse().unwrap());
+    let data_every: usize = args.next().map_or(10, |a| a.parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
 
     // Alternate the two, twice, so cache warm-up and a busy machine hit both.
@@ -94,14 +96,14 @@ fn main() {
         {
             let store = Arc::new(HostFs::open(&plain_root, HostFsOptions::default()).unwrap());
             let core = FsCore::new(store, config());
-            populate(&core, files);
+            populate(&core, files, data_every);
         }
         plain.push(t.elapsed().as_millis());
         let root = dir.path().join(format!("persisted{round}"));
         let t = Instant::now();
         {
             let (core, _) = open_persisted(&root);
-            populate(&core, files);
+            populate(&core, files, data_every);
             core.sync_all().unwrap();
             // Dropped without a checkpoint: a crash as far as metadata goes.
             drop(core);
@@ -143,7 +145,7 @@ fn main() {
     let (_core, clean) = open_persisted(&root);
     let clean_open = t.elapsed();
 
-    println!("files: {files} (+100 dirs, 1 in 10 with 4 KiB), snapshots: {snapshots}");
+    println!("files: {files} (+100 dirs; 4 KiB of data in 1 of every {data_every}, 0 = none), snapshots: {snapshots}");
     println!("create without journal: {plain:?} ms; with journal (and one sync): {journaled:?} ms");
     println!(
         "journal after creation: {journal_bytes} bytes ({:.0} bytes per file)",
