@@ -8,8 +8,9 @@
 #
 # Usage: scripts/test-crash.sh [--iterations N] [--passthrough auto|off]
 #                              [--seed S] [--max-run-ms MS] [--no-build]
-# Logs: logs/crash-<UTC>/ (summary.txt, per-iteration verify output, and on
-# failure the daemon log and the backstore's meta/ files). Needs root and /dev/fuse.
+# Logs: logs/crash-<UTC>/ (summary.txt, verify.jsonl with one line per
+# verified iteration, and on failure the failing verify output, the daemon log
+# and the backstore's meta/ files). Needs root and /dev/fuse.
 set -euo pipefail
 
 iterations=200
@@ -80,11 +81,15 @@ mount_it() {
     return 1
 }
 
-verify_ledger() { # ledger, output file
-    python3 "$workload" verify --mount "$mnt" --cli "$cli" --ledger "$1" >"$2" 2>&1 || {
-        cat "$2" >&2
+verify_ledger() { # ledger, label
+    local out="$work/verify.out"
+    python3 "$workload" verify --mount "$mnt" --cli "$cli" --ledger "$1" >"$out" 2>&1 || {
+        cp "$out" "$logdir/verify-$2-FAILED.txt"
+        cp "$1" "$logdir/ledger-$2.jsonl"
+        cat "$out" >&2
         return 1
     }
+    echo "{\"iteration\": \"$2\", \"result\": $(head -1 "$out")}" >>"$logdir/verify.jsonl"
 }
 
 start=$(date +%s)
@@ -95,8 +100,8 @@ echo "crash loop: $iterations iterations, passthrough=$passthrough, seed=$seed, 
 for i in $(seq 1 "$iterations"); do
     mount_it
     if [[ $i -gt 1 ]]; then
-        verify_ledger "$work/ledger-$((i - 1)).jsonl" "$logdir/verify-$((i - 1)).json"
-        read -r f s < <(python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).readline()); print(d["files_verified"], d["snapshots_verified"])' "$logdir/verify-$((i - 1)).json")
+        verify_ledger "$work/ledger-$((i - 1)).jsonl" "$((i - 1))"
+        read -r f s < <(python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).readline()); print(d["files_verified"], d["snapshots_verified"])' "$work/verify.out")
         files_verified=$((files_verified + f))
         snaps_verified=$((snaps_verified + s))
         passed=$((passed + 1))
@@ -136,13 +141,16 @@ done
 
 # The last crash, then a clean unmount and remount: both must verify.
 mount_it
-verify_ledger "$work/ledger-$iterations.jsonl" "$logdir/verify-$iterations.json"
+verify_ledger "$work/ledger-$iterations.jsonl" "$iterations"
+read -r f s < <(python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).readline()); print(d["files_verified"], d["snapshots_verified"])' "$work/verify.out")
+files_verified=$((files_verified + f))
+snaps_verified=$((snaps_verified + s))
 passed=$((passed + 1))
 fusermount3 -u "$mnt"
 wait "$daemon_pid"
 daemon_pid=""
 mount_it
-verify_ledger "$work/ledger-$iterations.jsonl" "$logdir/verify-clean-remount.json"
+verify_ledger "$work/ledger-$iterations.jsonl" "clean-remount"
 fusermount3 -u "$mnt"
 wait "$daemon_pid"
 daemon_pid=""
