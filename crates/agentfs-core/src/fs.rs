@@ -171,6 +171,9 @@ enum HandleKind {
 pub struct FsCore {
     backstore: Arc<dyn Backstore>,
     reaper: Arc<Reaper>,
+    /// The thread that removes freed objects; `None` if it could not start
+    /// (then they are removed on the thread that freed them).
+    reaper_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     bindings: Bindings,
     registry: RwLock<Registry>,
     handles: RwLock<HashMap<HandleId, Arc<Handle>>>,
@@ -206,9 +209,16 @@ impl FsCore {
                 xattrs: None,
             },
         );
+        let reaper = Arc::new(Reaper::default());
+        let remover = Arc::clone(&backstore);
+        let reaper_thread = reaper
+            .spawn(move |id| remove_object(&*remover, id))
+            .map_err(|e| tracing::warn!(error = %e, "no reaper thread; objects are removed inline"))
+            .ok();
         let core = FsCore {
             backstore,
-            reaper: Arc::new(Reaper::default()),
+            reaper,
+            reaper_thread: Mutex::new(reaper_thread),
             bindings: Bindings::new(config.process_table),
             registry: RwLock::new(Registry::default()),
             handles: RwLock::new(HashMap::new()),
@@ -321,22 +331,41 @@ impl FsCore {
         Ok(result)
     }
 
-    /// Remove from the backstore every object whose last reference is gone.
+    /// Have every object whose last reference is gone removed from the
+    /// backstore: by the reaper thread, without waiting; on this thread if
+    /// there is no reaper thread.
     fn reap(&self) {
-        for id in self.reaper.take() {
-            if let Err(e) = self.backstore.remove(id) {
-                tracing::warn!(content = %id, error = %e, "could not remove a freed content object");
-            }
+        if self.reaper_thread.lock().is_some() {
+            self.reaper.kick();
+        } else {
+            self.reap_now();
         }
+    }
+
+    /// Remove every object whose last reference is gone before returning (for
+    /// the control plane, whose callers expect the space back when it answers).
+    fn reap_now(&self) {
+        for id in self.reaper.take() {
+            remove_object(&*self.backstore, id);
+        }
+        self.reaper.settle();
+    }
+
+    /// Content object `c` was written, truncated or allocated (or may have
+    /// been, by the kernel directly): ask the backstore for its allocated bytes
+    /// now, on the data path that changed it, so that getattr and lookup answer
+    /// from memory.
+    fn note_object_changed(&self, c: &Content) {
+        c.forget_allocated();
+        let _ = c.allocated(|| self.backstore.allocated_bytes(c.id).ok());
     }
 
     /// Attributes of a node, with `blocks` asked of the backstore outside any lock.
     fn finish_attr(&self, id: NodeId, meta: &Meta, content: Option<&Arc<Content>>) -> Attr {
         let blocks = match (meta.kind, content) {
             (FileKind::Directory, _) => 8,
-            (_, Some(c)) => self
-                .backstore
-                .allocated_bytes(c.id)
+            (_, Some(c)) => c
+                .allocated(|| self.backstore.allocated_bytes(c.id).ok())
                 .unwrap_or(meta.size)
                 .div_ceil(512),
             _ => 0,
@@ -360,6 +389,8 @@ impl FsCore {
         };
         if let Some(c) = &content {
             if direct_writers > 0 {
+                // Nor does FsCore see the blocks it allocates.
+                c.forget_allocated();
                 // The kernel writes this object directly: it knows the size.
                 if let Ok((len, mtime)) = self.backstore.len_and_mtime(c.id) {
                     meta.size = len;
@@ -369,6 +400,45 @@ impl FsCore {
             }
         }
         Ok(self.finish_attr(id, &meta, content.as_ref()))
+    }
+
+    /// Whether the attributes of node `id` in branch `b` can be answered from
+    /// memory alone, without asking the backstore (which may be slow): false
+    /// while the kernel writes the node's object directly, or if its allocated
+    /// bytes are not known. A hint for where to run a request: it may change
+    /// as soon as it is answered.
+    pub fn attr_in_memory(&self, b: BranchId, id: NodeId) -> bool {
+        let Ok(branch) = self.branch(b) else {
+            return true;
+        };
+        let t = branch.tree.read();
+        Self::node_attr_in_memory(&branch, &t, id)
+    }
+
+    /// [`FsCore::attr_in_memory`] for the entry `name` of directory `parent`
+    /// (true if there is none: the answer is ENOENT, from memory).
+    pub fn lookup_in_memory(&self, b: BranchId, parent: NodeId, name: &[u8]) -> bool {
+        let Ok(branch) = self.branch(b) else {
+            return true;
+        };
+        let t = branch.tree.read();
+        let child = t
+            .get(parent)
+            .and_then(|p| p.entries())
+            .and_then(|e| e.get(name).copied());
+        match child {
+            Some(id) => Self::node_attr_in_memory(&branch, &t, id),
+            None => true,
+        }
+    }
+
+    fn node_attr_in_memory(branch: &BranchState, t: &Tree, id: NodeId) -> bool {
+        match t.get(id).and_then(|n| n.content()) {
+            Some(c) => {
+                c.cached_allocated().is_some() && branch.open_count(id).passthrough_writers == 0
+            }
+            None => true,
+        }
     }
 
     fn handle(&self, fh: HandleId) -> FsResult<Arc<Handle>> {
@@ -443,6 +513,21 @@ impl FsCore {
         drop(handle);
         self.reap();
         Ok(())
+    }
+}
+
+impl Drop for FsCore {
+    fn drop(&mut self) {
+        self.reaper.stop();
+        if let Some(thread) = self.reaper_thread.get_mut().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn remove_object(backstore: &dyn Backstore, id: crate::ids::ContentId) {
+    if let Err(e) = backstore.remove(id) {
+        tracing::warn!(content = %id, error = %e, "could not remove a freed content object");
     }
 }
 

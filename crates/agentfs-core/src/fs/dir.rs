@@ -2,7 +2,7 @@
 
 use super::tree::Body;
 use super::{node, FsCore, HandleKind};
-use crate::attr::{DirEntry, FileKind};
+use crate::attr::{Attr, DirEntry, FileKind};
 use crate::creds::Ctx;
 use crate::error::{FsError, FsResult};
 use crate::ids::{BranchId, HandleId, NodeId};
@@ -43,6 +43,28 @@ impl FsCore {
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         Ok(listing.iter().skip(start).take(max).cloned().collect())
+    }
+
+    /// [`FsCore::readdir`] with each entry's attributes (readdirplus), so the
+    /// kernel need not look each name up again. An entry whose node is gone
+    /// since the listing was taken is left out.
+    pub fn readdir_plus(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<(DirEntry, Attr)>> {
+        let entries = self.readdir(fh, offset, max)?;
+        let b = self.handle(fh)?.branch.id;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            match self.attr(b, e.node) {
+                Ok(attr) => out.push((e, attr)),
+                Err(FsError::Stale) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(out)
     }
 
     pub fn releasedir(&self, fh: HandleId) -> FsResult<()> {

@@ -175,6 +175,7 @@ impl FsCore {
             t.get(id).and_then(|n| n.content().cloned())
         };
         let Some(c) = content else { return };
+        self.note_object_changed(&c);
         let Ok((len, mtime)) = self.backstore.len_and_mtime(c.id) else {
             return;
         };
@@ -300,7 +301,9 @@ impl FsCore {
             if end > MAX_FILE_SIZE {
                 return Err(FsError::FileTooBig);
             }
-            self.backstore.write_at(content.id, data, at)?;
+            let written = self.backstore.write_at(content.id, data, at);
+            self.note_object_changed(&content);
+            written?;
             Self::write_branch_tree(branch, |t| {
                 let mut n = t.edit(h.node).ok_or(FsError::NotFound)?;
                 n.meta.size = n.meta.size.max(end);
@@ -377,10 +380,13 @@ impl FsCore {
             // Zeroing or punching inside the file must not stop short at the
             // object's end where the file is longer (a truncate-up leaves a
             // hole), and must never shorten an object the kernel writes directly.
+            content.forget_allocated();
             if self.backstore.len_and_mtime(content.id)?.0 < size {
                 self.backstore.set_len(content.id, size)?;
             }
-            self.backstore.fallocate(content.id, mode, offset, len)?;
+            let allocated = self.backstore.fallocate(content.id, mode, offset, len);
+            self.note_object_changed(&content);
+            allocated?;
             Self::write_branch_tree(branch, |t| {
                 let mut n = t.edit(h.node).ok_or(FsError::NotFound)?;
                 if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
@@ -489,7 +495,9 @@ impl FsCore {
                 continue;
             }
             if let Some(c) = &content {
-                self.backstore.set_len(c.id, size)?;
+                let truncated = self.backstore.set_len(c.id, size);
+                self.note_object_changed(c);
+                truncated?;
             }
             Self::write_branch_tree(branch, |t| {
                 let mut n = t.edit(id).ok_or(FsError::NotFound)?;
@@ -534,6 +542,7 @@ impl FsCore {
                 &self.reaper,
             );
             self.cow_clones.fetch_add(1, Ordering::Relaxed);
+            self.note_object_changed(&copy);
             let installed = Self::write_branch_tree(branch, |t| {
                 Ok(install(t, id, &content, &copy) && branch.epoch() == epoch)
             })?;
@@ -552,6 +561,7 @@ impl FsCore {
             }
             let epoch = branch.epoch();
             let fresh = Content::new(self.backstore.create()?, epoch, &self.reaper);
+            self.note_object_changed(&fresh);
             let installed = Self::write_branch_tree(branch, |t| {
                 let mut n = t.edit(id).ok_or(FsError::NotFound)?;
                 match &mut n.body {

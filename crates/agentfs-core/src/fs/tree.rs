@@ -13,10 +13,11 @@
 
 use crate::attr::{Attr, FileKind};
 use crate::ids::{ContentId, NodeId};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 /// Directory entry names are raw bytes: Linux names need not be UTF-8.
@@ -27,16 +28,88 @@ pub(crate) type Xattrs = Arc<BTreeMap<Vec<u8>, Vec<u8>>>;
 
 /// Content objects whose last reference is gone, waiting to be removed from the
 /// backstore. Drop must not do I/O (it runs wherever the last `Arc` falls,
-/// often under a tree lock), so it only queues here.
+/// often under a tree lock), so it only queues here; the reaper thread
+/// ([`Reaper::spawn`]) removes them off the request path, so an unlink or a
+/// truncate-by-rename answers without waiting for the host filesystem to
+/// delete a file.
 #[derive(Default)]
 pub(crate) struct Reaper {
     // Leaf lock.
-    pending: Mutex<Vec<ContentId>>,
+    state: Mutex<ReaperState>,
+    /// Signalled when objects are queued, and when the queue drains.
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct ReaperState {
+    pending: Vec<ContentId>,
+    /// Objects taken off `pending` and not yet removed.
+    in_flight: usize,
+    stop: bool,
 }
 
 impl Reaper {
+    /// Take every queued object, to remove now on this thread.
     pub(crate) fn take(&self) -> Vec<ContentId> {
-        std::mem::take(&mut *self.pending.lock())
+        std::mem::take(&mut self.state.lock().pending)
+    }
+
+    /// Whether anything waits to be removed.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.state.lock().pending.is_empty()
+    }
+
+    /// Wake the reaper thread if objects are queued.
+    pub(crate) fn kick(&self) {
+        if self.has_pending() {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Start the thread that removes queued objects with `remove`. It runs
+    /// until [`Reaper::stop`]; what is queued then is removed before it ends.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        remove: impl Fn(ContentId) + Send + 'static,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let reaper = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("agentfs-reaper".into())
+            .spawn(move || loop {
+                let batch = {
+                    let mut st = reaper.state.lock();
+                    while st.pending.is_empty() && !st.stop {
+                        reaper.wake.wait(&mut st);
+                    }
+                    if st.pending.is_empty() {
+                        return;
+                    }
+                    let batch = std::mem::take(&mut st.pending);
+                    st.in_flight = batch.len();
+                    batch
+                };
+                for id in batch {
+                    remove(id);
+                }
+                reaper.state.lock().in_flight = 0;
+                reaper.wake.notify_all();
+            })
+    }
+
+    /// Wait until every object queued before this call has been removed by the
+    /// thread (or taken by `take`).
+    pub(crate) fn settle(&self) {
+        let mut st = self.state.lock();
+        while (!st.pending.is_empty() && !st.stop) || st.in_flight > 0 {
+            self.wake.notify_all();
+            self.wake.wait(&mut st);
+        }
+    }
+
+    /// Ask the thread to finish what is queued and end.
+    pub(crate) fn stop(&self) {
+        self.state.lock().stop = true;
+        self.wake.notify_all();
     }
 }
 
@@ -50,6 +123,11 @@ pub(crate) struct Content {
     /// exclusively while it copies the object for the snapshot. Ordered before
     /// every tree lock.
     pub(crate) io: Arc<RwLock<()>>,
+    /// Bytes the object occupies on the host (for `st_blocks`), as last asked
+    /// of the backstore, so getattr need not ask each time. `None` after a
+    /// change; the version counts changes, so an answer asked for before a
+    /// change is not kept after it. Leaf lock.
+    allocated: Mutex<(u64, Option<u64>)>,
     reaper: Arc<Reaper>,
 }
 
@@ -59,8 +137,36 @@ impl Content {
             id,
             epoch: AtomicU64::new(epoch),
             io: Arc::new(RwLock::new(())),
+            allocated: Mutex::new((0, None)),
             reaper: Arc::clone(reaper),
         })
+    }
+
+    /// The object's allocated bytes if known without asking the backstore.
+    pub(crate) fn cached_allocated(&self) -> Option<u64> {
+        self.allocated.lock().1
+    }
+
+    /// The object's allocated bytes, asking `query` (the backstore) only if
+    /// they changed since it was last asked.
+    pub(crate) fn allocated(&self, query: impl FnOnce() -> Option<u64>) -> Option<u64> {
+        let version = match *self.allocated.lock() {
+            (_, Some(bytes)) => return Some(bytes),
+            (version, None) => version,
+        };
+        let bytes = query()?;
+        let mut cached = self.allocated.lock();
+        if cached.0 == version {
+            cached.1 = Some(bytes);
+        }
+        Some(bytes)
+    }
+
+    /// The object changed (or may have): its allocated bytes must be asked again.
+    pub(crate) fn forget_allocated(&self) {
+        let mut cached = self.allocated.lock();
+        cached.0 += 1;
+        cached.1 = None;
     }
 
     pub(crate) fn epoch(&self) -> u64 {
@@ -70,7 +176,7 @@ impl Content {
 
 impl Drop for Content {
     fn drop(&mut self) {
-        self.reaper.pending.lock().push(self.id);
+        self.reaper.state.lock().pending.push(self.id);
     }
 }
 

@@ -171,6 +171,7 @@ impl FsCore {
                 &self.reaper,
             );
             self.cow_clones.fetch_add(1, Ordering::Relaxed);
+            self.note_object_changed(&copy);
             copies.push((*n, Arc::clone(c), copy));
         }
 
@@ -276,7 +277,7 @@ impl FsCore {
         };
         drop(gone);
         self.make_durable(false)?;
-        self.reap();
+        self.reap_now();
         Ok(())
     }
 
@@ -365,7 +366,7 @@ impl FsCore {
         drop(branch);
         drop(gone);
         self.make_durable(false)?;
-        self.reap();
+        self.reap_now();
         Ok(())
     }
 
@@ -474,7 +475,9 @@ impl FsCore {
         self.make_durable(true)
     }
 
+    /// What the backstore holds, once objects already freed are removed.
     pub fn usage(&self) -> BackstoreUsage {
+        self.reap_now();
         self.backstore.usage()
     }
 
