@@ -15,6 +15,13 @@
 //!                                  persistence, deleted in the background
 //! ```
 //!
+//! Up to 64 empty objects are made ahead of time by a filler thread, so that
+//! `create` does not wait for the host to allocate an inode (see `pool.rs`).
+//! The filler starts at the first `create`, after FsCore's recovery has swept
+//! unreferenced objects; pooled objects are deleted at close, not counted by
+//! `usage` and not listed by `list_objects` (a crash leaves them to the next
+//! recovery's sweep).
+//!
 //! # Objects survive a reopen
 //!
 //! FsCore persists its trees (journal and checkpoint, kept here through
@@ -42,6 +49,7 @@ mod cache;
 mod clone;
 mod error;
 mod meta;
+mod pool;
 mod root;
 mod sys;
 
@@ -107,8 +115,12 @@ pub struct HostFs {
     root_dir: File,
     /// Holds the root's `flock` until drop.
     _lock: File,
-    next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
     cache: FdCache,
+    /// Empty objects made ahead of time, and the thread making them.
+    pool: Arc<pool::ObjectPool>,
+    filler: Mutex<Option<JoinHandle<()>>>,
+    filler_started: std::sync::atomic::AtomicBool,
     reflinks: AtomicU64,
     copies: AtomicU64,
     /// The thread deleting a previous mount's objects (tests wait on it).
@@ -138,8 +150,11 @@ impl HostFs {
             objects: claimed.objects,
             root_dir: claimed.dir,
             _lock: claimed.lock,
-            next_id: AtomicU64::new(highest + 1),
+            next_id: Arc::new(AtomicU64::new(highest + 1)),
             cache: FdCache::new(opts.max_open_files),
+            pool: Arc::default(),
+            filler: Mutex::new(None),
+            filler_started: std::sync::atomic::AtomicBool::new(false),
             reflinks: AtomicU64::new(0),
             copies: AtomicU64::new(0),
             trash: Mutex::new(claimed.trash),
@@ -160,46 +175,38 @@ impl HostFs {
         )
     }
 
-    fn fanout_dir(&self, id: ContentId) -> PathBuf {
-        self.objects.join(format!("{:02x}", id.0 & 0xff))
-    }
-
     fn object_path(&self, id: ContentId) -> PathBuf {
-        self.fanout_dir(id).join(format!("{:016x}", id.0))
+        object_path(&self.objects, id)
     }
 
     /// The open file of `id`, from the cache or opened now.
     fn file(&self, id: ContentId) -> io::Result<Arc<File>> {
-        self.cache.get_or_open(id, || {
-            // std opens with O_CLOEXEC.
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(self.object_path(id))
-        })
+        self.cache.get_or_open(id, || self.open_object(id))
+    }
+
+    fn open_object(&self, id: ContentId) -> io::Result<File> {
+        // std opens with O_CLOEXEC.
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.object_path(id))
     }
 
     /// Create the file of a fresh id (and its fanout directory if needed).
     fn create_file(&self, id: ContentId) -> io::Result<File> {
-        let path = self.object_path(id);
-        let create = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-        };
-        match create() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match DirBuilder::new().mode(0o700).create(self.fanout_dir(id)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
-                create()
-            }
-            other => other,
+        create_object(&self.objects, id)
+    }
+
+    /// Start the thread that keeps empty objects ready.
+    fn start_filler(&self) {
+        let (objects, counter) = (self.objects.clone(), Arc::clone(&self.next_id));
+        let filler = self.pool.spawn(
+            move || ContentId(counter.fetch_add(1, Ordering::Relaxed)),
+            move |id| create_object(&objects, id).map(drop),
+        );
+        match filler {
+            Ok(thread) => *self.filler.lock() = Some(thread),
+            Err(e) => tracing::warn!(error = %e, "no object pool: creates make their own"),
         }
     }
 
@@ -253,8 +260,16 @@ impl HostFs {
 
 impl Backstore for HostFs {
     fn create(&self) -> io::Result<ContentId> {
-        let id = self.fresh_id();
-        let file = self.create_file(id)?;
+        if !self.filler_started.swap(true, Ordering::AcqRel) {
+            self.start_filler();
+        }
+        let (id, file) = match self.pool.take() {
+            Some(id) => (id, self.open_object(id)?),
+            None => {
+                let id = self.fresh_id();
+                (id, self.create_file(id)?)
+            }
+        };
         self.cache.insert(id, file);
         Ok(id)
     }
@@ -348,7 +363,7 @@ impl Backstore for HostFs {
     }
 
     fn usage(&self) -> BackstoreUsage {
-        let mut usage = BackstoreUsage::default();
+        let (mut usage, mut seen) = (BackstoreUsage::default(), Vec::new());
         let fanouts = match fs::read_dir(&self.objects) {
             Ok(dir) => dir,
             Err(e) => {
@@ -362,10 +377,18 @@ impl Backstore for HostFs {
             };
             // Entries removed while we walk are simply not counted.
             for object in objects.flatten() {
-                if let Ok(meta) = object.metadata() {
-                    usage.objects += 1;
-                    usage.bytes += meta.blocks() * 512;
+                if let (Some(id), Ok(meta)) = (object_id(&object.file_name()), object.metadata()) {
+                    seen.push((id, meta.blocks() * 512));
                 }
+            }
+        }
+        // The pool's objects (asked after the walk, so one taken by `create`
+        // meanwhile counts) belong to no file.
+        let pooled = self.pool.ids();
+        for (id, bytes) in seen {
+            if !pooled.contains(&ContentId(id)) {
+                usage.objects += 1;
+                usage.bytes += bytes;
             }
         }
         usage
@@ -380,9 +403,11 @@ impl Backstore for HostFs {
     }
 
     fn list_objects(&self) -> io::Result<Vec<ContentId>> {
+        let pooled = self.pool.ids();
         Ok(list_ids(&self.objects)?
             .into_iter()
             .map(ContentId)
+            .filter(|id| !pooled.contains(id))
             .collect())
     }
 }
@@ -397,14 +422,62 @@ fn list_ids(objects: &Path) -> io::Result<Vec<u64>> {
             continue;
         }
         for object in fs::read_dir(fanout.path())? {
-            let name = object?.file_name();
-            let name = name.to_string_lossy();
-            if name.len() == 16 {
-                if let Ok(id) = u64::from_str_radix(&name, 16) {
-                    ids.push(id);
-                }
-            }
+            ids.extend(object_id(&object?.file_name()));
         }
     }
     Ok(ids)
+}
+
+/// The id of an object file's name (16 hex digits), if it is one.
+fn object_id(name: &std::ffi::OsStr) -> Option<u64> {
+    let name = name.to_str()?;
+    (name.len() == 16).then(|| u64::from_str_radix(name, 16).ok())?
+}
+
+impl Drop for HostFs {
+    fn drop(&mut self) {
+        self.pool.stop();
+        if let Some(filler) = self.filler.get_mut().take() {
+            let _ = filler.join();
+        }
+        for id in self.pool.drain() {
+            let _ = fs::remove_file(self.object_path(id));
+        }
+    }
+}
+
+/// Create the file of object `id` under `objects` (and its fanout directory
+/// if needed); it must not exist.
+fn create_object(objects: &Path, id: ContentId) -> io::Result<File> {
+    let path = object_path(objects, id);
+    let create = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+    };
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match DirBuilder::new()
+                .mode(0o700)
+                .create(fanout_dir(objects, id))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            create()
+        }
+        other => other,
+    }
+}
+
+fn fanout_dir(objects: &Path, id: ContentId) -> PathBuf {
+    objects.join(format!("{:02x}", id.0 & 0xff))
+}
+
+fn object_path(objects: &Path, id: ContentId) -> PathBuf {
+    fanout_dir(objects, id).join(format!("{:016x}", id.0))
 }
