@@ -29,9 +29,11 @@ mod dir;
 mod exec_opens;
 mod file;
 mod namespace;
+mod twins;
 mod virtual_nodes;
 mod xattr;
 
+pub use twins::Twins;
 pub use virtual_nodes::{VirtualNodes, AGENTFS_DIR_NAME, CONTROL_FILE_NAME};
 
 use crate::attr::file_attr;
@@ -73,13 +75,17 @@ pub struct AdapterConfig {
     pub fault_injection: bool,
     /// Ask the kernel for FUSE passthrough (it is used only if the kernel agrees).
     pub passthrough: bool,
-    /// Answer metadata requests on the FUSE thread that read them instead of
-    /// handing them to a meta worker (saves two thread hand-offs per request;
-    /// but a getattr's fstat and an unlink's object removal then run there).
+    /// Answer metadata requests that FsCore can answer from memory on the
+    /// FUSE thread that read them instead of handing them to a meta worker
+    /// (saves two thread hand-offs per request). Requests that may reach the
+    /// backstore always go to a worker.
     pub inline_meta: bool,
     /// Whether passthrough is in use now: set at init, cleared if the kernel
     /// later refuses backing files. The control handler reports it.
     pub passthrough_active: Arc<std::sync::atomic::AtomicBool>,
+    /// Invalidations between the two views of a branch; started by the host
+    /// once the session exists ([`Twins::start`]).
+    pub twins: Arc<Twins>,
 }
 
 /// The xattr whose read panics when fault injection is on.
@@ -97,6 +103,7 @@ pub struct AgentFs {
     inline_meta: bool,
     paths: Arc<data_path::DataPaths>,
     exec_opens: Arc<exec_opens::ExecOpens>,
+    twins: Arc<Twins>,
 }
 
 impl AgentFs {
@@ -112,6 +119,7 @@ impl AgentFs {
             inline_meta: config.inline_meta,
             paths: Arc::new(data_path::DataPaths::new(config.passthrough_active)),
             exec_opens: Arc::default(),
+            twins: config.twins,
         }
     }
 
@@ -132,23 +140,6 @@ impl AgentFs {
     {
         let op = call.op;
         let metrics = Arc::clone(call.metrics());
-        if lane == Lane::Meta && self.inline_meta {
-            // In-memory work: answer on this FUSE thread and save two thread
-            // hand-offs. A panic still fails this request alone: the reply is
-            // dropped by the unwinding and fuser answers EIO.
-            let core = Arc::clone(self.transport.core());
-            let run = std::panic::AssertUnwindSafe(move || job(&core, call));
-            if let Err(panic) = std::panic::catch_unwind(run) {
-                metrics.count_error(libc::EIO);
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(op = op.name(), "operation panicked (EIO): {what}");
-            }
-            return;
-        }
         if let Err(e) = self
             .transport
             .submit(lane, Box::new(move |core| job(core, call)))
@@ -157,6 +148,53 @@ impl AgentFs {
             metrics.count_error(libc::EIO);
             tracing::warn!(op = op.name(), %lane, "request dropped (EIO): {e}");
         }
+    }
+
+    /// Run a metadata job that never reaches the backstore: on this FUSE
+    /// thread when inline metadata is on (two thread hand-offs saved), else
+    /// on a meta worker.
+    fn submit_meta<F>(&self, call: Call, job: F)
+    where
+        F: FnOnce(&FsCore, Call) + Send + 'static,
+    {
+        self.submit_meta_if(call, |_, _| true, job);
+    }
+
+    /// Run a metadata job inline (see [`AgentFs::submit_meta`]) only if
+    /// `in_memory` (given the core and the caller's pid) says FsCore can
+    /// answer it from memory; a job that may have to ask the backstore (the
+    /// size of a file the kernel is writing directly, say) goes to a meta
+    /// worker, so a slow backstore never stalls the threads reading `/dev/fuse`.
+    fn submit_meta_if<F>(&self, call: Call, in_memory: impl FnOnce(&FsCore, u32) -> bool, job: F)
+    where
+        F: FnOnce(&FsCore, Call) + Send + 'static,
+    {
+        let core = self.transport.core();
+        if !self.inline_meta || !in_memory(core, call.pid) {
+            return self.submit(Lane::Meta, call, job);
+        }
+        // A panic still fails this request alone: the reply is dropped by the
+        // unwinding and fuser answers EIO.
+        let (op, metrics) = (call.op, Arc::clone(call.metrics()));
+        let run = std::panic::AssertUnwindSafe(move || job(core, call));
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            metrics.count_error(libc::EIO);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(op = op.name(), "operation panicked (EIO): {what}");
+        }
+    }
+}
+
+/// Whether FsCore can answer the attributes of `ino` for `pid` from memory
+/// (an inode it cannot resolve fails from memory too).
+fn attr_in_memory(core: &FsCore, ino: Ino, pid: u32) -> bool {
+    match resolve(core, ino, pid) {
+        Ok((b, n)) => core.attr_in_memory(b, n),
+        Err(_) => true,
     }
 }
 
@@ -254,6 +292,20 @@ impl Filesystem for AgentFs {
                 );
             }
         }
+        // readdirplus where the kernel sees it pays (it falls back to readdir
+        // plus lookups by itself otherwise); lookups and readdirs of one
+        // directory in parallel (FsCore locks per branch, not per directory);
+        // symlink targets cached (a symlink's target never changes in place).
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            tracing::warn!("kernel lacks FUSE capabilities {missing:?}");
+            for one in wanted.iter() {
+                let _ = config.add_capabilities(one);
+            }
+        }
         // No FUSE_WRITEBACK_CACHE: writes reach FsCore before write(2) returns,
         // which snapshots need and passthrough will require.
         tracing::info!(abi = %config.kernel_abi(), "FUSE session initialised");
@@ -262,6 +314,17 @@ impl Filesystem for AgentFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.do_lookup(req, parent, name, reply)
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: fuser::ReplyDirectoryPlus,
+    ) {
+        self.do_readdirplus(req, ino, fh, offset, reply)
     }
 
     fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
@@ -415,10 +478,13 @@ impl Filesystem for AgentFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered in the adapter (every write reached FsCore before
-        // it was answered), so close(2) has nothing to flush.
+        // Nothing is buffered in the adapter (every write reached FsCore, or
+        // the backstore through passthrough, before it was answered), so
+        // close(2) has nothing to flush. ENOSYS tells the kernel so once: it
+        // then stops sending FLUSH, a round trip saved on every close, and
+        // close(2) still returns 0.
         self.call(Op::Flush, ino.0, req);
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -36,6 +36,7 @@ pub enum Op {
     Fsync,
     Opendir,
     Readdir,
+    Readdirplus,
     Releasedir,
     Fsyncdir,
     Statfs,
@@ -51,7 +52,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in counter order.
-    pub const ALL: [Op; 30] = [
+    pub const ALL: [Op; 31] = [
         Op::Lookup,
         Op::Getattr,
         Op::Setattr,
@@ -71,6 +72,7 @@ impl Op {
         Op::Fsync,
         Op::Opendir,
         Op::Readdir,
+        Op::Readdirplus,
         Op::Releasedir,
         Op::Fsyncdir,
         Op::Statfs,
@@ -106,6 +108,7 @@ impl Op {
             Op::Fsync => "fsync",
             Op::Opendir => "opendir",
             Op::Readdir => "readdir",
+            Op::Readdirplus => "readdirplus",
             Op::Releasedir => "releasedir",
             Op::Fsyncdir => "fsyncdir",
             Op::Statfs => "statfs",

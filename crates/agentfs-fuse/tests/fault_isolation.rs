@@ -22,12 +22,12 @@ fn getxattr(path: &std::path::Path, name: &str) -> Result<usize, i32> {
 
 #[test]
 fn a_panicking_operation_answers_eio_and_the_mount_keeps_serving() {
-    panic_fails_alone(&["--fault-injection"]);
+    panic_fails_alone(&["--fault-injection", "--inline-meta", "off"]);
 }
 
 #[test]
 fn a_panicking_operation_answered_on_the_fuse_thread_fails_alone_too() {
-    panic_fails_alone(&["--fault-injection", "--inline-meta"]);
+    panic_fails_alone(&["--fault-injection", "--inline-meta", "on"]);
 }
 
 fn panic_fails_alone(flags: &[&str]) {

@@ -1,4 +1,4 @@
-//! Directory handles: opendir, readdir, releasedir, fsyncdir.
+//! Directory handles: opendir, readdir, readdirplus, releasedir, fsyncdir.
 //!
 //! readdir asks FsCore for entries after the kernel's cookie and adds them to
 //! the reply until the kernel's buffer is full; each entry carries FsCore's
@@ -6,19 +6,27 @@
 //! kernel kept. Entry inode numbers are encoded with the branch the handle was
 //! opened on (not the caller's current branch), so a listing stays coherent
 //! even if the caller is re-bound while reading it.
+//!
+//! readdirplus answers each entry with its attributes, so `ls -l`, `find`,
+//! `du` and `git status` get a directory's names and attributes in one
+//! request instead of a lookup per name. The kernel decides when to use it
+//! (FUSE_READDIRPLUS_AUTO); the virtual directories answer it like readdir,
+//! with their own attributes.
 
-use super::{ctx, resolve, AgentFs};
-use crate::attr::file_type;
+use super::{ctx, entry_ttl, resolve, ttl_for, AgentFs};
+use crate::attr::{file_attr, file_type};
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
 use agentfs_core::{FsError, HandleId};
 use agentfs_transport::Lane;
 use fuser::{
-    FileHandle, FileType, FopenFlags, INodeNo, ReplyDirectory, ReplyEmpty, ReplyOpen, Request,
+    FileHandle, FileType, FopenFlags, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyOpen, Request,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 /// Entries asked of FsCore per round. A 4 KiB kernel buffer holds at most 128
 /// entries (32 bytes each at least), so one round usually fills it.
@@ -36,7 +44,7 @@ impl AgentFs {
             Ino::Root | Ino::Node(..) => {}
         }
         let ctx = ctx(req);
-        self.submit(Lane::Meta, call, move |core, call| {
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let fh = tri!(call, reply, core.opendir(&ctx, b, n));
             reply.opened(FileHandle(fh.0), FopenFlags::empty());
@@ -63,7 +71,7 @@ impl AgentFs {
         let target = tri!(call, reply, Ino::decode(ino.0));
         if target == Ino::BranchesDir {
             // One directory per branch, by name; cookies 1 and 2 are . and ..
-            return self.submit(Lane::Meta, call, move |core, call| {
+            return self.submit_meta(call, move |core, call| {
                 let mut entries = vec![
                     (
                         inode::BRANCHES_DIR_INO,
@@ -88,7 +96,7 @@ impl AgentFs {
                 reply.ok();
             });
         }
-        self.submit(Lane::Meta, call, move |core, call| {
+        self.submit_meta(call, move |core, call| {
             let fh = HandleId(fh.0);
             let (b, _) = tri!(call, reply, core.handle_target(fh));
             let mut offset = offset;
@@ -99,6 +107,101 @@ impl AgentFs {
                     let e_ino = tri!(call, reply, inode::encode_in(target, b, e.node));
                     let name = OsStr::from_bytes(&e.name);
                     if reply.add(INodeNo(e_ino), e.offset, file_type(e.kind), name) {
+                        return reply.ok();
+                    }
+                    offset = e.offset;
+                }
+                if complete {
+                    return reply.ok();
+                }
+            }
+        });
+    }
+
+    pub(super) fn do_readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let call = self.call(Op::Readdirplus, ino.0, req);
+        let target = tri!(call, reply, Ino::decode(ino.0));
+        if matches!(target, Ino::AgentfsDir | Ino::BranchesDir) {
+            // Few entries that change rarely: their attributes, uncached, like
+            // their lookups.
+            let (virt, twins) = (Arc::clone(&self.virt), Arc::clone(&self.twins));
+            let zero = std::time::Duration::ZERO;
+            return self.submit_meta(call, move |core, call| {
+                let mut entries: Vec<(u64, std::ffi::OsString, fuser::FileAttr)> = Vec::new();
+                if target == Ino::AgentfsDir {
+                    for (e_ino, cookie, _, name) in virt.entries(0) {
+                        let attr = match Ino::decode(e_ino) {
+                            Ok(Ino::Root) => {
+                                let b = core.branch_of(call.pid);
+                                let root = core.getattr(b, agentfs_core::NodeId::ROOT);
+                                file_attr(e_ino, &tri!(call, reply, root))
+                            }
+                            Ok(t) => tri!(call, reply, virt.attr(t).ok_or(FsError::NotFound)),
+                            Err(e) => return call.fail(FsError::from(e), reply),
+                        };
+                        entries.push((cookie, name.into(), attr));
+                    }
+                } else {
+                    let own = |t: Ino| virt.attr(t).ok_or(FsError::NotFound);
+                    let dot = tri!(call, reply, own(Ino::BranchesDir));
+                    let dotdot = tri!(call, reply, own(Ino::AgentfsDir));
+                    entries.push((1, ".".into(), dot));
+                    entries.push((2, "..".into(), dotdot));
+                    for b in core.branch_list() {
+                        let Ok(attr) = core.getattr(b.id, agentfs_core::NodeId::ROOT) else {
+                            continue;
+                        };
+                        let b_ino = tri!(call, reply, inode::view_root(b.id));
+                        twins.mark_viewed(b.id);
+                        let cookie = entries.len() as u64 + 1;
+                        entries.push((cookie, b.name.into(), file_attr(b_ino, &attr)));
+                    }
+                }
+                for (cookie, name, attr) in entries.into_iter().filter(|e| e.0 > offset) {
+                    if reply.add(attr.ino, cookie, &name, &zero, &attr, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            });
+        }
+        if target == Ino::ControlFile {
+            return call.fail(FsError::NotDir, reply);
+        }
+        let ttl = self.ttl;
+        // A worker, not inline: an entry's attributes may have to be asked of
+        // the backstore (a file the kernel is writing directly).
+        self.submit(Lane::Meta, call, move |core, call| {
+            let fh = HandleId(fh.0);
+            let (b, _) = tri!(call, reply, core.handle_target(fh));
+            let entry_ttl = entry_ttl(core, target, ttl);
+            let root_shared = core.root_is_shared();
+            let mut offset = offset;
+            loop {
+                let entries = tri!(call, reply, core.readdir_plus(fh, offset, READDIR_BATCH));
+                let complete = entries.len() < READDIR_BATCH;
+                for (e, attr) in &entries {
+                    // `..` of a branch's root is the mount's parent: the kernel
+                    // never makes a dentry of `.` or `..` from readdirplus.
+                    let e_ino = tri!(call, reply, inode::encode_in(target, b, e.node));
+                    let attr_ttl = ttl_for(e_ino, entry_ttl, root_shared);
+                    let name = OsStr::from_bytes(&e.name);
+                    let fattr = file_attr(e_ino, attr);
+                    if reply.add(
+                        INodeNo(e_ino),
+                        e.offset,
+                        name,
+                        &attr_ttl,
+                        &fattr,
+                        Generation(0),
+                    ) {
                         return reply.ok();
                     }
                     offset = e.offset;
@@ -121,7 +224,7 @@ impl AgentFs {
         if ino.0 == inode::AGENTFS_DIR_INO {
             return reply.ok();
         }
-        self.submit(Lane::Meta, call, move |core, call| {
+        self.submit_meta(call, move |core, call| {
             tri!(call, reply, core.releasedir(HandleId(fh.0)));
             reply.ok();
         });

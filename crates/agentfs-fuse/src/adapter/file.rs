@@ -87,11 +87,12 @@ impl AgentFs {
         let core_flags = CoreOpenFlags::from_raw(flags);
         let (ctx, name) = (ctx(req), name.to_os_string());
         let ttl = self.ttl;
-        let paths = Arc::clone(&self.paths);
+        let (paths, twins) = (Arc::clone(&self.paths), Arc::clone(&self.twins));
         self.submit(Lane::Data, call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let created = core.create(&ctx, b, n, &name, mode, umask, core_flags, exclusive);
             let (attr, fh) = tri!(call, reply, created);
+            twins.entry_changed(core, p, b, n, &name);
             let ino = match inode::encode_in(p, b, attr.node) {
                 Ok(ino) => ino,
                 Err(e) => {
@@ -147,9 +148,11 @@ impl AgentFs {
             return call.fail(FsError::BadHandle, reply);
         }
         let (ctx, data) = (ctx(req), data.to_vec());
+        let twins = Arc::clone(&self.twins);
         self.submit(Lane::Data, call, move |core, call| {
             let written = tri!(call, reply, core.write(&ctx, HandleId(fh.0), offset, &data));
             reply.written(written);
+            twins.handle_changed(core, ino.0, HandleId(fh.0), true);
         });
     }
 
@@ -165,7 +168,11 @@ impl AgentFs {
             return reply.ok();
         }
         let (paths, exec_opens) = (Arc::clone(&self.paths), Arc::clone(&self.exec_opens));
+        let twins = Arc::clone(&self.twins);
         self.submit(Lane::Data, call, move |core, call| {
+            // Writes through passthrough reached the object without FsCore:
+            // the other view learns the new size now.
+            twins.handle_changed(core, ino.0, HandleId(fh.0), false);
             let released = core.release(HandleId(fh.0));
             // The kernel is done with this open whatever FsCore answered.
             paths.release(ino.0);
@@ -209,6 +216,7 @@ impl AgentFs {
             return call.fail(FsError::BadHandle, reply);
         }
         let ctx = ctx(req);
+        let twins = Arc::clone(&self.twins);
         self.submit(Lane::Data, call, move |core, call| {
             tri!(
                 call,
@@ -216,6 +224,7 @@ impl AgentFs {
                 core.fallocate(&ctx, HandleId(fh.0), mode, offset, length)
             );
             reply.ok();
+            twins.handle_changed(core, ino.0, HandleId(fh.0), true);
         });
     }
 

@@ -16,6 +16,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 impl AgentFs {
     pub(super) fn do_lookup(
@@ -37,19 +38,26 @@ impl AgentFs {
         if p == Ino::BranchesDir {
             // `.agentfs/branches/<name>`: the root of that branch, as its own
             // directory. Not cached: branches come and go.
-            return self.submit(Lane::Meta, call, move |core, call| {
+            let twins = Arc::clone(&self.twins);
+            return self.submit_meta(call, move |core, call| {
                 let found = name.to_str().map(|n| core.find_branch(n));
                 let b = match found {
                     Some(Ok(b)) => b,
                     _ => return call.fail(FsError::NotFound, reply),
                 };
+                twins.mark_viewed(b);
                 let attr = tri!(call, reply, core.getattr(b, NodeId::ROOT));
                 let ino = tri!(call, reply, inode::view_root(b));
                 let zero = std::time::Duration::ZERO;
                 reply.entry_with_ttls(&zero, &zero, &file_attr(ino, &attr), Generation(0));
             });
         }
-        self.submit(Lane::Meta, call, move |core, call| {
+        let probe = name.clone();
+        let in_memory = move |core: &FsCore, pid| match resolve(core, p, pid) {
+            Ok((b, n)) => core.lookup_in_memory(b, n, probe.as_bytes()),
+            Err(_) => true,
+        };
+        self.submit_meta_if(call, in_memory, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             match core.lookup(&ctx, b, n, &name) {
                 Ok(attr) => reply_entry(core, &call, reply, p, b, &attr, ttl),
@@ -73,7 +81,8 @@ impl AgentFs {
             return;
         }
         let ttl = self.ttl;
-        self.submit(Lane::Meta, call, move |core, call| {
+        let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
+        self.submit_meta_if(call, in_memory, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.getattr(b, n));
             let ttl = ttl_for(ino.0, ttl, core.root_is_shared());
@@ -84,19 +93,22 @@ impl AgentFs {
     pub(super) fn do_setattr(&self, req: &Request, ino: INodeNo, set: SetAttr, reply: ReplyAttr) {
         let call = self.call(Op::Setattr, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
-        // A size change may clone or truncate content in the backstore.
-        let lane = if set.size.is_some() {
-            Lane::Data
-        } else {
-            Lane::Meta
-        };
         let (ctx, ttl) = (ctx(req), self.ttl);
-        self.submit(lane, call, move |core, call| {
+        let resize = set.size.is_some();
+        let twins = Arc::clone(&self.twins);
+        let job = move |core: &FsCore, call: crate::reply::Call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.setattr(&ctx, b, n, &set));
+            twins.inode_changed(core, target, b, n, resize);
             let ttl = ttl_for(ino.0, ttl, core.root_is_shared());
             reply.attr(&ttl, &file_attr(ino.0, &attr));
-        });
+        };
+        if resize {
+            // A size change may clone or truncate content in the backstore.
+            return self.submit(Lane::Data, call, job);
+        }
+        let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
+        self.submit_meta_if(call, in_memory, job);
     }
 
     pub(super) fn do_readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -105,7 +117,7 @@ impl AgentFs {
         if target.is_virtual() {
             return call.fail(FsError::Invalid, reply);
         }
-        self.submit(Lane::Meta, call, move |core, call| {
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let link = tri!(call, reply, core.readlink(b, n));
             reply.data(&link);
@@ -132,9 +144,11 @@ impl AgentFs {
             return call.fail(FsError::Exists, reply);
         }
         let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
-        self.submit(Lane::Meta, call, move |core, call| {
+        let twins = Arc::clone(&self.twins);
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let attr = tri!(call, reply, make(core, &ctx, b, n, &name));
+            twins.entry_changed(core, p, b, n, &name);
             reply_entry(core, &call, reply, p, b, &attr, ttl);
         });
     }
@@ -213,7 +227,9 @@ impl AgentFs {
             return call.fail(FsError::Perm, reply);
         }
         let (ctx, name) = (ctx(req), name.to_os_string());
-        self.submit(Lane::Meta, call, move |core, call| {
+        // In memory: a freed content object is removed by the reaper thread.
+        let twins = Arc::clone(&self.twins);
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let done = if op == Op::Rmdir {
                 core.rmdir(&ctx, b, n, &name)
@@ -221,6 +237,7 @@ impl AgentFs {
                 core.unlink(&ctx, b, n, &name)
             };
             tri!(call, reply, done);
+            twins.entry_changed(core, p, b, n, &name);
             reply.ok();
         });
     }
@@ -244,7 +261,8 @@ impl AgentFs {
             return call.fail(FsError::Perm, reply);
         }
         let (ctx, name, newname) = (ctx(req), name.to_os_string(), newname.to_os_string());
-        self.submit(Lane::Meta, call, move |core, call| {
+        let twins = Arc::clone(&self.twins);
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let (nb, nn) = tri!(call, reply, resolve(core, np, call.pid));
             if b != nb {
@@ -255,6 +273,8 @@ impl AgentFs {
                 reply,
                 core.rename(&ctx, b, n, &name, nn, &newname, flags)
             );
+            twins.entry_changed(core, p, b, n, &name);
+            twins.entry_changed(core, np, b, nn, &newname);
             reply.ok();
         });
     }
@@ -277,13 +297,17 @@ impl AgentFs {
             return call.fail(FsError::Exists, reply);
         }
         let (ctx, newname, ttl) = (ctx(req), newname.to_os_string(), self.ttl);
-        self.submit(Lane::Meta, call, move |core, call| {
+        let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
+        let twins = Arc::clone(&self.twins);
+        self.submit_meta_if(call, in_memory, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let (nb, nn) = tri!(call, reply, resolve(core, np, call.pid));
             if b != nb {
                 return call.fail(FsError::CrossDevice, reply);
             }
             let attr = tri!(call, reply, core.link(&ctx, b, n, nn, &newname));
+            twins.entry_changed(core, np, b, nn, &newname);
+            twins.inode_changed(core, target, b, n, false);
             reply_entry(core, &call, reply, np, b, &attr, ttl);
         });
     }
@@ -304,7 +328,7 @@ impl AgentFs {
             return reply.ok();
         }
         let ctx = ctx(req);
-        self.submit(Lane::Meta, call, move |core, call| {
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             tri!(call, reply, core.access(&ctx, b, n, mask.bits()));
             reply.ok();

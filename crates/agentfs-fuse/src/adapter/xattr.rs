@@ -7,9 +7,9 @@ use crate::metrics::Op;
 use crate::reply::Call;
 use crate::tri;
 use agentfs_core::FsError;
-use agentfs_transport::Lane;
 use fuser::{INodeNo, ReplyEmpty, ReplyXattr, Request};
 use std::ffi::OsStr;
+use std::sync::Arc;
 
 impl AgentFs {
     #[allow(clippy::too_many_arguments)]
@@ -30,9 +30,11 @@ impl AgentFs {
         let how = tri!(call, reply, xattr_set_flags(flags));
         let target = tri!(call, reply, Ino::decode(ino.0));
         let (ctx, name, value) = (ctx(req), name.to_os_string(), value.to_vec());
-        self.submit(Lane::Meta, call, move |core, call| {
+        let twins = Arc::clone(&self.twins);
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             tri!(call, reply, core.setxattr(&ctx, b, n, &name, &value, how));
+            twins.inode_changed(core, target, b, n, false);
             reply.ok();
         });
     }
@@ -52,7 +54,7 @@ impl AgentFs {
         }
         let (ctx, name) = (ctx(req), name.to_os_string());
         let inject_panic = self.fault_injection && name == super::FAULT_PANIC_XATTR;
-        self.submit(Lane::Meta, call, move |core, call| {
+        self.submit_meta(call, move |core, call| {
             // The reply moved into this job is dropped by the unwinding, and
             // fuser answers EIO for a dropped reply: only this call fails.
             assert!(
@@ -73,7 +75,7 @@ impl AgentFs {
             return reply_sized(&call, reply, size, &[]);
         }
         let ctx = ctx(req);
-        self.submit(Lane::Meta, call, move |core, call| {
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let names = tri!(call, reply, core.listxattr(&ctx, b, n));
             reply_sized(&call, reply, size, &names);
@@ -90,9 +92,11 @@ impl AgentFs {
         let call = self.call(Op::Removexattr, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         let (ctx, name) = (ctx(req), name.to_os_string());
-        self.submit(Lane::Meta, call, move |core, call| {
+        let twins = Arc::clone(&self.twins);
+        self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             tri!(call, reply, core.removexattr(&ctx, b, n, &name));
+            twins.inode_changed(core, target, b, n, false);
             reply.ok();
         });
     }

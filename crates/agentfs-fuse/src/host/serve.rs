@@ -113,6 +113,7 @@ pub fn serve(
         mountpoint: mountpoint.to_path_buf(),
     };
 
+    let twins = Arc::new(agentfs_fuse::adapter::Twins::default());
     let fs = AgentFs::new(
         Arc::clone(&transport) as Arc<dyn FsCoreTransport>,
         AdapterConfig {
@@ -124,6 +125,7 @@ pub fn serve(
             passthrough: cli.passthrough == Passthrough::Auto,
             inline_meta: cli.inline_meta,
             passthrough_active,
+            twins: Arc::clone(&twins),
         },
     );
     let metrics = Arc::clone(fs.metrics());
@@ -131,6 +133,9 @@ pub fn serve(
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     handler.set_root_invalidator(root_invalidator(session.notifier()));
+    twins
+        .start(session.notifier())
+        .context("cannot start the invalidation thread")?;
     let (ended_tx, ended_rx) = mpsc::channel();
     let main_pid = nix::unistd::getpid();
     let session_thread = std::thread::Builder::new()
