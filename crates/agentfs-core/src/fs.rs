@@ -105,6 +105,14 @@ impl OpenCount {
     }
 }
 
+/// What [`FsCore::attr_parts`] reads under the tree lock.
+struct AttrParts {
+    id: NodeId,
+    meta: Meta,
+    content: Option<Arc<Content>>,
+    direct_writers: u32,
+}
+
 /// A writable branch.
 pub(crate) struct BranchState {
     id: BranchId,
@@ -119,6 +127,12 @@ pub(crate) struct BranchState {
     epoch: AtomicU64,
     /// Nodes with open handles, and how many of those write.
     open: Mutex<HashMap<NodeId, OpenCount>>,
+    /// How many lookups of each node the kernel holds (FUSE `nlookup`: counted
+    /// up by every reply that hands it the node, down by FORGET). A file whose
+    /// last name goes while the kernel still holds it stays as an orphan, as
+    /// it would on a local filesystem, so an open or stat racing the unlink or
+    /// a rename over it finds the file it resolved instead of ESTALE. Leaf lock.
+    kernel_refs: Mutex<HashMap<NodeId, u64>>,
     open_handles: AtomicUsize,
     /// Where committed changes of this tree are recorded (`None`: not persisted).
     journal: Option<Arc<Journal>>,
@@ -131,6 +145,12 @@ impl BranchState {
 
     fn open_count(&self, node: NodeId) -> OpenCount {
         self.open.lock().get(&node).copied().unwrap_or_default()
+    }
+
+    /// Whether an unlinked node must stay (as an orphan): handles are open on
+    /// it, or the kernel still holds it.
+    fn pinned(&self, node: NodeId) -> bool {
+        self.open_count(node).handles > 0 || self.kernel_refs.lock().contains_key(&node)
     }
 }
 
@@ -264,6 +284,7 @@ impl FsCore {
             tree: RwLock::new(tree),
             epoch: AtomicU64::new(self.new_epoch()),
             open: Mutex::new(HashMap::new()),
+            kernel_refs: Mutex::new(HashMap::new()),
             open_handles: AtomicUsize::new(0),
             journal,
         });
@@ -376,17 +397,42 @@ impl FsCore {
     /// Attributes of node `id` in branch `b`.
     fn attr(&self, b: BranchId, id: NodeId) -> FsResult<Attr> {
         let branch = self.branch(b)?;
-        // The writer count is read under the same tree lock as the node: the
-        // last direct writer's release folds the object's size into the node
-        // (under the write lock) before its count drops, so this sees either
-        // the folded size or a count that sends it to the object. Read apart,
-        // a release in between left the node's stale size and no writer.
-        let (mut meta, content, direct_writers) = {
+        let parts = {
             let t = branch.tree.read();
-            let n = node(&t, id)?;
-            let writers = branch.open_count(id).passthrough_writers;
-            (n.meta.clone(), n.content().cloned(), writers)
+            Self::attr_parts(&branch, &t, id)?
         };
+        Ok(self.finish_parts(parts))
+    }
+
+    /// What the attributes of node `id` need from the tree, read under the
+    /// caller's tree lock (so a lookup resolves a name and reads its node in
+    /// one consistent view: read apart, a rename over the name in between
+    /// made the lookup answer ESTALE).
+    ///
+    /// The writer count is read under the same tree lock as the node: the
+    /// last direct writer's release folds the object's size into the node
+    /// (under the write lock) before its count drops, so this sees either the
+    /// folded size or a count that sends it to the object. Read apart, a
+    /// release in between left the node's stale size and no writer.
+    fn attr_parts(branch: &BranchState, t: &Tree, id: NodeId) -> FsResult<AttrParts> {
+        let n = node(t, id)?;
+        Ok(AttrParts {
+            id,
+            meta: n.meta.clone(),
+            content: n.content().cloned(),
+            direct_writers: branch.open_count(id).passthrough_writers,
+        })
+    }
+
+    /// Attributes from [`FsCore::attr_parts`], asking the backstore (outside
+    /// any lock) what only it knows.
+    fn finish_parts(&self, parts: AttrParts) -> Attr {
+        let AttrParts {
+            id,
+            mut meta,
+            content,
+            direct_writers,
+        } = parts;
         if let Some(c) = &content {
             if direct_writers > 0 {
                 // Nor does FsCore see the blocks it allocates.
@@ -399,7 +445,7 @@ impl FsCore {
                 }
             }
         }
-        Ok(self.finish_attr(id, &meta, content.as_ref()))
+        self.finish_attr(id, &meta, content.as_ref())
     }
 
     /// Whether the attributes of node `id` in branch `b` can be answered from
@@ -504,7 +550,7 @@ impl FsCore {
             let node = handle.node;
             let _ = Self::write_branch_tree(branch, |t| {
                 let orphan = t.get(node).is_some_and(|n| n.meta.nlink == 0);
-                if orphan && branch.open_count(node).handles == 0 {
+                if orphan && !branch.pinned(node) {
                     t.remove(node);
                 }
                 Ok(())

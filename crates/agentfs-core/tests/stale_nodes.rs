@@ -35,3 +35,70 @@ fn a_node_renamed_over_is_stale_not_missing() {
     // A name that does not exist is still plain ENOENT.
     assert!(matches!(e.resolve(main, "tmp"), Err(FsError::NotFound)));
 }
+
+/// While the kernel still holds a node it looked up (FUSE nlookup), its file
+/// outlives its last name as an orphan, as on a local filesystem: an open or
+/// stat racing a rename over the name gets the file it resolved, not ESTALE.
+/// The kernel's FORGET lets it go, with its content.
+#[test]
+fn a_node_the_kernel_holds_outlives_its_last_name_until_forgotten() {
+    let e = env();
+    let main = e.main();
+    e.write_file(main, "target", b"old");
+    e.write_file(main, "tmp", b"new");
+    let held = e
+        .core
+        .lookup_for_kernel(&e.root, main, NodeId::ROOT, name("target"))
+        .unwrap();
+    let objects_before = e.core.usage().objects;
+    e.core
+        .rename(
+            &e.root,
+            main,
+            NodeId::ROOT,
+            name("tmp"),
+            NodeId::ROOT,
+            name("target"),
+            RenameFlags::default(),
+        )
+        .unwrap();
+    // The old file is still there for the kernel, with no name.
+    let attr = e.core.getattr(main, held.node).unwrap();
+    assert_eq!(attr.nlink, 0);
+    let fh = e.core.open(&e.root, main, held.node, RO).unwrap();
+    assert_eq!(e.core.read(fh, 0, 16).unwrap(), b"old");
+    e.core.release(fh).unwrap();
+    assert_eq!(e.read_file(main, "target").unwrap(), b"new");
+    assert_eq!(e.core.usage().objects, objects_before);
+    // The kernel forgets the old one.
+    e.core.forget(main, held.node, 1);
+    assert!(matches!(
+        e.core.getattr(main, held.node),
+        Err(FsError::Stale)
+    ));
+    assert_eq!(e.core.usage().objects, objects_before - 1);
+}
+
+#[test]
+fn an_unlinked_file_stays_until_every_kernel_lookup_is_forgotten() {
+    let e = env();
+    let main = e.main();
+    e.write_file(main, "f", b"data");
+    let lookup = || {
+        e.core
+            .lookup_for_kernel(&e.root, main, NodeId::ROOT, name("f"))
+            .unwrap()
+    };
+    let id = lookup().node;
+    lookup();
+    e.core
+        .unlink(&e.root, main, NodeId::ROOT, name("f"))
+        .unwrap();
+    assert!(matches!(e.resolve(main, "f"), Err(FsError::NotFound)));
+    e.core.forget(main, id, 1);
+    assert_eq!(e.core.getattr(main, id).unwrap().nlink, 0);
+    e.core.forget(main, id, 1);
+    assert!(matches!(e.core.getattr(main, id), Err(FsError::Stale)));
+    // Forgetting more than was looked up is harmless.
+    e.core.forget(main, id, 5);
+}

@@ -55,8 +55,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Default attribute and entry TTL below the root.
-pub const DEFAULT_ATTR_TTL: Duration = Duration::from_secs(1);
+/// Default attribute and entry TTL below the root. Long, because nothing
+/// changes a branch's tree behind the kernel's back: changes come through
+/// the kernel, and a change through one view of a branch invalidates the
+/// other's cache (`twins`).
+pub const DEFAULT_ATTR_TTL: Duration = Duration::from_secs(60);
 /// Largest write the adapter asks the kernel to send (the kernel caps it at
 /// `max_pages_limit`, 1 MiB by default).
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -327,8 +330,14 @@ impl Filesystem for AgentFs {
         self.do_readdirplus(req, ino, fh, offset, reply)
     }
 
-    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
-        // The adapter keeps no per-inode state: inode numbers are computed.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // Inode numbers are computed, but FsCore keeps an unlinked file while
+        // the kernel holds it (FsCore::remember), and lets it go here.
+        if let Ok(Ino::Node(b, n)) = Ino::decode(ino.0) {
+            self.transport
+                .core()
+                .forget(inode::real_branch(b), n, nlookup);
+        }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

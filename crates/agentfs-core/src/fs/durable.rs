@@ -242,6 +242,7 @@ impl FsCore {
                     tree: RwLock::new(r.tree),
                     epoch: AtomicU64::new(epochs[&id]),
                     open: Mutex::new(HashMap::new()),
+                    kernel_refs: Mutex::new(HashMap::new()),
                     open_handles: AtomicUsize::new(0),
                     journal: Some(Arc::clone(journal)),
                 }),

@@ -62,23 +62,98 @@ fn set_time(t: SetTime) -> SystemTime {
 
 impl FsCore {
     pub fn lookup(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr) -> FsResult<Attr> {
+        self.lookup_inner(ctx, b, parent, name, false)
+    }
+
+    fn lookup_inner(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+        remember: bool,
+    ) -> FsResult<Attr> {
         let name = name.as_bytes();
         if name.len() > super::NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        let id = self.read_tree(b, |t| {
-            let d = dir(t, parent)?;
+        let branch = self.branch(b)?;
+        let parts = {
+            // The name and its node in one view of the tree.
+            let t = branch.tree.read();
+            let d = dir(&t, parent)?;
             perm::check(ctx, &d.meta, X)?;
-            match name {
-                b"." => Ok(parent),
+            let id = match name {
+                b"." => parent,
                 b".." => match d.body {
-                    Body::Dir { parent: up, .. } => Ok(up),
-                    _ => Err(FsError::NotDir),
+                    Body::Dir { parent: up, .. } => up,
+                    _ => return Err(FsError::NotDir),
                 },
-                _ => entry(t, parent, name)?.ok_or(FsError::NotFound),
+                _ => entry(&t, parent, name)?.ok_or(FsError::NotFound)?,
+            };
+            let parts = Self::attr_parts(&branch, &t, id)?;
+            if remember && id != NodeId::ROOT {
+                *branch.kernel_refs.lock().entry(id).or_default() += 1;
             }
-        })?;
-        self.attr(b, id)
+            parts
+        };
+        Ok(self.finish_parts(parts))
+    }
+
+    /// [`FsCore::lookup`] for the kernel: the node found is remembered as held
+    /// by the kernel ([`FsCore::remember`]) in the same view of the tree, so
+    /// no unlink can come between finding it and pinning it.
+    pub fn lookup_for_kernel(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+    ) -> FsResult<Attr> {
+        self.lookup_inner(ctx, b, parent, name, true)
+    }
+
+    /// The kernel now holds one more lookup of node `id` of branch `b` (a
+    /// reply handed it the node: an entry, a create, a readdirplus entry).
+    pub fn remember(&self, b: BranchId, id: NodeId) {
+        if id == NodeId::ROOT {
+            return;
+        }
+        if let Ok(branch) = self.branch(b) {
+            *branch.kernel_refs.lock().entry(id).or_default() += 1;
+        }
+    }
+
+    /// The kernel forgot `n` lookups of node `id` of branch `b` (FUSE FORGET).
+    /// An orphan nothing else holds goes with the last.
+    pub fn forget(&self, b: BranchId, id: NodeId, n: u64) {
+        let Ok(branch) = self.branch(b) else {
+            return;
+        };
+        let last = {
+            let mut refs = branch.kernel_refs.lock();
+            match refs.get_mut(&id) {
+                Some(count) if *count > n => {
+                    *count -= n;
+                    false
+                }
+                Some(_) => {
+                    refs.remove(&id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let _ = Self::write_branch_tree(&branch, |t| {
+                let orphan = t.get(id).is_some_and(|n| n.meta.nlink == 0);
+                if orphan && !branch.pinned(id) {
+                    t.remove(id);
+                }
+                Ok(())
+            });
+            self.reap();
+        }
     }
 
     pub fn getattr(&self, b: BranchId, id: NodeId) -> FsResult<Attr> {
@@ -346,9 +421,20 @@ impl FsCore {
     }
 
     pub fn unlink(&self, ctx: &Ctx, b: BranchId, parent: NodeId, name: &OsStr) -> FsResult<()> {
+        self.unlink_node(ctx, b, parent, name).map(drop)
+    }
+
+    /// [`FsCore::unlink`], answering the node whose name went.
+    pub fn unlink_node(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+    ) -> FsResult<NodeId> {
         let branch = self.branch(b)?;
         let name = name.as_bytes();
-        Self::write_branch_tree(&branch, |t| {
+        let victim = Self::write_branch_tree(&branch, |t| {
             may_modify_dir(ctx, t, parent)?;
             let victim = entry(t, parent, name)?.ok_or(FsError::NotFound)?;
             let vmeta = &node(t, victim)?.meta;
@@ -359,10 +445,11 @@ impl FsCore {
             edit_dir(t, parent, 0, |e| {
                 e.remove(name);
             })?;
-            self.drop_link(&branch, t, victim)
+            self.drop_link(&branch, t, victim)?;
+            Ok(victim)
         })?;
         self.reap();
-        Ok(())
+        Ok(victim)
     }
 
     /// One name of `id` is gone: count it down, and free the node with its
@@ -371,7 +458,7 @@ impl FsCore {
         let mut n = t.edit(id).ok_or(FsError::NotFound)?;
         n.meta.nlink = n.meta.nlink.saturating_sub(1);
         n.meta.ctime = SystemTime::now();
-        if n.meta.nlink == 0 && branch.open_count(id).handles == 0 {
+        if n.meta.nlink == 0 && !branch.pinned(id) {
             t.remove(id);
         } else {
             t.insert(id, n);

@@ -200,12 +200,15 @@ impl FsCore {
                     }
                 }
             }
-            // Unlinked files kept only for open handles are not part of the snapshot.
-            for n in open.keys() {
+            // Unlinked files kept only for open handles, or because the kernel
+            // still holds them, are not part of the snapshot.
+            let held = branch.kernel_refs.lock();
+            for n in open.keys().chain(held.keys()) {
                 if frozen.get(*n).is_some_and(|node| node.meta.nlink == 0) {
                     frozen.remove(*n);
                 }
             }
+            drop(held);
             drop(open);
             // The snapshot's tree as of now, recorded under the tree lock.
             let tag = branch.journal.as_ref().map(|j| {

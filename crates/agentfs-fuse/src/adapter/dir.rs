@@ -204,6 +204,10 @@ impl AgentFs {
                     ) {
                         return reply.ok();
                     }
+                    // The kernel takes a lookup of every entry but . and ..
+                    if e.name != b"." && e.name != b".." {
+                        core.remember(b, e.node);
+                    }
                     offset = e.offset;
                 }
                 if complete {

@@ -93,6 +93,7 @@ impl AgentFs {
             let created = core.create(&ctx, b, n, &name, mode, umask, core_flags, exclusive);
             let (attr, fh) = tri!(call, reply, created);
             twins.entry_changed(core, p, b, n, &name);
+            core.remember(b, attr.node);
             let ino = match inode::encode_in(p, b, attr.node) {
                 Ok(ino) => ino,
                 Err(e) => {

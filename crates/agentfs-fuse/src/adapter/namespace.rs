@@ -59,7 +59,7 @@ impl AgentFs {
         };
         self.submit_meta_if(call, in_memory, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
-            match core.lookup(&ctx, b, n, &name) {
+            match core.lookup_for_kernel(&ctx, b, n, &name) {
                 Ok(attr) => reply_entry(core, &call, reply, p, b, &attr, ttl),
                 // A name that does not exist is cached as such (a negative
                 // entry) wherever its answer does not depend on the caller:
@@ -149,6 +149,7 @@ impl AgentFs {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let attr = tri!(call, reply, make(core, &ctx, b, n, &name));
             twins.entry_changed(core, p, b, n, &name);
+            core.remember(b, attr.node);
             reply_entry(core, &call, reply, p, b, &attr, ttl);
         });
     }
@@ -231,13 +232,15 @@ impl AgentFs {
         let twins = Arc::clone(&self.twins);
         self.submit_meta(call, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
-            let done = if op == Op::Rmdir {
-                core.rmdir(&ctx, b, n, &name)
+            if op == Op::Rmdir {
+                tri!(call, reply, core.rmdir(&ctx, b, n, &name));
+                twins.entry_changed(core, p, b, n, &name);
             } else {
-                core.unlink(&ctx, b, n, &name)
-            };
-            tri!(call, reply, done);
-            twins.entry_changed(core, p, b, n, &name);
+                let gone = tri!(call, reply, core.unlink_node(&ctx, b, n, &name));
+                // The other view's inode learns it lost a link, so the kernel
+                // lets it go (and FsCore the file) once nothing holds it.
+                twins.entry_deleted(core, p, b, n, gone, &name);
+            }
             reply.ok();
         });
     }
@@ -306,6 +309,7 @@ impl AgentFs {
                 return call.fail(FsError::CrossDevice, reply);
             }
             let attr = tri!(call, reply, core.link(&ctx, b, n, nn, &newname));
+            core.remember(b, attr.node);
             twins.entry_changed(core, np, b, nn, &newname);
             twins.inode_changed(core, target, b, n, false);
             reply_entry(core, &call, reply, np, b, &attr, ttl);

@@ -39,6 +39,13 @@ use std::sync::OnceLock;
 pub(crate) enum Inval {
     /// Forget the name `name` in directory `parent` (and the directory's attributes).
     Entry(u64, OsString),
+    /// The name `name` of inode `child` in directory `parent` is gone: forget
+    /// it and drop the child's link count.
+    Delete {
+        parent: u64,
+        child: u64,
+        name: OsString,
+    },
     /// Forget the attributes of an inode; with `data`, its cached pages too.
     Inode { ino: u64, data: bool },
 }
@@ -75,6 +82,11 @@ impl Twins {
                     // ENOENT: the kernel holds nothing of it, which is fine.
                     let _ = match &inval {
                         Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name),
+                        Inval::Delete {
+                            parent,
+                            child,
+                            name,
+                        } => notifier.delete(INodeNo(*parent), INodeNo(*child), name),
                         Inval::Inode { ino, data: true } => {
                             notifier.inval_inode(INodeNo(*ino), 0, 0)
                         }
@@ -115,6 +127,32 @@ impl Twins {
     ) {
         if let Some(twin) = self.twin(core, via, b, parent) {
             self.send(Inval::Entry(twin, name.to_os_string()));
+        }
+    }
+
+    /// The name `name` of `child` in directory `parent` of branch `b` was
+    /// unlinked; `via` is the inode the change came through.
+    pub(crate) fn entry_deleted(
+        &self,
+        core: &FsCore,
+        via: Ino,
+        b: BranchId,
+        parent: NodeId,
+        child: NodeId,
+        name: &OsStr,
+    ) {
+        let twins = (
+            self.twin(core, via, b, parent),
+            self.twin(core, via, b, child),
+        );
+        match twins {
+            (Some(parent), Some(child)) => self.send(Inval::Delete {
+                parent,
+                child,
+                name: name.to_os_string(),
+            }),
+            (Some(parent), None) => self.send(Inval::Entry(parent, name.to_os_string())),
+            _ => {}
         }
     }
 

@@ -39,7 +39,7 @@ pub struct Cli {
     pub fuse_threads: u16,
 
     /// How long the kernel may cache attributes and names below the root, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
     pub attr_ttl_ms: u64,
 
     /// File data path: `auto` uses FUSE passthrough where the kernel allows
@@ -127,7 +127,7 @@ mod tests {
             (cli.meta_workers, cli.data_workers, cli.fuse_threads),
             (4, 8, 2)
         );
-        assert_eq!(cli.attr_ttl_ms, 1000);
+        assert_eq!(cli.attr_ttl_ms, 60_000);
         assert_eq!(cli.default_branch, "main");
         assert_eq!(cli.log_level, LogLevel::Info);
         assert!(cli.inline_meta);
