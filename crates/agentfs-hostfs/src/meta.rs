@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const JOURNAL: &str = "journal";
+/// Journal bytes kept allocated past its end (`FALLOC_FL_KEEP_SIZE`).
+const JOURNAL_RESERVE: u64 = 1 << 20;
+/// The reserve is topped up each time the journal's end crosses a multiple of this.
+const JOURNAL_RESERVE_STEP: u64 = 64 << 10;
 
 /// The open journal file and where the metadata lives.
 pub(crate) struct MetaFiles {
@@ -68,6 +72,19 @@ impl agentfs_core::MetaStore for HostFs {
     }
 
     fn write_journal(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        // Keep space allocated past the end (best effort: a full or
+        // fallocate-less filesystem just gets no reserve), so that records,
+        // above all the unlinks whose objects free space once durable, can
+        // be written when the backstore's filesystem is full.
+        let end = offset + data.len() as u64;
+        if offset == 0 || offset / JOURNAL_RESERVE_STEP != end / JOURNAL_RESERVE_STEP {
+            let _ = crate::sys::fallocate(
+                &self.meta.journal,
+                libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                (data.len() as u64 + JOURNAL_RESERVE) as libc::off_t,
+            );
+        }
         self.meta.journal.write_all_at(data, offset)
     }
 
