@@ -2,7 +2,7 @@
 //! commands ([`call`], or a [`Client`] for several on one connection).
 //!
 //! The client trusts nothing it reads: a missing or unparsable control file
-//! means "not an AgentFS mount", and a reply that is not a well-framed
+//! means "not an AgentFS mount" (a dead mount, `ENOTCONN`, is named as such), and a reply that is not a well-framed
 //! [`WireResponse`] is a [`ClientError::Protocol`] error rather than a panic.
 
 use std::fs;
@@ -24,6 +24,11 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum ClientError {
     #[error("{} is not an AgentFS mount (no .agentfs/control)", mount.display())]
     NotAgentFs { mount: PathBuf },
+    #[error(
+        "the AgentFS daemon of {m} is gone (transport endpoint is not connected); unmount it with fusermount3 -u {m}",
+        m = mount.display()
+    )]
+    DeadMount { mount: PathBuf },
     #[error("cannot connect to the AgentFS control socket {}", socket.display())]
     Connect {
         socket: PathBuf,
@@ -38,12 +43,21 @@ pub enum ClientError {
     Remote(#[from] ControlError),
 }
 
-/// Read `<mount>/.agentfs/control`.
+/// Read `<mount>/.agentfs/control`. A FUSE mount whose daemon died answers
+/// `ENOTCONN`: that is [`ClientError::DeadMount`], not "not AgentFS".
 pub fn discover(mount: &Path) -> Result<Endpoint, ClientError> {
     let not_agentfs = || ClientError::NotAgentFs {
         mount: mount.to_path_buf(),
     };
-    let bytes = fs::read(control_file_path(mount)).map_err(|_| not_agentfs())?;
+    let bytes = fs::read(control_file_path(mount)).map_err(|e| {
+        if e.raw_os_error() == Some(nix::libc::ENOTCONN) {
+            ClientError::DeadMount {
+                mount: mount.to_path_buf(),
+            }
+        } else {
+            not_agentfs()
+        }
+    })?;
     Endpoint::from_json_bytes(&bytes).map_err(|_| not_agentfs())
 }
 

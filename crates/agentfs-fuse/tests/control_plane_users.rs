@@ -180,6 +180,13 @@ fn the_socket_is_reachable_without_the_backstore_and_stale_ones_do_not_block() {
         fs::symlink_metadata(&socket).is_ok(),
         "expected the dead daemon's socket to be left behind"
     );
+    // The CLI names a dead mount as such, not as "not an AgentFS mount".
+    let out = m.cli(&["status"]);
+    let line = assert_one_line_failure(&out, "status on a dead mount");
+    assert!(
+        line.contains("is gone") && line.contains("fusermount3 -u"),
+        "{line}"
+    );
     let lazy = Command::new("fusermount3")
         .args(["-u", "-z"])
         .arg(m.path())
