@@ -276,6 +276,13 @@ impl Mount {
 
     /// Like [`Mount::start`], with extra `agentfs-fuse-host` flags.
     pub fn start_with(extra_args: &[&str]) -> Option<Mount> {
+        Mount::start_on(None, extra_args)
+    }
+
+    /// Like [`Mount::start_with`], with the backstore at `backstore` (an
+    /// existing directory the caller owns, e.g. a small tmpfs) instead of a
+    /// fresh one in the temp dir.
+    pub fn start_on(backstore: Option<&Path>, extra_args: &[&str]) -> Option<Mount> {
         if !fuse_available() {
             return None;
         }
@@ -285,9 +292,15 @@ impl Mount {
             .expect("create temp dir");
         let root = fs::canonicalize(dir.path()).expect("canonicalize temp dir");
         let mountpoint = root.join("mnt");
-        let backstore = root.join("store");
         fs::create_dir(&mountpoint).expect("mkdir mountpoint");
-        fs::create_dir(&backstore).expect("mkdir backstore");
+        let backstore = match backstore {
+            Some(b) => b.to_path_buf(),
+            None => {
+                let b = root.join("store");
+                fs::create_dir(&b).expect("mkdir backstore");
+                b
+            }
+        };
         let stderr_log = root.join("daemon.stderr");
         let mut m = Mount {
             child: None,

@@ -1,0 +1,293 @@
+//! Faults of the backstore on a real mount (specs/faults.md).
+//!
+//! - Full backstore: the backstore lives on a small tmpfs this test mounts
+//!   ([`Tmpfs`]); filling it makes writes fail with ENOSPC while lookups,
+//!   stats, reads of existing files and mkdir keep working, fsynced data stays
+//!   intact byte for byte, snapshot and branch commands answer (success or a
+//!   clear error, never a hang), deleting files frees the space and writes
+//!   succeed again, and a remount shows it all.
+//!
+//! Every test runs on whichever data path `AGENTFS_PASSTHROUGH` selects (the
+//! suite runs once with passthrough and once with `off`). They need root (to
+//! mount a tmpfs) and skip without it.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A tmpfs of `size_mib` MiB mounted on a fresh directory, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mount one, or `None` (after printing `SKIP:`) when not root.
+    fn mount(size_mib: u64) -> Option<Tmpfs> {
+        if !is_root() {
+            println!("SKIP: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("agentfs-faults-tmpfs-")
+            .tempdir()
+            .expect("create tmpfs mountpoint");
+        let out = run_with_timeout(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size_mib}m,mode=0755"))
+                .arg("agentfs-faults")
+                .arg(dir.path()),
+            CMD_TIMEOUT,
+        );
+        assert_success(&out, "mount -t tmpfs");
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Free bytes on the tmpfs, as statvfs reports them.
+    fn free_bytes(&self) -> u64 {
+        free_bytes(self.path())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        for args in [&[][..], &["-l"][..]] {
+            let status = Command::new("umount")
+                .args(args)
+                .arg(self.dir.path())
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if status.is_ok_and(|s| s.success()) {
+                return;
+            }
+        }
+        eprintln!(
+            "WARNING: tmpfs {} is still mounted",
+            self.dir.path().display()
+        );
+    }
+}
+
+/// Free bytes of the filesystem holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let c = cpath(path);
+    // SAFETY: statvfs is plain old data, valid when zeroed.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and outlives the call; `st` is writable.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(r, 0, "statvfs {}: errno {}", path.display(), errno());
+    st.f_bavail * st.f_frsize
+}
+
+/// Deterministic bytes for file `seed`.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Create `path` with `data` and fsync it.
+fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// The raw OS error of `e`, for messages and asserts.
+fn os_err(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+/// Run `cmd` for at most `limit`; `Some(output)` if it finished, `None` if it
+/// hung (it is killed by pid).
+fn finishes_within(cmd: &mut Command, limit: Duration) -> Option<std::process::Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    match wait_timeout(&mut child, limit) {
+        Some(_) => Some(child.wait_with_output().expect("collect output")),
+        None => {
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+/// A control command on a full backstore: it must answer within `limit`,
+/// with success or the CLI's one-line error. Returns whether it succeeded.
+fn control_answers(m: &Mount, args: &[&str]) -> bool {
+    let mut cmd = Command::new(cli_bin());
+    cmd.arg("--mount").arg(m.path()).args(args);
+    let out = finishes_within(&mut cmd, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("agentfs-control-cli {args:?} hung on a full backstore"));
+    if out.status.success() {
+        println!("{args:?} on a full backstore: succeeded");
+        true
+    } else {
+        let line = assert_one_line_failure(&out, &format!("{args:?} on a full backstore"));
+        println!("{args:?} on a full backstore: {line}");
+        false
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn a_full_backstore_gives_enospc_keeps_serving_and_recovers_when_space_is_freed() {
+    let Some(tmpfs) = Tmpfs::mount(64) else {
+        return;
+    };
+    let store = tmpfs.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let Some(mut m) = Mount::start_on(Some(&store), &[]) else {
+        return;
+    };
+
+    // Files written and fsynced before the disk fills.
+    let kept: Vec<(PathBuf, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                m.join(&format!("kept-{i}")),
+                pattern(i, MIB + 4321 * i as usize),
+            )
+        })
+        .collect();
+    for (path, data) in &kept {
+        write_synced(path, data).unwrap();
+    }
+    fs::create_dir(m.join("dir")).unwrap();
+    fs::write(m.join("dir/small"), b"small file").unwrap();
+
+    // Fill: 1 MiB files until a write or fsync fails; it must be ENOSPC.
+    let chunk = pattern(99, MIB);
+    let mut fills = Vec::new();
+    let mut failure = None;
+    'fill: for i in 0..256 {
+        let path = m.join(&format!("fill-{i}"));
+        let mut f = match fs::File::create(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                failure = Some(("create", e));
+                break;
+            }
+        };
+        fills.push(path);
+        for _ in 0..4 {
+            if let Err(e) = f.write_all(&chunk[..MIB / 4]) {
+                failure = Some(("write", e));
+                break 'fill;
+            }
+        }
+        if let Err(e) = f.sync_all() {
+            failure = Some(("fsync", e));
+            break;
+        }
+    }
+    let (what, err) = failure.expect("64 MiB of tmpfs never filled up after 256 MiB of writes");
+    println!(
+        "full after {} fill files: {what} failed with {err} (tmpfs free: {} bytes)",
+        fills.len(),
+        tmpfs.free_bytes()
+    );
+    assert_eq!(
+        os_err(&err),
+        libc::ENOSPC,
+        "{what} on a full backstore: {err}"
+    );
+    // Another write still fails the same way (not EIO, not a hang).
+    let more = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(m.join("one-more"))
+        .and_then(|f| f.write_all_at(&chunk, 0).and_then(|()| f.sync_all()));
+    match more {
+        Err(e) => assert_eq!(os_err(&e), libc::ENOSPC, "second write: {e}"),
+        Ok(()) => panic!("a 1 MiB write and fsync succeeded on a full backstore"),
+    }
+
+    // The mount keeps working: listing, stat, reads of existing data, mkdir.
+    let names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for i in 0..3 {
+        assert!(names.contains(&format!("kept-{i}")), "{names:?}");
+    }
+    for (path, data) in &kept {
+        assert_eq!(fs::metadata(path).unwrap().len(), data.len() as u64);
+        assert!(
+            fs::read(path).unwrap() == *data,
+            "{} damaged",
+            path.display()
+        );
+    }
+    assert_eq!(fs::read(m.join("dir/small")).unwrap(), b"small file");
+    fs::create_dir(m.join("made-while-full")).unwrap();
+    assert!(m.join("made-while-full").is_dir());
+
+    // Snapshot and branch commands answer, whatever they answer. They would
+    // keep the fill files' objects alive, so they go again before the space
+    // is freed.
+    if control_answers(&m, &["snapshot-create", "--name", "while-full"]) {
+        if control_answers(
+            &m,
+            &["branch-create", "--from", "while-full", "--name", "b-full"],
+        ) {
+            m.cli_ok(&["branch-delete", "b-full"]);
+        }
+        m.cli_ok(&["snapshot-delete", "while-full"]);
+    }
+
+    // Freeing space makes writes succeed again. Freed objects go once the
+    // journal records of the unlinks are durable, so wait (bounded).
+    let _ = fs::remove_file(m.join("one-more"));
+    for path in &fills {
+        fs::remove_file(path).unwrap();
+    }
+    let want = 24 * MIB as u64;
+    assert!(
+        wait_until(Duration::from_secs(30), || tmpfs.free_bytes() >= want),
+        "space was not freed within 30 s of deleting the fill files: {} bytes free",
+        tmpfs.free_bytes()
+    );
+    let after = pattern(7, 8 * MIB);
+    write_synced(&m.join("after"), &after).unwrap();
+    assert!(fs::read(m.join("after")).unwrap() == after);
+
+    // The journal came through: a remount shows everything acknowledged.
+    m.remount();
+    for (path, data) in &kept {
+        assert!(
+            fs::read(path).unwrap() == *data,
+            "{} after remount",
+            path.display()
+        );
+    }
+    assert!(fs::read(m.join("after")).unwrap() == after);
+    assert!(m.join("made-while-full").is_dir());
+    assert!(!m.join("fill-0").exists());
+    drop(m);
+    drop(tmpfs);
+}
