@@ -264,7 +264,13 @@ impl Backstore for HostFs {
             self.start_filler();
         }
         let (id, file) = match self.pool.take() {
-            Some(id) => (id, self.open_object(id)?),
+            Some(id) => {
+                let file = self.open_object(id)?;
+                // Made a while ago: a file the kernel writes directly reports
+                // its object's mtime, which must not predate the file.
+                file.set_modified(std::time::SystemTime::now())?;
+                (id, file)
+            }
             None => {
                 let id = self.fresh_id();
                 (id, self.create_file(id)?)

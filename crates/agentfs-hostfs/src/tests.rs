@@ -549,3 +549,19 @@ fn default_root_follows_xdg_then_home() {
     );
     assert!(root_from(None, None).ends_with(".local/share/agentfs/default"));
 }
+
+#[test]
+fn an_object_from_the_pool_is_as_new_as_its_create() {
+    let (_dir, fs) = fresh();
+    // The first create starts the pool's filler; give it time to make some.
+    fs.create().expect("create");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let before = std::time::SystemTime::now();
+    let id = fs.create().expect("create");
+    let (len, mtime) = fs.len_and_mtime(id).expect("stat");
+    assert_eq!(len, 0);
+    assert!(
+        mtime >= before,
+        "object mtime {mtime:?} predates its create at {before:?}"
+    );
+}
