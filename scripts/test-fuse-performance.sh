@@ -24,7 +24,7 @@
 #          [--tree-files N] [--writer-size-mib N] [--cow-size-mib N]
 #          [--rand-seconds N] [--workloads seq,rand,meta,tree,writers,cow,scale]
 #          [--targets host,agentfs,overlay] [--profile release|debug] [--no-perf]
-#          [--perf-events LIST]
+#          [--perf-events LIST] [--agentfs-args "FLAGS"]
 # Defaults (the issue's full run): 3 runs, 2 GiB sequential file, 20 s random
 # reads, 20,000 metadata files, a 20,000-file tree, 4 writers x 512 MiB, a
 # 1 GiB file for the first write after a snapshot, snapshot trees of 1,000,
@@ -33,6 +33,9 @@
 # --smoke (CI): 1 run, 64 MiB, 2 s, 1,000 files everywhere, 16 MiB writers,
 # 64 MiB copy-on-write file, debug build (the one `just test` built), no
 # perf install, results under target/fuse-performance-smoke-<timestamp>/.
+#
+# --agentfs-args: extra agentfs-fuse-host flags for the AgentFS mount, e.g.
+# "--passthrough off" to measure the transport data path.
 #
 # Needs root (cache drops, FUSE mounts), /dev/fuse, python3, gcc, git.
 set -euo pipefail
@@ -58,6 +61,7 @@ profile=release
 use_perf=1
 perf_req=instructions,cycles
 set_runs="" set_max="" set_profile="" set_perf=""
+agentfs_args=""
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -73,6 +77,7 @@ while [ $# -gt 0 ]; do
         --cow-size-mib) cow_mib=$2; shift ;;
         --rand-seconds) rand_seconds=$2; shift ;;
         --workloads) workloads=$2; shift ;;
+        --agentfs-args) agentfs_args=$2; shift ;;
         --targets) targets=$2; shift ;;
         --profile) profile=$2; set_profile=1; shift ;;
         --no-perf) use_perf=0 ;;
@@ -212,8 +217,9 @@ ovl="$work/overlay"
 afs="$work/agentfs"
 mkdir -p "$host" "$ovl/lower" "$ovl/upper" "$ovl/work" "$ovl/mnt" "$afs/store" "$afs/mnt"
 
-say "mounting AgentFS on $afs/mnt (backstore $afs/store)"
-"$bin/agentfs-fuse-host" --backstore "$afs/store" "$afs/mnt" >"$work/mount.out" 2>&1 ||
+say "mounting AgentFS on $afs/mnt (backstore $afs/store)${agentfs_args:+, flags $agentfs_args}"
+# shellcheck disable=SC2086 # the extra flags are meant to split into words
+"$bin/agentfs-fuse-host" $agentfs_args --backstore "$afs/store" "$afs/mnt" >"$work/mount.out" 2>&1 ||
     die "agentfs-fuse-host did not mount: $(cat "$work/mount.out")"
 daemon_pid=$(sed -n 's/.*daemon pid \([0-9][0-9]*\).*/\1/p' "$work/mount.out" | head -n1)
 [ -n "$daemon_pid" ] || die "no daemon pid in: $(cat "$work/mount.out")"
