@@ -4,7 +4,9 @@
 # every acknowledgement in a ledger outside the mount, `kill -9` the daemon at
 # a random moment, detach the dead mount, mount the same backstore again and
 # verify against the ledger (scripts/crash/workload.py). Repeats N times, then
-# one clean unmount + remount and a last verify.
+# one clean unmount + remount and a last verify. Every other iteration mounts
+# with a tiny checkpoint threshold (--checkpoint-journal-kib 16), so crashes
+# also land around checkpoints taken while mounted.
 #
 # Usage: scripts/test-crash.sh [--iterations N] [--passthrough auto|off]
 #                              [--seed S] [--max-run-ms MS] [--no-build]
@@ -63,9 +65,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mount_it() {
+mount_it() { # [extra daemon flags...]
     : > "$work/daemon.out"
-    "$host" --foreground --allow-other --passthrough "$passthrough" \
+    "$host" --foreground --allow-other --passthrough "$passthrough" "$@" \
         --backstore "$store" "$mnt" >"$work/daemon.out" 2>>"$work/daemon.log" &
     daemon_pid=$!
     for _ in $(seq 600); do
@@ -98,7 +100,11 @@ snaps_verified=0
 passed=0
 echo "crash loop: $iterations iterations, passthrough=$passthrough, seed=$seed, logs $logdir"
 for i in $(seq 1 "$iterations"); do
-    mount_it
+    if (( i % 2 == 1 )); then
+        mount_it --checkpoint-journal-kib 16
+    else
+        mount_it
+    fi
     if [[ $i -gt 1 ]]; then
         verify_ledger "$work/ledger-$((i - 1)).jsonl" "$((i - 1))"
         read -r f s < <(python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).readline()); print(d["files_verified"], d["snapshots_verified"])' "$work/verify.out")
@@ -160,6 +166,7 @@ elapsed=$(( $(date +%s) - start ))
     echo "crash loop passed: $passed of $iterations kill -9 iterations recovered and verified, then a clean remount"
     echo "command: scripts/test-crash.sh --iterations $iterations --passthrough $passthrough --seed $seed --max-run-ms $max_run_ms"
     echo "durable files checked: $files_verified; snapshots checked file by file: $snaps_verified"
+    echo "checkpoints written while mounted (journal past its threshold): $(grep -c 'checkpoint written' "$work/daemon.log" || true)"
     echo "backstore objects at the end: $(find "$store/objects" -type f | wc -l); journal bytes: $(stat -c %s "$store/meta/journal"); checkpoint bytes: $(stat -c %s "$store/meta/checkpoint")"
     echo "elapsed: ${elapsed}s"
 } | tee "$logdir/summary.txt"

@@ -378,9 +378,9 @@ impl FsCore {
         Ok(())
     }
 
-    /// Set the journal size that triggers a checkpoint (tests use a small one).
-    #[cfg(test)]
-    pub(crate) fn set_checkpoint_threshold(&self, bytes: u64) {
+    /// Set the journal size that triggers a checkpoint while mounted
+    /// (default 64 MiB). A core that is not persisted ignores it.
+    pub fn set_checkpoint_threshold(&self, bytes: u64) {
         if let Some(j) = self.journal.get() {
             j.threshold.store(bytes, Ordering::Relaxed);
         }

@@ -60,6 +60,12 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub fault_injection: bool,
 
+    /// Write a checkpoint of all metadata (and restart the journal) whenever
+    /// the journal grows past this many KiB; mount and clean unmount always
+    /// write one.
+    #[arg(long, value_name = "KIB", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(4..))]
+    pub checkpoint_journal_kib: u64,
+
     /// Name of the branch unbound processes see.
     #[arg(long, value_name = "NAME", default_value = "main")]
     pub default_branch: String,
