@@ -7,6 +7,9 @@
 //! If the transport refuses the job (it is shutting down) the job and its reply
 //! are dropped, and fuser answers EIO for a reply dropped unsent.
 //!
+//! Data-lane requests have a deadline ([`crate::deadline`], `--op-timeout-ms`):
+//! past it the kernel gets ETIMEDOUT and the job's late answer is dropped.
+//!
 //! Lanes: [`Lane::Data`] for operations that may touch the backstore (open may
 //! copy-on-write; read, write, fsync, release, create, fallocate, lseek,
 //! statfs, fsyncdir, and setattr when it changes the size); [`Lane::Meta`] for
@@ -37,6 +40,7 @@ pub use twins::Twins;
 pub use virtual_nodes::{VirtualNodes, AGENTFS_DIR_NAME, CONTROL_FILE_NAME};
 
 use crate::attr::file_attr;
+use crate::deadline::{Deadlines, Late};
 use crate::inode::{self, Ino, InodeError, ROOT_INO};
 use crate::metrics::{Metrics, Op};
 use crate::reply::Call;
@@ -89,6 +93,9 @@ pub struct AdapterConfig {
     /// Invalidations between the two views of a branch; started by the host
     /// once the session exists ([`Twins::start`]).
     pub twins: Arc<Twins>,
+    /// Deadline of each Data-lane request: past it the kernel gets ETIMEDOUT
+    /// and the late result is dropped ([`crate::deadline`]). `None`: no deadline.
+    pub op_timeout: Option<Duration>,
 }
 
 /// The xattr whose read panics when fault injection is on.
@@ -107,10 +114,17 @@ pub struct AgentFs {
     paths: Arc<data_path::DataPaths>,
     exec_opens: Arc<exec_opens::ExecOpens>,
     twins: Arc<Twins>,
+    /// Deadlines of Data-lane requests (`None`: off).
+    deadlines: Option<Arc<Deadlines>>,
 }
 
 impl AgentFs {
     pub fn new(transport: Arc<dyn FsCoreTransport>, config: AdapterConfig) -> AgentFs {
+        let deadlines = config.op_timeout.and_then(|t| {
+            Deadlines::start(t)
+                .map_err(|e| tracing::error!("cannot start the deadline timer, no deadlines: {e}"))
+                .ok()
+        });
         let virt = VirtualNodes::new(config.control_file, config.owner_uid, config.owner_gid);
         AgentFs {
             transport,
@@ -123,6 +137,7 @@ impl AgentFs {
             paths: Arc::new(data_path::DataPaths::new(config.passthrough_active)),
             exec_opens: Arc::default(),
             twins: config.twins,
+            deadlines,
         }
     }
 
@@ -151,6 +166,22 @@ impl AgentFs {
             metrics.count_error(libc::EIO);
             tracing::warn!(op = op.name(), %lane, "request dropped (EIO): {e}");
         }
+    }
+
+    /// Run `job`, which may wait on the backstore, on a Data-lane worker with
+    /// `reply` in a shared slot: if the request's deadline passes first, the
+    /// kernel gets ETIMEDOUT and the job's answer is dropped
+    /// ([`crate::deadline`]). The job always runs to its end.
+    fn submit_data<R, F>(&self, call: Call, reply: R, job: F)
+    where
+        R: crate::reply::ErrorReply + Send + 'static,
+        F: FnOnce(&FsCore, Call, Late<R>) + Send + 'static,
+    {
+        let late = match &self.deadlines {
+            Some(d) => d.guard(reply, call.op.name(), call.metrics()),
+            None => Late::without_deadline(reply, call.op.name(), call.metrics()),
+        };
+        self.submit(Lane::Data, call, move |core, call| job(core, call, late));
     }
 
     /// Run a metadata job that never reaches the backstore: on this FUSE

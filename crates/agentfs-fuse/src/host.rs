@@ -12,6 +12,7 @@ pub mod cli;
 pub mod daemon;
 pub mod preflight;
 pub mod serve;
+pub mod slow;
 
 use anyhow::Context;
 

@@ -8,7 +8,8 @@
 //! - [`inode`]: how a FUSE inode number names a (branch, node) pair;
 //! - [`control`]: [`CoreControl`], the control-protocol handler over FsCore;
 //! - [`metrics`]: the adapter's counters and their names;
-//! - [`reply`], [`attr`]: the one error path and the type conversions.
+//! - [`reply`], [`attr`]: the one error path and the type conversions;
+//! - [`deadline`]: per-request deadlines of jobs that may wait on the backstore.
 //!
 //! The mount binary `agentfs-fuse-host` (src/main.rs) wires these together with
 //! HostFs, the in-process transport and the control server.
@@ -17,6 +18,7 @@
 pub mod adapter;
 pub mod attr;
 pub mod control;
+pub mod deadline;
 pub mod inode;
 pub mod metrics;
 pub mod reply;

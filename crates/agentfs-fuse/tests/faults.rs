@@ -291,3 +291,227 @@ fn a_full_backstore_gives_enospc_keeps_serving_and_recovers_when_space_is_freed(
     drop(m);
     drop(tmpfs);
 }
+
+/// How long each backstore call sleeps during the storm.
+const STORM_MS: u64 = 3000;
+/// The request deadline of the storm test's mount.
+const OP_TIMEOUT_MS: u64 = 1500;
+/// A metadata operation slower than this during the storm counts as waiting
+/// on the backstore (every backstore call takes [`STORM_MS`]): a hang
+/// detector with room for a loaded 2-core machine, not a benchmark.
+const ANSWER_BOUND: Duration = Duration::from_millis(1000);
+
+/// The storm's control file and its I/O processes: ends both on drop (the
+/// file first, so the daemon's workers stop sleeping).
+struct Storm {
+    control: PathBuf,
+    stop: PathBuf,
+    writers: Vec<std::process::Child>,
+}
+
+impl Storm {
+    fn start(control: &Path, stop: &Path) -> Storm {
+        fs::write(control, STORM_MS.to_string()).unwrap();
+        Storm {
+            control: control.to_path_buf(),
+            stop: stop.to_path_buf(),
+            writers: Vec::new(),
+        }
+    }
+
+    /// A process writing and fsyncing new files in `dir` until the storm ends.
+    fn add_writer(&mut self, dir: &Path, n: usize) {
+        let script = format!(
+            "i=0; while [ ! -e {stop} ]; do dd if=/dev/zero of={dir}/storm-{n}-$i bs=64k count=1 conv=fsync 2>/dev/null; i=$((i+1)); done",
+            stop = shq(&self.stop),
+            dir = shq(dir),
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn storm writer");
+        self.writers.push(child);
+    }
+
+    /// End the storm: no more delays, writers stop and are reaped (killed by
+    /// pid if they do not stop within `limit`).
+    fn end(&mut self, limit: Duration) {
+        let _ = fs::remove_file(&self.control);
+        let _ = fs::write(&self.stop, b"");
+        for mut w in self.writers.drain(..) {
+            if wait_timeout(&mut w, limit).is_none() {
+                signal(w.id(), libc::SIGKILL);
+                let _ = w.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        self.end(Duration::from_secs(20));
+    }
+}
+
+/// Latencies of one kind of operation.
+#[derive(Default)]
+struct Lat(Vec<Duration>);
+
+impl Lat {
+    fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let v = f();
+        self.0.push(start.elapsed());
+        v
+    }
+    fn max(&self) -> Duration {
+        self.0.iter().copied().max().unwrap_or_default()
+    }
+    fn median(&self) -> Duration {
+        let mut v = self.0.clone();
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
+    if !fuse_available() {
+        return;
+    }
+    let ctl = tempfile::tempdir().unwrap();
+    let control = ctl.path().join("slow-ms");
+    let stop = ctl.path().join("stop");
+    let control_arg = control.to_str().unwrap().to_string();
+    let timeout_arg = OP_TIMEOUT_MS.to_string();
+    // TTL 0: every stat and lookup reaches the daemon, so the measurement
+    // is of the daemon, not of the kernel's caches.
+    let Some(m) = Mount::start_with(&[
+        "--fault-slow-backstore",
+        &control_arg,
+        "--op-timeout-ms",
+        &timeout_arg,
+        "--attr-ttl-ms",
+        "0",
+    ]) else {
+        return;
+    };
+
+    // Before the storm: files, a directory, a file read once and kept open
+    // (its pages cached), and a second branch.
+    fs::create_dir(m.join("dir")).unwrap();
+    for i in 0..20 {
+        fs::write(m.join(&format!("dir/f{i}")), format!("file {i}")).unwrap();
+    }
+    let cached_data = pattern(5, 256 << 10);
+    write_synced(&m.join("cached"), &cached_data).unwrap();
+    let cached = fs::File::open(m.join("cached")).unwrap();
+    let mut buf = vec![0u8; cached_data.len()];
+    cached.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == cached_data);
+    m.snapshot("before-storm");
+    m.branch("before-storm", "other");
+    let other = m.join(".agentfs/branches/other");
+    assert!(
+        other.join("dir/f3").is_file(),
+        "the other branch is reachable by path"
+    );
+    fs::create_dir(m.join("io")).unwrap();
+
+    let mut storm = Storm::start(&control, &stop);
+    for n in 0..10 {
+        storm.add_writer(&m.join("io"), n);
+    }
+    // Let the writers fill every data worker with sleeping backstore calls.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (mut stat, mut lookup_missing, mut readdir, mut cached_read) = (
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+        Lat::default(),
+    );
+    let (mut other_stat, mut other_readdir) = (Lat::default(), Lat::default());
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut round = 0;
+    while std::time::Instant::now() < until {
+        let i = round % 20;
+        let md = stat.time(|| fs::metadata(m.join(&format!("dir/f{i}"))));
+        assert_eq!(md.unwrap().len(), format!("file {i}").len() as u64);
+        let missing = lookup_missing.time(|| fs::metadata(m.join(&format!("dir/none-{round}"))));
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+        let n = readdir.time(|| fs::read_dir(m.join("dir")).unwrap().count());
+        assert_eq!(n, 20);
+        cached_read.time(|| cached.read_exact_at(&mut buf, 0).unwrap());
+        assert!(buf == cached_data);
+        let md = other_stat.time(|| fs::metadata(other.join(format!("dir/f{i}"))));
+        assert!(md.unwrap().is_file());
+        let n = other_readdir.time(|| fs::read_dir(other.join("dir")).unwrap().count());
+        assert_eq!(n, 20);
+        round += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // An operation that must wait on the backstore ends at its deadline.
+    let start = std::time::Instant::now();
+    let created = fs::File::create(m.join("during-storm")).and_then(|mut f| {
+        f.write_all(b"written in the storm")?;
+        f.sync_all()
+    });
+    let waited = start.elapsed();
+    let err =
+        created.expect_err("create+write+fsync succeeded with every backstore call taking 3 s");
+    println!("create/write/fsync during the storm: {err} after {waited:?}");
+    assert_eq!(os_err(&err), libc::ETIMEDOUT, "{err}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "an operation waited {waited:?}, far past its {OP_TIMEOUT_MS} ms deadline"
+    );
+
+    let data_path = std::env::var("AGENTFS_PASSTHROUGH").unwrap_or_else(|_| "auto".into());
+    println!(
+        "storm latencies ({round} rounds, backstore calls {STORM_MS} ms, data path {data_path}):"
+    );
+    for (what, lat) in [
+        ("stat existing file", &stat),
+        ("lookup missing name", &lookup_missing),
+        ("readdir 20 entries", &readdir),
+        ("read cached file 256 KiB", &cached_read),
+        ("stat in other branch", &other_stat),
+        ("readdir in other branch", &other_readdir),
+    ] {
+        println!(
+            "  {what:<26} median {:>8.3} ms  max {:>8.3} ms",
+            lat.median().as_secs_f64() * 1e3,
+            lat.max().as_secs_f64() * 1e3
+        );
+        assert!(
+            lat.max() < ANSWER_BOUND,
+            "{what} took {:?} during the storm: it waited on the backstore",
+            lat.max()
+        );
+    }
+
+    // After the storm the mount is healthy.
+    storm.end(Duration::from_secs(30));
+    let after = pattern(11, 1 << 20);
+    write_synced(&m.join("after-storm"), &after).unwrap();
+    assert!(fs::read(m.join("after-storm")).unwrap() == after);
+    fs::write(m.join("io/after"), b"ok").unwrap();
+    assert_eq!(fs::read(m.join("io/after")).unwrap(), b"ok");
+    // The timed-out create still happened; the file is usable.
+    assert!(
+        wait_until(Duration::from_secs(10), || m.join("during-storm").exists()),
+        "the create answered ETIMEDOUT never completed"
+    );
+    fs::write(m.join("during-storm"), b"rewritten").unwrap();
+    assert_eq!(fs::read(m.join("during-storm")).unwrap(), b"rewritten");
+    let synced = fs::File::open(m.join("after-storm")).unwrap();
+    synced.sync_all().unwrap();
+    drop(cached);
+    drop(storm);
+    drop(m);
+}

@@ -242,7 +242,7 @@ impl AgentFs {
         if ino.0 == inode::AGENTFS_DIR_INO {
             return reply.ok();
         }
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             tri!(call, reply, core.sync_all());
             reply.ok();
         });

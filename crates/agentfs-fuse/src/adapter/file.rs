@@ -13,7 +13,6 @@ use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
 use agentfs_core::{FsError, HandleId, OpenFlags as CoreOpenFlags};
-use agentfs_transport::Lane;
 use fuser::{
     FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyCreate, ReplyData, ReplyEmpty,
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
@@ -42,7 +41,7 @@ impl AgentFs {
         let truncates_read_only = truncates_read_only(flags.0);
         // Data lane: opening for writing may copy shared content first.
         let (paths, exec_opens) = (Arc::clone(&self.paths), Arc::clone(&self.exec_opens));
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let ino = tri!(
                 call,
@@ -58,11 +57,17 @@ impl AgentFs {
             if exec {
                 exec_opens.opened(fh.0, ino);
             }
-            match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
+            let answered = match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
                 Route::Direct(backing) => {
                     reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &backing)
                 }
                 Route::Transport => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+            };
+            if !answered {
+                // The deadline answered: the kernel never learns of this handle.
+                let _ = core.release(fh);
+                paths.release(ino);
+                exec_opens.released(fh.0);
             }
         });
     }
@@ -88,7 +93,7 @@ impl AgentFs {
         let (ctx, name) = (ctx(req), name.to_os_string());
         let ttl = self.ttl;
         let (paths, twins) = (Arc::clone(&self.paths), Arc::clone(&self.twins));
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let created = core.create(&ctx, b, n, &name, mode, umask, core_flags, exclusive);
             let (attr, fh) = tri!(call, reply, created);
@@ -107,11 +112,18 @@ impl AgentFs {
             let ttl = super::entry_ttl(core, p, ttl);
             let fattr = file_attr(ino, &attr);
             let (gen, handle, flags) = (Generation(0), FileHandle(fh.0), FopenFlags::empty());
-            match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
+            let answered = match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
                 Route::Direct(backing) => {
                     reply.created_passthrough(&ttl, &fattr, gen, handle, flags, &backing)
                 }
                 Route::Transport => reply.created(&ttl, &fattr, gen, handle, flags),
+            };
+            if !answered {
+                // The deadline answered: the file exists, but the kernel holds
+                // neither its handle nor its inode.
+                let _ = core.release(fh);
+                paths.release(ino);
+                core.forget(b, attr.node, 1);
             }
         });
     }
@@ -129,7 +141,7 @@ impl AgentFs {
         if ino.0 == inode::CONTROL_FILE_INO {
             return reply.data(self.virt.read(offset, size));
         }
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             let data = tri!(call, reply, core.read(HandleId(fh.0), offset, size));
             reply.data(&data);
         });
@@ -150,7 +162,7 @@ impl AgentFs {
         }
         let (ctx, data) = (ctx(req), data.to_vec());
         let twins = Arc::clone(&self.twins);
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             let written = tri!(call, reply, core.write(&ctx, HandleId(fh.0), offset, &data));
             reply.written(written);
             twins.handle_changed(core, ino.0, HandleId(fh.0), true);
@@ -170,7 +182,7 @@ impl AgentFs {
         }
         let (paths, exec_opens) = (Arc::clone(&self.paths), Arc::clone(&self.exec_opens));
         let twins = Arc::clone(&self.twins);
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             // Writes through passthrough reached the object without FsCore:
             // the other view learns the new size now.
             twins.handle_changed(core, ino.0, HandleId(fh.0), false);
@@ -195,7 +207,7 @@ impl AgentFs {
         if ino.0 == inode::CONTROL_FILE_INO {
             return reply.ok();
         }
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             tri!(call, reply, core.fsync(HandleId(fh.0), datasync));
             reply.ok();
         });
@@ -218,7 +230,7 @@ impl AgentFs {
         }
         let ctx = ctx(req);
         let twins = Arc::clone(&self.twins);
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             tri!(
                 call,
                 reply,
@@ -264,10 +276,12 @@ impl AgentFs {
             };
             return reply.offset(at as i64);
         }
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             let at = tri!(call, reply, core.lseek(HandleId(fh.0), offset, whence));
             match i64::try_from(at) {
-                Ok(at) => reply.offset(at),
+                Ok(at) => {
+                    reply.offset(at);
+                }
                 Err(_) => call.fail(FsError::FileTooBig, reply),
             }
         });
@@ -275,7 +289,7 @@ impl AgentFs {
 
     pub(super) fn do_statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let call = self.call(Op::Statfs, ino.0, req);
-        self.submit(Lane::Data, call, move |core, call| {
+        self.submit_data(call, reply, move |core, call, reply| {
             let s = tri!(call, reply, core.statfs());
             reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,

@@ -60,6 +60,18 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub fault_injection: bool,
 
+    /// Deadline of a request that waits on the backstore (open, create, read,
+    /// write, fsync, fallocate, lseek, statfs, fsyncdir through the daemon), in
+    /// milliseconds: past it the caller gets ETIMEDOUT and the operation's
+    /// late result is dropped (it may still complete). 0: no deadline.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub op_timeout_ms: u64,
+
+    /// Testing only: while FILE exists, every backstore call first sleeps the
+    /// number of milliseconds written in FILE (a slow-disk storm).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub fault_slow_backstore: Option<PathBuf>,
+
     /// Write a checkpoint of all metadata (and restart the journal) whenever
     /// the journal grows past this many KiB; mount and clean unmount always
     /// write one.
@@ -134,6 +146,8 @@ mod tests {
             (4, 8, 2)
         );
         assert_eq!(cli.attr_ttl_ms, 60_000);
+        assert_eq!(cli.op_timeout_ms, 30_000);
+        assert_eq!(cli.fault_slow_backstore, None);
         assert_eq!(cli.default_branch, "main");
         assert_eq!(cli.log_level, LogLevel::Info);
         assert!(cli.inline_meta);

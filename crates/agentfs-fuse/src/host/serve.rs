@@ -70,8 +70,13 @@ pub fn serve(
 
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
+    let mut content: Arc<dyn Backstore> = Arc::clone(&hostfs) as Arc<dyn Backstore>;
+    if let Some(control) = &cli.fault_slow_backstore {
+        tracing::warn!(control = %control.display(), "testing only: backstore calls sleep while this file exists");
+        content = Arc::new(super::slow::SlowBackstore::new(content, control.clone()));
+    }
     let (core, recovery) = FsCore::open_persisted(
-        Arc::clone(&hostfs) as Arc<dyn Backstore>,
+        content,
         hostfs as Arc<dyn MetaStore>,
         CoreConfig {
             process_table: Box::new(ProcFs),
@@ -127,6 +132,7 @@ pub fn serve(
             inline_meta: cli.inline_meta,
             passthrough_active,
             twins: Arc::clone(&twins),
+            op_timeout: (cli.op_timeout_ms > 0).then(|| Duration::from_millis(cli.op_timeout_ms)),
         },
     );
     let metrics = Arc::clone(fs.metrics());
