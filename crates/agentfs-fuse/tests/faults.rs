@@ -6,10 +6,18 @@
 //!   intact byte for byte, snapshot and branch commands answer (success or a
 //!   clear error, never a hang), deleting files frees the space and writes
 //!   succeed again, and a remount shows it all.
+//! - Slow backstore: `--fault-slow-backstore` makes every backstore call
+//!   sleep 3 s; metadata of this and another branch and cached reads keep
+//!   answering, a write that must wait fails at its deadline (ETIMEDOUT), and
+//!   the mount is healthy afterwards.
+//! - Operations in flight (a `dd conv=fsync` loop and a `find` loop) during
+//!   SIGTERM, a refused `umount`, `fusermount3 -u -z`, and `kill -9` plus a
+//!   lazy unmount: the daemon exits (or the operations fail cleanly), and the
+//!   next mount shows every fsynced file intact.
 //!
 //! Every test runs on whichever data path `AGENTFS_PASSTHROUGH` selects (the
-//! suite runs once with passthrough and once with `off`). They need root (to
-//! mount a tmpfs) and skip without it.
+//! suite runs once with passthrough and once with `off`). The full-backstore
+//! test needs root (to mount a tmpfs) and skips without it.
 
 mod common;
 
@@ -514,4 +522,202 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
     drop(cached);
     drop(storm);
     drop(m);
+}
+
+/// Bytes of each file the in-flight writer makes.
+const IO_FILE_LEN: usize = 256 << 10;
+
+/// Operations in flight on `m`: a shell in `<mount>/io` writing files of
+/// zeros with fsync (`dd conv=fsync`), appending each file's name to
+/// `ledger` (outside the mount) once dd succeeded, and a shell running
+/// `find` over the mount; each loops until one of its operations fails.
+fn start_io(m: &Mount, ledger: &Path) -> Vec<std::process::Child> {
+    fs::create_dir_all(m.join("io")).unwrap();
+    let writer = format!(
+        "cd {io} || exit 1; i=0; while dd if=/dev/zero of=w-$i bs=64k count=4 conv=fsync 2>/dev/null; do echo w-$i >> {ledger}; i=$((i+1)); done",
+        io = shq(&m.join("io")),
+        ledger = shq(ledger),
+    );
+    let finder = format!(
+        "cd {m} || exit 1; while find . >/dev/null 2>&1; do :; done",
+        m = shq(m.path())
+    );
+    [writer, finder]
+        .iter()
+        .map(|script| {
+            Command::new("sh")
+                .args(["-c", script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn in-flight I/O")
+        })
+        .collect()
+}
+
+/// Wait for `children` to end on their own within `limit`; kill (by pid) and
+/// fail if one does not.
+fn wait_all_end(children: Vec<std::process::Child>, limit: Duration, what: &str) {
+    for mut c in children {
+        if wait_timeout(&mut c, limit).is_none() {
+            signal(c.id(), libc::SIGKILL);
+            let _ = c.wait();
+            panic!("an I/O process still ran {limit:?} after {what}: it hung");
+        }
+    }
+}
+
+/// Files fsynced before anything happened, and their contents.
+fn write_kept(m: &Mount) -> Vec<(String, Vec<u8>)> {
+    let kept: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("kept-{i}"), pattern(100 + i, 100_000 + i as usize)))
+        .collect();
+    for (name, data) in &kept {
+        write_synced(&m.join(name), data).unwrap();
+    }
+    kept
+}
+
+/// After a remount: every kept file and every file the ledger says dd
+/// fsynced are there, byte for byte. Returns how many ledger files there were.
+fn verify_durable(m: &Mount, kept: &[(String, Vec<u8>)], ledger: &Path) -> usize {
+    for (name, data) in kept {
+        assert!(fs::read(m.join(name)).unwrap() == *data, "{name} damaged");
+    }
+    let ledger = fs::read_to_string(ledger).unwrap_or_default();
+    let zeros = vec![0u8; IO_FILE_LEN];
+    for name in ledger.lines() {
+        let got = fs::read(m.join("io").join(name))
+            .unwrap_or_else(|e| panic!("io/{name} was fsynced but is gone: {e}"));
+        assert!(
+            got == zeros,
+            "io/{name}: {} bytes, not its zeros",
+            got.len()
+        );
+    }
+    // The tree is whole: every entry listed can be stat'ed.
+    for e in fs::read_dir(m.join("io")).unwrap() {
+        fs::metadata(e.unwrap().path()).unwrap();
+    }
+    ledger.lines().count()
+}
+
+#[test]
+fn sigterm_with_operations_in_flight_exits_and_keeps_every_fsynced_file() {
+    let Some(mut m) = Mount::start() else {
+        return;
+    };
+    let kept = write_kept(&m);
+    let ledger = m.scratch().join("ledger");
+    let io = start_io(&m, &ledger);
+    std::thread::sleep(Duration::from_millis(800));
+    let mut daemon = m.take_daemon();
+    signal(daemon.id(), libc::SIGTERM);
+    // The busy mount is detached lazily; the daemon waits a while for the
+    // session to end, then exits anyway.
+    let status = wait_timeout(&mut daemon, Duration::from_secs(40)).unwrap_or_else(|| {
+        signal(daemon.id(), libc::SIGKILL);
+        panic!("the daemon did not exit after SIGTERM with I/O in flight")
+    });
+    assert!(
+        status.success(),
+        "daemon exit {status}: {}",
+        m.daemon_stderr()
+    );
+    // With the daemon gone, what was in flight fails (ENOTCONN) and ends.
+    wait_all_end(io, Duration::from_secs(20), "the daemon exited");
+    m.mount_again();
+    let n = verify_durable(&m, &kept, &ledger);
+    println!("SIGTERM with dd and find in flight: daemon exit {status}; {n} fsynced files intact");
+    assert!(
+        n > 0,
+        "the writer never completed a file: nothing was in flight"
+    );
+}
+
+#[test]
+fn lazy_unmount_with_operations_in_flight_ends_the_daemon_once_they_stop() {
+    let Some(mut m) = Mount::start() else {
+        return;
+    };
+    let kept = write_kept(&m);
+    let ledger = m.scratch().join("ledger");
+    let io = start_io(&m, &ledger);
+    std::thread::sleep(Duration::from_millis(800));
+    // A plain umount of the busy mount is refused and changes nothing.
+    let out = run_with_timeout(Command::new("umount").arg(m.path()), CMD_TIMEOUT);
+    assert!(!out.status.success(), "umount of a busy mount succeeded");
+    assert!(is_fuse_mounted(m.path()) && m.join("kept-0").is_file());
+    let out = run_with_timeout(
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(m.path()),
+        CMD_TIMEOUT,
+    );
+    assert_success(&out, "fusermount3 -u -z");
+    assert!(!is_fuse_mounted(m.path()), "still mounted after -z");
+    // The detached mount keeps serving the processes inside it.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut daemon = m.take_daemon();
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon quit while processes still used the detached mount"
+    );
+    for c in &io {
+        signal(c.id(), libc::SIGKILL);
+    }
+    wait_all_end(io, Duration::from_secs(20), "SIGKILL");
+    // The last user gone, the session ends and the daemon exits by itself.
+    let status = wait_timeout(&mut daemon, Duration::from_secs(40)).unwrap_or_else(|| {
+        signal(daemon.id(), libc::SIGKILL);
+        panic!("the daemon did not exit after the lazily unmounted mount lost its last user")
+    });
+    assert!(
+        status.success(),
+        "daemon exit {status}: {}",
+        m.daemon_stderr()
+    );
+    m.mount_again();
+    let n = verify_durable(&m, &kept, &ledger);
+    println!(
+        "fusermount3 -u -z with I/O in flight: daemon exit {status}; {n} fsynced files intact"
+    );
+    assert!(
+        n > 0,
+        "the writer never completed a file: nothing was in flight"
+    );
+}
+
+#[test]
+fn kill_9_with_operations_in_flight_then_lazy_unmount_recovers() {
+    let Some(mut m) = Mount::start() else {
+        return;
+    };
+    let kept = write_kept(&m);
+    let ledger = m.scratch().join("ledger");
+    let io = start_io(&m, &ledger);
+    std::thread::sleep(Duration::from_millis(800));
+    let mut daemon = m.take_daemon();
+    signal(daemon.id(), libc::SIGKILL);
+    let _ = daemon.wait();
+    wait_all_end(io, Duration::from_secs(20), "kill -9 of the daemon");
+    let out = run_with_timeout(
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(m.path()),
+        CMD_TIMEOUT,
+    );
+    assert_success(&out, "fusermount3 -u -z of a dead mount");
+    m.mount_again();
+    let n = verify_durable(&m, &kept, &ledger);
+    println!(
+        "kill -9 with I/O in flight, fusermount3 -u -z: {n} fsynced files intact after recovery"
+    );
+    assert!(
+        n > 0,
+        "the writer never completed a file: nothing was in flight"
+    );
 }

@@ -450,6 +450,19 @@ impl Mount {
         self.spawn_daemon();
     }
 
+    /// Mount the same backstore again at the same path after the test took
+    /// the daemon ([`Mount::take_daemon`]) and it is gone: detach whatever
+    /// connection is left, then start a new daemon.
+    pub fn mount_again(&mut self) {
+        assert!(self.child.is_none(), "the old daemon is still in the guard");
+        assert!(
+            force_unmount(&self.mountpoint),
+            "cannot detach {}",
+            self.mountpoint.display()
+        );
+        self.spawn_daemon();
+    }
+
     /// The daemon's pid.
     pub fn daemon_pid(&self) -> u32 {
         self.child.as_ref().expect("daemon running").id()
