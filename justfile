@@ -39,7 +39,7 @@ status mount=default_mount: build
 # against its committed baseline. Needs root and /dev/fuse.
 
 # The whole suite, as CI runs it (about 20-30 min on 2 cores).
-test: test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-crash-short test-pjdfstest
+test: test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-crash-short test-fuse-stress-short test-pjdfstest
 
 # Format, lint, build, and every cargo test (the mount tests among them) on both data paths.
 test-unit:
@@ -115,6 +115,14 @@ test-crash *ARGS:
 test-crash-short *ARGS:
     bash scripts/test-crash.sh --iterations 20 {{ ARGS }}
     bash scripts/test-crash.sh --iterations 10 --no-build --passthrough off {{ ARGS }}
+
+# Stress: 16 threads of mixed file operations in the default branch and 3 branches (mount path, .agentfs/branches, branch-exec, branch-bind processes), snapshots, throwaway branches, deletes, for 5 min on a release build; every branch and snapshot checked against a model; daemon fds and RSS measured; logs/fuse-stress-<UTC>/ (ARGS e.g. --duration 600 --passthrough off).
+test-fuse-stress *ARGS:
+    bash scripts/test-fuse-stress.sh {{ ARGS }}
+
+# The stress run for 60 s with 16 threads on the debug build (about 80 s; CI).
+test-fuse-stress-short *ARGS:
+    bash scripts/test-fuse-stress.sh --duration 60 --checkpoints 2 --debug {{ ARGS }}
 
 # pjdfstest on ext4 (reference), AgentFS main and a snapshot branch, each data path; checks specs/pjdfstest.baseline.json; logs/pjdfstest-<UTC time>/ (ARGS e.g. --update-baseline, --no-link-max, a test-name pattern).
 test-pjdfstest *ARGS:
