@@ -479,6 +479,15 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
         "an operation waited {waited:?}, far past its {OP_TIMEOUT_MS} ms deadline"
     );
 
+    // So does a truncate (setattr with a size: data lane).
+    let start = std::time::Instant::now();
+    let target = cpath(&m.join("dir/f1"));
+    // SAFETY: `target` is a NUL-terminated path that outlives the call.
+    let r = unsafe { libc::truncate(target.as_ptr(), 1) };
+    let (r, e, waited) = (r, errno(), start.elapsed());
+    println!("truncate during the storm: {r} (errno {e}) after {waited:?}");
+    assert_eq!((r, e), (-1, libc::ETIMEDOUT), "truncate during the storm");
+
     let data_path = std::env::var("AGENTFS_PASSTHROUGH").unwrap_or_else(|_| "auto".into());
     println!(
         "storm latencies ({round} rounds, backstore calls {STORM_MS} ms, data path {data_path}):"
@@ -516,6 +525,12 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
         "the create answered ETIMEDOUT never completed"
     );
     fs::write(m.join("during-storm"), b"rewritten").unwrap();
+    // So did the timed-out truncate.
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::metadata(m.join("dir/f1"))
+            .is_ok_and(|md| md.len() == 1)),
+        "the truncate answered ETIMEDOUT never completed"
+    );
     assert_eq!(fs::read(m.join("during-storm")).unwrap(), b"rewritten");
     let synced = fs::File::open(m.join("after-storm")).unwrap();
     synced.sync_all().unwrap();

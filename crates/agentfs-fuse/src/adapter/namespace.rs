@@ -4,11 +4,11 @@
 use super::virtual_nodes::is_reserved;
 use super::{ctx, rename_flags, reply_entry, resolve, ttl_for, AgentFs};
 use crate::attr::file_attr;
+use crate::deadline::Late;
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
 use agentfs_core::{Attr, BranchId, Ctx, FsCore, FsError, FsResult, NodeId, SetAttr};
-use agentfs_transport::Lane;
 use fuser::{
     AccessFlags, Generation, INodeNo, RenameFlags, ReplyAttr, ReplyData, ReplyEmpty, ReplyEntry,
     Request,
@@ -96,7 +96,7 @@ impl AgentFs {
         let (ctx, ttl) = (ctx(req), self.ttl);
         let resize = set.size.is_some();
         let twins = Arc::clone(&self.twins);
-        let job = move |core: &FsCore, call: crate::reply::Call| {
+        let job = move |core: &FsCore, call: crate::reply::Call, reply: Late<ReplyAttr>| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.setattr(&ctx, b, n, &set));
             twins.inode_changed(core, target, b, n, resize);
@@ -104,11 +104,13 @@ impl AgentFs {
             reply.attr(&ttl, &file_attr(ino.0, &attr));
         };
         if resize {
-            // A size change may clone or truncate content in the backstore.
-            return self.submit(Lane::Data, call, job);
+            // A size change may clone or truncate content in the backstore:
+            // the data lane, with a deadline.
+            return self.submit_data(call, reply, job);
         }
+        let reply = Late::without_deadline(reply, call.op.name(), call.metrics());
         let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
-        self.submit_meta_if(call, in_memory, job);
+        self.submit_meta_if(call, in_memory, move |core, call| job(core, call, reply));
     }
 
     pub(super) fn do_readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {

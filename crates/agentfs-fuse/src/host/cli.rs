@@ -61,7 +61,7 @@ pub struct Cli {
     pub fault_injection: bool,
 
     /// Deadline of a request that waits on the backstore (open, create, read,
-    /// write, fsync, fallocate, lseek, statfs, fsyncdir through the daemon), in
+    /// write, fsync, fallocate, lseek, statfs, fsyncdir, truncate through the daemon), in
     /// milliseconds: past it the caller gets ETIMEDOUT and the operation's
     /// late result is dropped (it may still complete). 0: no deadline.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
