@@ -64,7 +64,13 @@ pub(crate) fn frames(data: &[u8], gen: u64) -> Result<Frames<'_>, PersistError> 
     while pos + 8 <= data.len() {
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4")) as usize;
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4"));
-        let Some(end) = (pos + 8).checked_add(len).filter(|&e| e <= data.len()) else {
+        // No record is empty: zeros (a file extended but never written, as
+        // a power cut can leave) would otherwise pass as a frame with a
+        // valid checksum.
+        let Some(end) = (pos + 8)
+            .checked_add(len)
+            .filter(|&e| len > 0 && e <= data.len())
+        else {
             break;
         };
         let payload = &data[pos + 8..end];

@@ -257,6 +257,16 @@ fn torn_tail_at_every_byte_recovers_the_prefix() {
     for cut in last..bytes.len() {
         assert_eq!(dump_store(&store.image(Some(cut))), before, "cut at {cut}");
     }
+    // Zeros after the last record (a file extended but never written) are a
+    // torn tail too, not an empty record.
+    let mut zeros = bytes.clone();
+    zeros.extend_from_slice(&[0u8; 64]);
+    let padded = MemStore::new();
+    padded
+        .write_checkpoint(&full.read_checkpoint().unwrap().unwrap())
+        .unwrap();
+    padded.write_journal(0, &zeros).unwrap();
+    assert_eq!(dump_store(&padded), after);
     // A flipped byte in the last record drops it, and only it.
     let mut bad = bytes.clone();
     *bad.last_mut().unwrap() ^= 0x40;
