@@ -184,6 +184,32 @@ impl AgentFs {
         self.submit(Lane::Data, call, move |core, call| job(core, call, late));
     }
 
+    /// [`AgentFs::submit_meta_if`] for a job whose reply sits in a slot: when
+    /// it goes to a meta worker (it may ask the backstore) it gets the
+    /// request deadline, as data-lane jobs do; inline it needs none.
+    fn submit_meta_if_late<R, F>(
+        &self,
+        call: Call,
+        reply: R,
+        in_memory: impl FnOnce(&FsCore, u32) -> bool,
+        job: F,
+    ) where
+        R: crate::reply::ErrorReply + Send + 'static,
+        F: FnOnce(&FsCore, Call, Late<R>) + Send + 'static,
+    {
+        let core = self.transport.core();
+        let inline = self.inline_meta && in_memory(core, call.pid);
+        let late = match &self.deadlines {
+            Some(d) if !inline => d.guard(reply, call.op.name(), call.metrics()),
+            _ => Late::without_deadline(reply, call.op.name(), call.metrics()),
+        };
+        self.submit_meta_if(
+            call,
+            move |_, _| inline,
+            move |core, call| job(core, call, late),
+        );
+    }
+
     /// Run a metadata job that never reaches the backstore: on this FUSE
     /// thread when inline metadata is on (two thread hand-offs saved), else
     /// on a meta worker.
@@ -290,7 +316,7 @@ fn resolve(core: &FsCore, ino: Ino, pid: u32) -> FsResult<(BranchId, NodeId)> {
 fn reply_entry(
     core: &FsCore,
     call: &Call,
-    reply: ReplyEntry,
+    reply: impl crate::deadline::EntryReply,
     parent: Ino,
     b: BranchId,
     attr: &Attr,

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::reply::ErrorReply;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FopenFlags, Generation, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyEmpty, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyData, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
 };
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
@@ -241,6 +241,51 @@ impl<R: ErrorReply + Send + 'static> ErrorReply for Late<R> {
         if let Some(r) = self.take() {
             r.error(errno);
         }
+    }
+}
+
+/// A reply that can carry an entry: fuser's [`ReplyEntry`], or one in a slot.
+pub trait EntryReply: ErrorReply {
+    fn entry_with_ttls(
+        self,
+        attr_ttl: &Duration,
+        entry_ttl: &Duration,
+        attr: &FileAttr,
+        generation: Generation,
+    );
+}
+
+impl EntryReply for ReplyEntry {
+    fn entry_with_ttls(
+        self,
+        attr_ttl: &Duration,
+        entry_ttl: &Duration,
+        attr: &FileAttr,
+        generation: Generation,
+    ) {
+        ReplyEntry::entry_with_ttls(self, attr_ttl, entry_ttl, attr, generation)
+    }
+}
+
+impl EntryReply for Late<ReplyEntry> {
+    fn entry_with_ttls(
+        self,
+        attr_ttl: &Duration,
+        entry_ttl: &Duration,
+        attr: &FileAttr,
+        generation: Generation,
+    ) {
+        if let Some(r) = self.take() {
+            r.entry_with_ttls(attr_ttl, entry_ttl, attr, generation);
+        }
+    }
+}
+
+impl Late<ReplyEntry> {
+    pub fn entry(self, ttl: &Duration, attr: &FileAttr, generation: Generation) -> bool {
+        self.take()
+            .map(|r| r.entry(ttl, attr, generation))
+            .is_some()
     }
 }
 

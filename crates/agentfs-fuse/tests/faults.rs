@@ -428,6 +428,10 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
         "the other branch is reachable by path"
     );
     fs::create_dir(m.join("io")).unwrap();
+    // A file open for writing: with passthrough the kernel writes it
+    // directly, so its size is the backstore's to tell.
+    let mut writing = fs::File::create(m.join("writing")).unwrap();
+    writing.write_all(b"open for writing").unwrap();
 
     let mut storm = Storm::start(&control, &stop);
     for n in 0..10 {
@@ -443,7 +447,7 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
         Lat::default(),
     );
     let (mut other_stat, mut other_readdir) = (Lat::default(), Lat::default());
-    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let until = std::time::Instant::now() + Duration::from_secs(3);
     let mut round = 0;
     while std::time::Instant::now() < until {
         let i = round % 20;
@@ -478,6 +482,17 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
         waited < Duration::from_secs(20),
         "an operation waited {waited:?}, far past its {OP_TIMEOUT_MS} ms deadline"
     );
+
+    // A stat that must ask the backstore answers, or fails at its deadline.
+    let start = std::time::Instant::now();
+    let st = fs::metadata(m.join("writing"));
+    let waited = start.elapsed();
+    println!("stat of a file open for writing during the storm: {st:?} after {waited:?}");
+    match &st {
+        Ok(md) => assert_eq!(md.len(), 16),
+        Err(e) => assert_eq!(os_err(e), libc::ETIMEDOUT, "{e}"),
+    }
+    assert!(waited < Duration::from_secs(20), "stat waited {waited:?}");
 
     // So does a truncate (setattr with a size: data lane).
     let start = std::time::Instant::now();
@@ -535,6 +550,7 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
     let synced = fs::File::open(m.join("after-storm")).unwrap();
     synced.sync_all().unwrap();
     drop(cached);
+    drop(writing);
     drop(storm);
     drop(m);
 }

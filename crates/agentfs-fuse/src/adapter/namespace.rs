@@ -57,7 +57,9 @@ impl AgentFs {
             Ok((b, n)) => core.lookup_in_memory(b, n, probe.as_bytes()),
             Err(_) => true,
         };
-        self.submit_meta_if(call, in_memory, move |core, call| {
+        // A file the kernel writes directly asks the backstore for its size:
+        // on a worker, with the request deadline.
+        self.submit_meta_if_late(call, reply, in_memory, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             match core.lookup_for_kernel(&ctx, b, n, &name) {
                 Ok(attr) => reply_entry(core, &call, reply, p, b, &attr, ttl),
@@ -82,7 +84,9 @@ impl AgentFs {
         }
         let ttl = self.ttl;
         let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
-        self.submit_meta_if(call, in_memory, move |core, call| {
+        // A file the kernel writes directly asks the backstore for its size:
+        // on a worker, with the request deadline.
+        self.submit_meta_if_late(call, reply, in_memory, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.getattr(b, n));
             let ttl = ttl_for(ino.0, ttl, core.root_is_shared());
@@ -108,9 +112,8 @@ impl AgentFs {
             // the data lane, with a deadline.
             return self.submit_data(call, reply, job);
         }
-        let reply = Late::without_deadline(reply, call.op.name(), call.metrics());
         let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
-        self.submit_meta_if(call, in_memory, move |core, call| job(core, call, reply));
+        self.submit_meta_if_late(call, reply, in_memory, job);
     }
 
     pub(super) fn do_readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
