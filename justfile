@@ -111,7 +111,7 @@ test-stress *ARGS:
 test-crash *ARGS:
     bash scripts/test-crash.sh --iterations 300 {{ ARGS }}
 
-# The crash loop, 20 iterations with passthrough and 10 through the transport (about 90 s; CI).
+# The crash loop, 20 iterations with passthrough and 10 through the transport (about 2 min with the build; CI).
 test-crash-short *ARGS:
     bash scripts/test-crash.sh --iterations 20 {{ ARGS }}
     bash scripts/test-crash.sh --iterations 10 --no-build --passthrough off {{ ARGS }}
