@@ -120,7 +120,7 @@ test-crash-short *ARGS:
 test-fuse-stress *ARGS:
     bash scripts/test-fuse-stress.sh {{ ARGS }}
 
-# The stress run for 60 s with 16 threads on the debug build (about 80 s; CI).
+# The stress run for 60 s with 16 threads on the debug build (about 70 s; CI).
 test-fuse-stress-short *ARGS:
     bash scripts/test-fuse-stress.sh --duration 60 --checkpoints 2 --debug {{ ARGS }}
 

@@ -365,10 +365,15 @@ class RWLock:
             self.cv.notify_all()
 
 
+def raise_it(e):
+    """os.walk's onerror: a directory that cannot be listed is an error."""
+    raise e
+
+
 def scan(root, skip_agentfs):
     """({rel: bytes}, {rel dirs}) of everything under root."""
     files, dirs = {}, set()
-    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: (_ for _ in ()).throw(e)):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=raise_it):
         if skip_agentfs and dirpath == root:
             dirnames[:] = [d for d in dirnames if d != ".agentfs"]
         for d in dirnames:
