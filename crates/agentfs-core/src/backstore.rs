@@ -65,6 +65,12 @@ pub trait Backstore: Send + Sync + 'static {
     fn list_objects(&self) -> io::Result<Vec<ContentId>> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    /// Whether `create` would answer now without waiting on the storage (an
+    /// object made ahead of time is ready). A hint for where to run a create;
+    /// `false`, the default, is always safe.
+    fn create_is_quick(&self) -> bool {
+        false
+    }
     /// An open host file of the object, for a passthrough data path. Backstores
     /// without host files answer `Unsupported`.
     fn host_file(&self, id: ContentId) -> io::Result<Arc<File>> {

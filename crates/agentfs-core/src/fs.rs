@@ -448,6 +448,25 @@ impl FsCore {
         self.finish_attr(id, &meta, content.as_ref())
     }
 
+    /// Whether directory `parent` of branch `b` has an entry `name` (a hint:
+    /// a create of an existing file may truncate or copy it in the backstore).
+    pub fn has_entry(&self, b: BranchId, parent: NodeId, name: &[u8]) -> bool {
+        let Ok(branch) = self.branch(b) else {
+            return false;
+        };
+        let t = branch.tree.read();
+        t.get(parent)
+            .and_then(|p| p.entries())
+            .is_some_and(|e| e.contains_key(name))
+    }
+
+    /// Whether a create that needs a content object at once (passthrough)
+    /// would get it without waiting on the backstore (see
+    /// [`Backstore::create_is_quick`]). A hint, like [`FsCore::attr_in_memory`].
+    pub fn create_is_quick(&self) -> bool {
+        self.backstore.create_is_quick()
+    }
+
     /// Whether the attributes of node `id` in branch `b` can be answered from
     /// memory alone, without asking the backstore (which may be slow): false
     /// while the kernel writes the node's object directly, or if its allocated

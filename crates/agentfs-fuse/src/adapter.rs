@@ -210,6 +210,31 @@ impl AgentFs {
         );
     }
 
+    /// [`AgentFs::submit_data`], except that the job runs on this FUSE thread,
+    /// with no deadline, when inline metadata is on and `quick` (given the
+    /// core and the caller's pid) says it will not wait on the backstore.
+    fn submit_data_unless_quick<R, F>(
+        &self,
+        call: Call,
+        reply: R,
+        quick: impl FnOnce(&FsCore, u32) -> bool,
+        job: F,
+    ) where
+        R: crate::reply::ErrorReply + Send + 'static,
+        F: FnOnce(&FsCore, Call, Late<R>) + Send + 'static,
+    {
+        if self.inline_meta && quick(self.transport.core(), call.pid) {
+            let late = Late::without_deadline(reply, call.op.name(), call.metrics());
+            return self.submit_inline_or(
+                Lane::Data,
+                call,
+                |_, _| true,
+                move |core, call| job(core, call, late),
+            );
+        }
+        self.submit_data(call, reply, job);
+    }
+
     /// Run a metadata job that never reaches the backstore: on this FUSE
     /// thread when inline metadata is on (two thread hand-offs saved), else
     /// on a meta worker.
@@ -229,9 +254,23 @@ impl AgentFs {
     where
         F: FnOnce(&FsCore, Call) + Send + 'static,
     {
+        self.submit_inline_or(Lane::Meta, call, in_memory, job);
+    }
+
+    /// Run `job` on this FUSE thread if inline metadata is on and `quick`
+    /// says it will not wait on the backstore, else on a worker of `lane`.
+    fn submit_inline_or<F>(
+        &self,
+        lane: Lane,
+        call: Call,
+        quick: impl FnOnce(&FsCore, u32) -> bool,
+        job: F,
+    ) where
+        F: FnOnce(&FsCore, Call) + Send + 'static,
+    {
         let core = self.transport.core();
-        if !self.inline_meta || !in_memory(core, call.pid) {
-            return self.submit(Lane::Meta, call, job);
+        if !self.inline_meta || !quick(core, call.pid) {
+            return self.submit(lane, call, job);
         }
         // A panic still fails this request alone: the reply is dropped by the
         // unwinding and fuser answers EIO.

@@ -408,6 +408,10 @@ impl Backstore for HostFs {
         self.file(id)
     }
 
+    fn create_is_quick(&self) -> bool {
+        self.pool.len() > 0
+    }
+
     fn list_objects(&self) -> io::Result<Vec<ContentId>> {
         let pooled = self.pool.ids();
         Ok(list_ids(&self.objects)?

@@ -530,6 +530,9 @@ impl Backstore for Deferred {
     fn host_file(&self, id: ContentId) -> io::Result<Arc<File>> {
         self.inner.host_file(id)
     }
+    fn create_is_quick(&self) -> bool {
+        self.inner.create_is_quick()
+    }
     fn list_objects(&self) -> io::Result<Vec<ContentId>> {
         self.inner.list_objects()
     }

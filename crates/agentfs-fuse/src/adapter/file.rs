@@ -12,7 +12,7 @@ use crate::attr::file_attr;
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
-use agentfs_core::{FsError, HandleId, OpenFlags as CoreOpenFlags};
+use agentfs_core::{FsCore, FsError, HandleId, OpenFlags as CoreOpenFlags};
 use fuser::{
     FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyCreate, ReplyData, ReplyEmpty,
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
@@ -93,7 +93,20 @@ impl AgentFs {
         let (ctx, name) = (ctx(req), name.to_os_string());
         let ttl = self.ttl;
         let (paths, twins) = (Arc::clone(&self.paths), Arc::clone(&self.twins));
-        self.submit_data(call, reply, move |core, call, reply| {
+        // A new file is in memory but for the content object a passthrough
+        // open needs at once: inline when the backstore has one ready. An
+        // existing name (O_TRUNC may copy or cut its object) goes to a data
+        // worker, as does a create when no object is ready.
+        let direct = self.paths.enabled();
+        let probe = name.clone();
+        let quick = move |core: &FsCore, pid| match resolve(core, p, pid) {
+            Ok((b, n)) => {
+                let name = std::os::unix::ffi::OsStrExt::as_bytes(probe.as_os_str());
+                !core.has_entry(b, n, name) && (!direct || core.create_is_quick())
+            }
+            Err(_) => true,
+        };
+        self.submit_data_unless_quick(call, reply, quick, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             let created = core.create(&ctx, b, n, &name, mode, umask, core_flags, exclusive);
             let (attr, fh) = tri!(call, reply, created);
