@@ -137,6 +137,9 @@ class Model:
     def __init__(self):
         self.files = {}
         self.dirs = set()
+        # A file its worker keeps open for writing between operations (and
+        # across snapshots); never renamed, replaced or unlinked while open.
+        self.held = None
 
     def copy(self):
         m = Model()
@@ -248,11 +251,13 @@ def gen_op(rng, m, names):
     elif k == "rename":
         p = rng.choice(files)
         q = rng.choice(files) if rng.random() < 0.3 else new_path("f")
-        if q == p:
+        if q == p or m.held in (p, q):
             return None
         op.update(p=p, q=q)
     elif k == "unlink":
         op.update(p=rng.choice(files))
+        if op["p"] == m.held:
+            return None
     elif k == "mkdir":
         op.update(p=new_path("d"))
     elif k == "rmdir":
@@ -265,6 +270,8 @@ def gen_op(rng, m, names):
         if not top:
             return None
         p = rng.choice(top)
+        if m.held and m.held.startswith(p + "/"):
+            return None
         op.update(p=p, q="d%d" % next(names))
     m.apply(op)
     return op
@@ -433,6 +440,8 @@ class Stress:
         self.samples = []
         self.t0 = time.time()
         self.last = {}  # (worker, branch) -> (view, monotonic time of its last operation)
+        self.held_fds = {}  # (worker, branch) -> (fd, view) of the file in Model.held
+        self.history = {}  # (worker, branch) -> recent operations
 
     # -- plumbing
 
@@ -469,18 +478,32 @@ class Stress:
     def switch_view(self, w, b, view):
         """A branch has two kernel inodes per node (reached from the mount root,
         or through .agentfs/branches and branch-exec); a change through one
-        invalidates the other's cache a moment after it is answered
-        (adapter/twins.rs). Before a worker uses another view of its subtree,
-        it lets --view-switch-ms pass since its last operation there."""
+        invalidates the other's cache a moment after it is answered, and a
+        passthrough write only at the writer's release (specs/mount.md). Before
+        a worker uses another view of its subtree, it closes its held file and
+        lets --view-switch-ms pass since its last operation there."""
         last_view, last_t = self.last.get((w, b), (view, 0.0))
         if last_view != view:
             self.count("view-switch")
+            # Writes through passthrough reach the other view's attributes only
+            # at the writer's release (specs/mount.md): close the held file first.
+            if (w, b) in self.held_fds:
+                self.close_held(w, b)
+                last_t = time.monotonic()
             wait = self.a.view_switch_ms / 1000 - (time.monotonic() - last_t)
             if wait > 0:
                 time.sleep(wait)
 
     def done_view(self, w, b, view):
         self.last[(w, b)] = (view, time.monotonic())
+
+    def note(self, w, b, view, what):
+        """Recent history of a worker's subtree, quoted with its errors."""
+        h = self.history.setdefault((w, b), collections.deque(maxlen=12))
+        h.append("%.3f %s %s" % (time.time() - self.t0, view, what))
+
+    def recent(self, w, b):
+        return " | history: " + "; ".join(self.history.get((w, b), ()))
 
     def union(self, b):
         files, dirs = {}, set()
@@ -495,6 +518,7 @@ class Stress:
 
     def resync(self, w, b):
         """After an error the model may be wrong: take the tree as it is now."""
+        self.close_held(w, b)
         try:
             files, dirs = scan(os.path.join(self.mount, ".agentfs", "branches", b, w), False)
             m = self.models[w][b]
@@ -565,10 +589,73 @@ class Stress:
                     self.control(rng, w)
                 elif r < a.p_control + a.p_helper:
                     self.helper_batch(rng, w, names)
+                elif r < a.p_control + a.p_helper + a.p_held:
+                    self.held_op(rng, w)
                 else:
                     self.file_op(rng, w, names)
             except Exception as e:  # noqa: BLE001 - every failure is reported
                 self.error("%s: %s: %s" % (w, type(e).__name__, describe(e)))
+        for b in self.branches:
+            self.close_held(w, b)
+
+    def close_held(self, w, b):
+        fd = self.held_fds.pop((w, b), None)
+        if fd is not None:
+            self.note(w, b, fd[1], "held-close %s" % self.models[w][b].held)
+        self.models[w][b].held = None
+        if fd is not None:
+            try:
+                os.close(fd[0])
+                self.count("held-close")
+            except OSError as e:
+                self.error("%s %s close of a held file: %s" % (w, b, describe(e)))
+
+    def held_op(self, rng, w):
+        """Write through a descriptor kept open between operations, so that
+        snapshots are taken with files open for writing in the branch."""
+        b = rng.choice(self.branches)
+        lock = self.locks[b]
+        lock.rlock()
+        try:
+            m = self.models[w][b]
+            if m.held is None:
+                if not m.files:
+                    return
+                p = rng.choice(sorted(m.files))
+                view, root = self.view(rng, b, w)
+                self.switch_view(w, b, view)
+                self.held_fds[(w, b)] = (os.open(os.path.join(root, p), os.O_WRONLY), view)
+                m.held = p
+                self.note(w, b, view, "held-open %s" % p)
+                self.count("held-open")
+                self.done_view(w, b, view)
+            fd, view = self.held_fds[(w, b)]
+            p = m.held
+            if len(m.files[p]) > BIG:
+                op = {"k": "truncate", "p": p, "size": rng.randrange(0, 4096)}
+            else:
+                op = {"k": "write", "p": p, "off": rng.randrange(0, len(m.files[p]) + 4096),
+                      "seed": rng.getrandbits(48), "n": rng.randrange(1, 16384)}
+            self.switch_view(w, b, view)
+            try:
+                if op["k"] == "truncate":
+                    os.ftruncate(fd, op["size"])
+                else:
+                    data = gen_bytes(op["seed"], op["n"])
+                    if os.pwrite(fd, data, op["off"]) != len(data):
+                        raise Mismatch("short write")
+                m.apply(op)
+                self.count("held-" + op["k"])
+                self.note(w, b, view, "held-%s %s" % (op["k"], p))
+            except (OSError, Mismatch) as e:
+                self.error("%s %s held-%s on %s (%s view): %s" % (w, b, op["k"], p, view, describe(e)))
+                self.close_held(w, b)
+                self.resync(w, b)
+            self.done_view(w, b, view)
+            if rng.random() < 0.15:
+                self.close_held(w, b)
+        finally:
+            lock.runlock()
 
     def file_op(self, rng, w, names):
         b = rng.choice(self.branches)
@@ -584,9 +671,10 @@ class Stress:
                 execute(root, op)
                 self.count(op["k"])
             except (OSError, Mismatch) as e:
-                self.error("%s %s %s on %s (%s view): %s"
-                           % (w, b, op["k"], os.path.join(root, op["p"]), view, describe(e)))
+                self.error("%s %s %s on %s (%s view): %s%s"
+                           % (w, b, op["k"], os.path.join(root, op["p"]), view, describe(e), self.recent(w, b)))
                 self.resync(w, b)
+            self.note(w, b, view, "%s %s" % (op["k"], op["p"]))
             self.done_view(w, b, view)
         finally:
             lock.runlock()
@@ -620,7 +708,9 @@ class Stress:
                 return
             res = json.loads(out.stdout)
             for e in res["errors"]:
-                self.error("%s %s via %s: %s" % (w, b, how, e))
+                self.error("%s %s via %s: %s%s" % (w, b, how, e, self.recent(w, b)))
+            self.note(w, b, view, "%s batch of %d (%s) ended" % (how, len(ops), ",".join(
+                "%s %s" % (o["k"], o["p"]) for o in ops)))
             if res["errors"]:
                 self.resync(w, b)
             self.count("helper-" + how)
@@ -667,6 +757,8 @@ class Stress:
         try:
             self.cli("snapshot-create", "--branch", b, "--name", name)
             files, dirs = self.union(b)
+            # Files its workers hold open for writing at this moment.
+            self.count("snapshot-open-writers", sum(1 for (_, hb) in self.held_fds if hb == b))
         finally:
             lock.wunlock()
         with self.ctl:
@@ -733,7 +825,11 @@ class Stress:
         for b in self.branches:
             self.locks[b].wlock()
         try:
-            time.sleep(self.a.view_switch_ms / 1000)  # the scans use every view
+            # The scans use every view: release the files held open for writing
+            # (their workers are paused by the locks) and let the views settle.
+            for w, b in list(self.held_fds):
+                self.close_held(w, b)
+            time.sleep(self.a.view_switch_ms / 1000)
             for b in self.branches:
                 want_files, want_dirs = self.union(b)
                 files, dirs = scan(os.path.join(self.mount, ".agentfs", "branches", b), False)
@@ -892,7 +988,7 @@ class Stress:
         nbytes = sum(len(d) for w in self.workers for b in self.branches for d in self.models[w][b].files.values())
         res["final_tree"] = {"files": files, "bytes": nbytes}
         res["ops"] = dict(sorted(self.ops.items()))
-        res["ops_total"] = sum(v for k, v in self.ops.items() if k != "view-switch")
+        res["ops_total"] = sum(v for k, v in self.ops.items() if k not in ("view-switch", "snapshot-open-writers"))
         res["errors"] = len(self.errors)
         res["error_list"] = self.errors[:200]
         res["samples"] = self.samples
@@ -943,6 +1039,7 @@ def main():
     r.add_argument("--passthrough", default="auto")
     r.add_argument("--p-control", type=float, default=0.004)
     r.add_argument("--p-helper", type=float, default=0.006)
+    r.add_argument("--p-held", type=float, default=0.05)
     r.add_argument("--max-snapshots", type=int, default=8)
     r.add_argument("--max-throwaways", type=int, default=3)
     r.add_argument("--fd-margin", type=int, default=2)
