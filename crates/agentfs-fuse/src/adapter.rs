@@ -307,6 +307,19 @@ fn ttl_for(ino: u64, ttl: Duration, root_shared: bool) -> Duration {
     }
 }
 
+/// The attribute TTL of node `n` of branch `b`, reached as `ino`: zero while
+/// the kernel writes the node's object directly (its size and mtime are the
+/// object's and change without FsCore seeing them, so the branch's other
+/// view must ask each time; the writer's own view knows them anyway), else
+/// [`ttl_for`].
+fn node_attr_ttl(core: &FsCore, ino: u64, b: BranchId, n: NodeId, ttl: Duration) -> Duration {
+    if core.attr_in_memory(b, n) {
+        ttl_for(ino, ttl, core.root_is_shared())
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// The TTL of entries in `parent`: zero in the shared root while processes
 /// bound through it see different branches there; else `ttl`. While nobody is
 /// bound through the root, every caller sees the default branch in it, and the
@@ -362,7 +375,7 @@ fn reply_entry(
     ttl: Duration,
 ) {
     let ino = tri!(call, reply, inode::encode_in(parent, b, attr.node));
-    let attr_ttl = ttl_for(ino, ttl, core.root_is_shared());
+    let attr_ttl = node_attr_ttl(core, ino, b, attr.node, ttl);
     let entry_ttl = entry_ttl(core, parent, ttl);
     reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, attr), Generation(0));
 }

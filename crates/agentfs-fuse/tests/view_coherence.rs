@@ -100,6 +100,22 @@ fn a_change_through_either_view_is_seen_through_the_other() {
     });
     assert_eq!(fs::read(view.join("d/f")).unwrap(), b"three! and more");
 
+    // A writer that stays open (a log being appended to): the other view
+    // sees each append while the file is still open, with passthrough too.
+    {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("d/f"))
+            .unwrap();
+        for (i, chunk) in [&b"-one"[..], b"-two", b"-three"].iter().enumerate() {
+            f.write_all(chunk).unwrap();
+            let want = [4u64, 8, 14][i] + 15;
+            agrees(&format!("size while a writer is open, append {i}"), || {
+                size(&view.join("d/f")) == Some(want)
+            });
+        }
+    }
+
     // A directory made and removed through the view.
     fs::create_dir(view.join("d/sub")).unwrap();
     agrees("mkdir through the view", || root.join("d/sub").is_dir());

@@ -191,7 +191,12 @@ impl AgentFs {
                     // `..` of a branch's root is the mount's parent: the kernel
                     // never makes a dentry of `.` or `..` from readdirplus.
                     let e_ino = tri!(call, reply, inode::encode_in(target, b, e.node));
-                    let attr_ttl = ttl_for(e_ino, entry_ttl, root_shared);
+                    let attr_ttl = if core.attr_in_memory(b, e.node) {
+                        ttl_for(e_ino, entry_ttl, root_shared)
+                    } else {
+                        // See node_attr_ttl: written directly right now.
+                        std::time::Duration::ZERO
+                    };
                     let name = OsStr::from_bytes(&e.name);
                     let fattr = file_attr(e_ino, attr);
                     if reply.add(

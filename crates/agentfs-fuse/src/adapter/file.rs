@@ -41,6 +41,8 @@ impl AgentFs {
         let truncates_read_only = truncates_read_only(flags.0);
         // Data lane: opening for writing may copy shared content first.
         let (paths, exec_opens) = (Arc::clone(&self.paths), Arc::clone(&self.exec_opens));
+        let twins = Arc::clone(&self.twins);
+        let writes = core_flags.write;
         self.submit_data(call, reply, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let ino = tri!(
@@ -68,6 +70,11 @@ impl AgentFs {
                 let _ = core.release(fh);
                 paths.release(ino);
                 exec_opens.released(fh.0);
+            } else if writes {
+                // The branch's other view may hold this file's attributes for
+                // the whole TTL; while the kernel writes the object directly
+                // they come with TTL 0 (node_attr_ttl), so have it ask again.
+                twins.handle_changed(core, ino, fh, false);
             }
         });
     }

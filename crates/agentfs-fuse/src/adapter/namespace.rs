@@ -2,7 +2,7 @@
 //! linking names, and `access`.
 
 use super::virtual_nodes::is_reserved;
-use super::{ctx, rename_flags, reply_entry, resolve, ttl_for, AgentFs};
+use super::{ctx, rename_flags, reply_entry, resolve, AgentFs};
 use crate::attr::file_attr;
 use crate::deadline::Late;
 use crate::inode::{self, Ino};
@@ -89,7 +89,7 @@ impl AgentFs {
         self.submit_meta_if_late(call, reply, in_memory, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.getattr(b, n));
-            let ttl = ttl_for(ino.0, ttl, core.root_is_shared());
+            let ttl = super::node_attr_ttl(core, ino.0, b, n, ttl);
             reply.attr(&ttl, &file_attr(ino.0, &attr));
         });
     }
@@ -104,7 +104,7 @@ impl AgentFs {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.setattr(&ctx, b, n, &set));
             twins.inode_changed(core, target, b, n, resize);
-            let ttl = ttl_for(ino.0, ttl, core.root_is_shared());
+            let ttl = super::node_attr_ttl(core, ino.0, b, n, ttl);
             reply.attr(&ttl, &file_attr(ino.0, &attr));
         };
         if resize {
