@@ -133,6 +133,10 @@ pub(crate) struct BranchState {
     /// it would on a local filesystem, so an open or stat racing the unlink or
     /// a rename over it finds the file it resolved instead of ESTALE. Leaf lock.
     kernel_refs: Mutex<HashMap<NodeId, u64>>,
+    /// Nodes kept with no name because the kernel still held them when their
+    /// last name went (may name nodes already gone): what snapshot-create
+    /// leaves out, without walking every node the kernel holds. Leaf lock.
+    orphans: Mutex<std::collections::HashSet<NodeId>>,
     open_handles: AtomicUsize,
     /// Where committed changes of this tree are recorded (`None`: not persisted).
     journal: Option<Arc<Journal>>,
@@ -285,6 +289,7 @@ impl FsCore {
             epoch: AtomicU64::new(self.new_epoch()),
             open: Mutex::new(HashMap::new()),
             kernel_refs: Mutex::new(HashMap::new()),
+            orphans: Mutex::default(),
             open_handles: AtomicUsize::new(0),
             journal,
         });
@@ -571,6 +576,7 @@ impl FsCore {
                 let orphan = t.get(node).is_some_and(|n| n.meta.nlink == 0);
                 if orphan && !branch.pinned(node) {
                     t.remove(node);
+                    branch.orphans.lock().remove(&node);
                 }
                 Ok(())
             });

@@ -243,6 +243,7 @@ impl FsCore {
                     epoch: AtomicU64::new(epochs[&id]),
                     open: Mutex::new(HashMap::new()),
                     kernel_refs: Mutex::new(HashMap::new()),
+                    orphans: Mutex::default(),
                     open_handles: AtomicUsize::new(0),
                     journal: Some(Arc::clone(journal)),
                 }),

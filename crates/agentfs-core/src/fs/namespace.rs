@@ -149,6 +149,7 @@ impl FsCore {
                 let orphan = t.get(id).is_some_and(|n| n.meta.nlink == 0);
                 if orphan && !branch.pinned(id) {
                     t.remove(id);
+                    branch.orphans.lock().remove(&id);
                 }
                 Ok(())
             });
@@ -461,6 +462,9 @@ impl FsCore {
         if n.meta.nlink == 0 && !branch.pinned(id) {
             t.remove(id);
         } else {
+            if n.meta.nlink == 0 && branch.kernel_refs.lock().contains_key(&id) {
+                branch.orphans.lock().insert(id);
+            }
             t.insert(id, n);
         }
         Ok(())

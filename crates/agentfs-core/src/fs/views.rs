@@ -202,8 +202,8 @@ impl FsCore {
             }
             // Unlinked files kept only for open handles, or because the kernel
             // still holds them, are not part of the snapshot.
-            let held = branch.kernel_refs.lock();
-            for n in open.keys().chain(held.keys()) {
+            let held = branch.orphans.lock();
+            for n in open.keys().chain(held.iter()) {
                 if frozen.get(*n).is_some_and(|node| node.meta.nlink == 0) {
                     frozen.remove(*n);
                 }
