@@ -71,9 +71,18 @@ fn a_node_the_kernel_holds_outlives_its_last_name_until_forgotten() {
     assert_eq!(e.read_file(main, "target").unwrap(), b"new");
     assert_eq!(e.core.usage().objects, objects_before);
     // A snapshot taken now leaves the nameless file out.
-    let snap = e.core.snapshot_create(main, Some("while-held".into())).unwrap();
-    let br = e.core.branch_create(snap.id, Some("from-held".into())).unwrap();
-    assert!(matches!(e.core.getattr(br.id, held.node), Err(FsError::Stale)));
+    let snap = e
+        .core
+        .snapshot_create(main, Some("while-held".into()))
+        .unwrap();
+    let br = e
+        .core
+        .branch_create(snap.id, Some("from-held".into()))
+        .unwrap();
+    assert!(matches!(
+        e.core.getattr(br.id, held.node),
+        Err(FsError::Stale)
+    ));
     assert_eq!(e.read_file(br.id, "target").unwrap(), b"new");
     e.core.branch_delete(br.id, false).unwrap();
     e.core.snapshot_delete(snap.id).unwrap();
