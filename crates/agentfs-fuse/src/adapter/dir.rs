@@ -13,7 +13,7 @@
 //! (FUSE_READDIRPLUS_AUTO); the virtual directories answer it like readdir,
 //! with their own attributes.
 
-use super::{ctx, entry_ttl, resolve, ttl_for, AgentFs};
+use super::{ctx, entry_ttl, resolve, AgentFs};
 use crate::attr::{file_attr, file_type};
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
@@ -182,7 +182,6 @@ impl AgentFs {
             let fh = HandleId(fh.0);
             let (b, _) = tri!(call, reply, core.handle_target(fh));
             let entry_ttl = entry_ttl(core, target, ttl);
-            let root_shared = core.root_is_shared();
             let mut offset = offset;
             loop {
                 let entries = tri!(call, reply, core.readdir_plus(fh, offset, READDIR_BATCH));
@@ -191,12 +190,7 @@ impl AgentFs {
                     // `..` of a branch's root is the mount's parent: the kernel
                     // never makes a dentry of `.` or `..` from readdirplus.
                     let e_ino = tri!(call, reply, inode::encode_in(target, b, e.node));
-                    let attr_ttl = if core.attr_in_memory(b, e.node) {
-                        ttl_for(e_ino, entry_ttl, root_shared)
-                    } else {
-                        // See node_attr_ttl: written directly right now.
-                        std::time::Duration::ZERO
-                    };
+                    let attr_ttl = super::node_attr_ttl(core, e_ino, b, e.node, entry_ttl);
                     let name = OsStr::from_bytes(&e.name);
                     let fattr = file_attr(e_ino, attr);
                     if reply.add(
