@@ -43,13 +43,41 @@ fn edit_dir(
     f: impl FnOnce(&mut imbl::OrdMap<Vec<u8>, NodeId>),
 ) -> FsResult<()> {
     let mut d = t.edit(id).ok_or(FsError::NotFound)?;
+    let before = d.entries().cloned();
     match &mut d.body {
         Body::Dir { entries, .. } => f(entries),
         _ => return Err(FsError::NotDir),
     }
     d.meta.nlink = d.meta.nlink.saturating_add_signed(nlink_delta);
     d.meta.touch_mc();
+    let added: Vec<(Vec<u8>, NodeId)> = match (&before, d.entries()) {
+        (Some(old), Some(new)) => old
+            .diff(new)
+            .filter_map(|c| match c {
+                imbl::ordmap::DiffItem::Add(name, child)
+                | imbl::ordmap::DiffItem::Update {
+                    new: (name, child), ..
+                } => Some((name.clone(), *child)),
+                imbl::ordmap::DiffItem::Remove(..) => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     t.insert(id, d);
+    // Each name given here becomes its node's hint (for diff, see `Meta::hint`).
+    for (name, child) in added {
+        let hint = super::tree::NameHint { parent: id, name };
+        let stale = t
+            .get(child)
+            .is_some_and(|c| c.meta.hint.as_ref() != Some(&hint));
+        if !stale {
+            continue;
+        }
+        if let Some(mut c) = t.edit(child) {
+            c.meta.hint = Some(hint);
+            t.insert(child, c);
+        }
+    }
     Ok(())
 }
 

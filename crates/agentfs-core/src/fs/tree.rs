@@ -204,6 +204,20 @@ pub(crate) struct Meta {
     pub(crate) mtime: SystemTime,
     pub(crate) ctime: SystemTime,
     pub(crate) crtime: SystemTime,
+    /// One name of the node: where it was last given a name. Kept by every
+    /// change of a directory's entries (`edit_dir`), persisted, and read by
+    /// diff to name a node whose directory did not change. A hint only: for
+    /// a file with several links it may name a link removed since, so check
+    /// it against the directory before use. Not an attribute: nothing else
+    /// reads it, and two nodes differing only here are equal for diff.
+    pub(crate) hint: Option<NameHint>,
+}
+
+/// A (directory, name) entry that named a node; see [`Meta::hint`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NameHint {
+    pub(crate) parent: NodeId,
+    pub(crate) name: Name,
 }
 
 impl Meta {
@@ -221,6 +235,7 @@ impl Meta {
             mtime: now,
             ctime: now,
             crtime: now,
+            hint: None,
         }
     }
 

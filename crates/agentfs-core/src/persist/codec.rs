@@ -91,8 +91,10 @@ impl Enc {
         }
     }
 
+    /// Attributes. The kind byte's high bit says a name hint (format 2)
+    /// follows the times.
     pub(crate) fn meta(&mut self, m: &Meta) {
-        self.u8(kind_code(m.kind));
+        self.u8(kind_code(m.kind) | if m.hint.is_some() { HINT_FLAG } else { 0 });
         self.u16(m.perm);
         self.u32(m.nlink);
         self.u32(m.uid);
@@ -101,6 +103,10 @@ impl Enc {
         self.u32(m.rdev);
         for t in [m.atime, m.mtime, m.ctime, m.crtime] {
             self.time(t);
+        }
+        if let Some(h) = &m.hint {
+            self.u64(h.parent.0);
+            self.bytes(&h.name);
         }
     }
 
@@ -144,6 +150,9 @@ impl Enc {
         self.xattrs(&n.xattrs);
     }
 }
+
+/// Set in a node's kind byte when a name hint follows its times.
+const HINT_FLAG: u8 = 0x80;
 
 fn kind_code(k: FileKind) -> u8 {
     match k {
@@ -240,7 +249,8 @@ impl<'a> Dec<'a> {
     }
 
     pub(crate) fn meta(&mut self) -> Result<Meta, PersistError> {
-        let kind = match self.u8()? {
+        let code = self.u8()?;
+        let kind = match code & !HINT_FLAG {
             0 => FileKind::RegularFile,
             1 => FileKind::Directory,
             2 => FileKind::Symlink,
@@ -262,6 +272,14 @@ impl<'a> Dec<'a> {
             mtime: self.time()?,
             ctime: self.time()?,
             crtime: self.time()?,
+            hint: if code & HINT_FLAG != 0 {
+                Some(crate::fs::tree::NameHint {
+                    parent: NodeId(self.u64()?),
+                    name: self.bytes()?,
+                })
+            } else {
+                None
+            },
         })
     }
 
