@@ -12,6 +12,7 @@ mod dir;
 mod durable;
 mod file;
 mod namespace;
+mod overlay;
 mod perm;
 pub(crate) mod tree;
 mod views;
@@ -208,6 +209,9 @@ pub struct FsCore {
     cow_clones: AtomicU64,
     /// Set once by `FsCore::open_persisted`: the metadata journal.
     journal: std::sync::OnceLock<Arc<Journal>>,
+    /// Set once by `FsCore::attach_lower` on an overlay mount: the lower
+    /// directory lower nodes are read from (`overlay`).
+    lower: std::sync::OnceLock<Arc<crate::lower::Lower>>,
 }
 
 /// Epoch stamped on objects that belong to a snapshot alone: no branch has it.
@@ -229,6 +233,7 @@ impl FsCore {
                 body: Body::Dir {
                     entries: imbl::OrdMap::new(),
                     parent: NodeId::ROOT,
+                    lower: None,
                 },
                 xattrs: None,
             },
@@ -252,6 +257,7 @@ impl FsCore {
             next_epoch: AtomicU64::new(FROZEN_EPOCH + 1),
             cow_clones: AtomicU64::new(0),
             journal: std::sync::OnceLock::new(),
+            lower: std::sync::OnceLock::new(),
         };
         let main = core.new_branch_state(&config.default_branch_name, None, tree);
         debug_assert_eq!(main.id, core.default_branch);
@@ -492,6 +498,9 @@ impl FsCore {
             return true;
         };
         let t = branch.tree.read();
+        if t.get(parent).is_some_and(|p| p.unloaded().is_some()) {
+            return false; // A lower directory to read first.
+        }
         let child = t
             .get(parent)
             .and_then(|p| p.entries())

@@ -20,6 +20,7 @@ pub mod binding;
 pub mod creds;
 pub mod error;
 pub mod ids;
+pub mod lower;
 
 mod fs;
 pub mod persist;
@@ -34,4 +35,5 @@ pub use fs::{
     SnapshotInfo, XattrSet,
 };
 pub use ids::{BranchId, ContentId, HandleId, NodeId, SnapshotId};
+pub use lower::Lower;
 pub use persist::{MemStore, MetaStore, PersistError};

@@ -35,8 +35,14 @@ use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// Version of the checkpoint and journal formats this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the checkpoint and journal formats this build writes. Version
+/// 2 added node bodies for lower files and unread lower directories (overlay
+/// mounts, specs/overlay.md); a version 1 store holds none and is read as it
+/// always was ([`OLDEST_READ_VERSION`]).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this build reads.
+pub const OLDEST_READ_VERSION: u32 = 1;
 
 /// Why persisted state could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 impl FsCore {
     pub fn opendir(&self, ctx: &Ctx, b: BranchId, id: NodeId) -> FsResult<HandleId> {
         let branch = self.branch(b)?;
+        self.ensure_loaded(&branch, &[id])?;
         {
             let t = branch.tree.read();
             let n = node(&t, id)?;
@@ -35,6 +36,7 @@ impl FsCore {
             match &*cache {
                 Some(l) if offset != 0 => Arc::clone(l),
                 _ => {
+                    self.ensure_loaded(&h.branch, &[h.node])?;
                     let l = Arc::new(self.list(&h.branch.tree.read(), h.node)?);
                     *cache = Some(Arc::clone(&l));
                     l
@@ -73,9 +75,18 @@ impl FsCore {
 
     fn list(&self, t: &super::tree::Tree, id: NodeId) -> FsResult<Vec<DirEntry>> {
         let n = node(t, id)?;
-        let Body::Dir { entries, parent } = &n.body else {
+        let Body::Dir {
+            entries,
+            parent,
+            lower,
+        } = &n.body
+        else {
             return Err(FsError::NotDir);
         };
+        if lower.is_some() {
+            // Read by the caller (`ensure_loaded`) unless it went in between.
+            return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        }
         let mut out = Vec::with_capacity(entries.len() + 2);
         out.push(DirEntry {
             name: b".".to_vec(),

@@ -85,17 +85,19 @@ impl FsCore {
         }
 
         // Which branch alone names each object (None: shared or a snapshot's).
+        // Lower files (overlay) are no backstore object: never anyone's to
+        // write in place, never missing, never swept.
         let mut owner: HashMap<ContentId, Option<BranchId>> = HashMap::new();
         for s in state.snapshots.values() {
             for (_, n) in s.tree.iter() {
-                if let Some(c) = n.content() {
+                if let Some(c) = n.content().filter(|c| c.lower.is_none()) {
                     owner.insert(c.id, None);
                 }
             }
         }
         for (&b, r) in &state.branches {
             for (_, n) in r.tree.iter() {
-                if let Some(c) = n.content() {
+                if let Some(c) = n.content().filter(|c| c.lower.is_none()) {
                     owner
                         .entry(c.id)
                         .and_modify(|o| {
@@ -151,7 +153,9 @@ impl FsCore {
             let epoch = epochs[b];
             let mut fixes = Vec::new();
             for (id, n) in r.tree.iter() {
-                let Some(c) = n.content() else { continue };
+                let Some(c) = n.content().filter(|c| c.lower.is_none()) else {
+                    continue;
+                };
                 if owner.get(&c.id) != Some(&Some(*b)) {
                     continue;
                 }

@@ -70,6 +70,7 @@ impl FsCore {
         exclusive: bool,
     ) -> FsResult<(Attr, HandleId)> {
         let p = (mode & !umask & 0o7777) as u16;
+        self.ensure_loaded(&*self.branch(b)?, &[parent])?;
         let created = self.write_tree(b, |t| {
             let existing = super::namespace::entry(t, parent, name.as_bytes())?;
             match existing {
@@ -126,15 +127,16 @@ impl FsCore {
         } else {
             let t = branch.tree.read();
             let n = super::node(&t, h.node);
-            n.map(|n| n.content().filter(|c| c.epoch() == branch.epoch()).cloned())
-                .transpose()
+            // A lower file is never written by anyone: the kernel may read it directly.
+            n.map(|n| {
+                n.content()
+                    .filter(|c| c.epoch() == branch.epoch() || c.lower.is_some())
+                    .cloned()
+            })
+            .transpose()
         };
         let file = match content {
-            Some(Ok(c)) => self
-                .backstore
-                .host_file(c.id)
-                .map(Some)
-                .map_err(FsError::from),
+            Some(Ok(c)) => self.content_file(&c).map(Some).map_err(FsError::from),
             Some(Err(e)) => Err(e),
             None => Ok(None),
         };
@@ -260,9 +262,7 @@ impl FsCore {
         if let Some(c) = content {
             let mut done = 0;
             while done < n {
-                let got = self
-                    .backstore
-                    .read_at(c.id, &mut buf[done..], offset + done as u64)?;
+                let got = self.content_read_at(&c, &mut buf[done..], offset + done as u64)?;
                 if got == 0 {
                     break; // The object is shorter than the file: the rest is a hole.
                 }
@@ -323,7 +323,8 @@ impl FsCore {
             let t = h.branch.tree.read();
             t.get(h.node).and_then(|n| n.content().cloned())
         };
-        if let Some(c) = content {
+        // A lower file is never written: nothing of it to sync.
+        if let Some(c) = content.filter(|c| c.lower.is_none()) {
             self.backstore.sync(c.id, data_only)?;
             if h.branch.open_count(h.node).passthrough_writers > 0 {
                 // The kernel wrote the object directly: its size and mtime
@@ -419,7 +420,7 @@ impl FsCore {
             }
             (libc::SEEK_HOLE, None) => Ok(offset),
             (libc::SEEK_DATA | libc::SEEK_HOLE, Some(c)) => {
-                match self.backstore.seek(c.id, offset, whence) {
+                match self.content_seek(&c, offset, whence) {
                     // Past the object's end but inside the file: a hole up to the file's end.
                     Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                         if whence == libc::SEEK_HOLE {
@@ -523,10 +524,10 @@ impl FsCore {
         id: NodeId,
     ) -> FsResult<Option<Arc<Content>>> {
         loop {
-            let (content, epoch) = {
+            let (content, epoch, size) = {
                 let t = branch.tree.read();
                 let n = super::node(&t, id)?;
-                (n.content().cloned(), branch.epoch())
+                (n.content().cloned(), branch.epoch(), n.meta.size)
             };
             let Some(content) = content else {
                 return Ok(None);
@@ -536,11 +537,7 @@ impl FsCore {
             }
             // Shared: copy without holding the tree lock; shared objects are never
             // written in place, so the source cannot change under the copy.
-            let copy = Content::new(
-                self.backstore.clone_object(content.id)?,
-                epoch,
-                &self.reaper,
-            );
+            let copy = Content::new(self.copy_object(&content, size)?, epoch, &self.reaper);
             self.cow_clones.fetch_add(1, Ordering::Relaxed);
             self.note_object_changed(&copy);
             let installed = Self::write_branch_tree(branch, |t| {

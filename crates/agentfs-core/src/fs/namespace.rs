@@ -27,7 +27,19 @@ fn dir(t: &Tree, id: NodeId) -> FsResult<&Arc<Node>> {
 
 pub(super) fn entry(t: &Tree, parent: NodeId, name: &[u8]) -> FsResult<Option<NodeId>> {
     let d = dir(t, parent)?;
+    unread_lower(d)?;
     Ok(d.entries().and_then(|e| e.get(name).copied()))
+}
+
+/// EIO for a lower directory whose entries are not read yet: every
+/// operation reads them first (`FsCore::ensure_loaded`), so this is a missed
+/// case, and answering from its empty entry map would be wrong.
+fn unread_lower(d: &Node) -> FsResult<()> {
+    if d.unloaded().is_some() {
+        tracing::error!("a lower directory's entries were needed before they were read");
+        return Err(FsError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+    }
+    Ok(())
 }
 
 /// Write permission and search permission on a directory whose entries change.
@@ -44,6 +56,7 @@ fn edit_dir(
 ) -> FsResult<()> {
     let mut d = t.edit(id).ok_or(FsError::NotFound)?;
     let before = d.entries().cloned();
+    unread_lower(&d)?;
     match &mut d.body {
         Body::Dir { entries, .. } => f(entries),
         _ => return Err(FsError::NotDir),
@@ -106,6 +119,7 @@ impl FsCore {
             return Err(FsError::NameTooLong);
         }
         let branch = self.branch(b)?;
+        self.ensure_loaded(&branch, &[parent])?;
         let parts = {
             // The name and its node in one view of the tree.
             let t = branch.tree.read();
@@ -348,6 +362,7 @@ impl FsCore {
         } else {
             0
         };
+        self.ensure_loaded(&*self.branch(b)?, &[parent])?;
         let id = self.write_tree(b, |t| {
             self.make_node(ctx, t, parent, name.as_bytes(), kind, p, rdev, body)
         })?;
@@ -364,10 +379,12 @@ impl FsCore {
         umask: u32,
     ) -> FsResult<Attr> {
         let p = (mode & !umask & 0o7777) as u16;
+        self.ensure_loaded(&*self.branch(b)?, &[parent])?;
         let id = self.write_tree(b, |t| {
             let body = Body::Dir {
                 entries: imbl::OrdMap::new(),
                 parent,
+                lower: None,
             };
             self.make_node(
                 ctx,
@@ -397,6 +414,7 @@ impl FsCore {
         if target.len() > 4095 {
             return Err(FsError::NameTooLong);
         }
+        self.ensure_loaded(&*self.branch(b)?, &[parent])?;
         let id = self.write_tree(b, |t| {
             let body = Body::Symlink(Arc::from(target));
             self.make_node(
@@ -422,6 +440,7 @@ impl FsCore {
         new_name: &OsStr,
     ) -> FsResult<Attr> {
         let name = new_name.as_bytes();
+        self.ensure_loaded(&*self.branch(b)?, &[new_parent])?;
         self.write_tree(b, |t| {
             check_name(name)?;
             let n = node(t, id)?;
@@ -463,6 +482,7 @@ impl FsCore {
     ) -> FsResult<NodeId> {
         let branch = self.branch(b)?;
         let name = name.as_bytes();
+        self.ensure_loaded(&branch, &[parent])?;
         let victim = Self::write_branch_tree(&branch, |t| {
             may_modify_dir(ctx, t, parent)?;
             let victim = entry(t, parent, name)?.ok_or(FsError::NotFound)?;
@@ -505,10 +525,12 @@ impl FsCore {
             b".." => return Err(FsError::NotEmpty),
             _ => {}
         }
+        self.ensure_child_loaded(&*self.branch(b)?, parent, name)?;
         self.write_tree(b, |t| {
             may_modify_dir(ctx, t, parent)?;
             let victim = entry(t, parent, name)?.ok_or(FsError::NotFound)?;
             let v = node(t, victim)?;
+            unread_lower(v)?;
             let entries = v.entries().ok_or(FsError::NotDir)?;
             if !entries.is_empty() {
                 return Err(FsError::NotEmpty);
@@ -561,6 +583,8 @@ impl FsCore {
         }
         check_name(new_name)?;
         let branch = self.branch(b)?;
+        self.ensure_loaded(&branch, &[parent])?;
+        self.ensure_child_loaded(&branch, new_parent, new_name)?;
         Self::write_branch_tree(&branch, |t| {
             may_modify_dir(ctx, t, parent)?;
             may_modify_dir(ctx, t, new_parent)?;
@@ -590,6 +614,7 @@ impl FsCore {
                     return Ok(());
                 }
                 let d = node(t, dst)?;
+                unread_lower(d)?;
                 perm::sticky(ctx, &dir(t, new_parent)?.meta, &d.meta)?;
                 match (src_dir, d.entries()) {
                     (true, None) => return Err(FsError::NotDir),

@@ -132,6 +132,10 @@ pub(crate) struct Content {
     /// change; the version counts changes, so an answer asked for before a
     /// change is not kept after it. Leaf lock.
     allocated: Mutex<(u64, Option<u64>)>,
+    /// For a file of an overlay's lower directory, read in place: its path
+    /// there. Such an object is never written (its epoch stays frozen, so
+    /// the first write copies it up) and never removed.
+    pub(crate) lower: Option<Arc<[u8]>>,
     reaper: Arc<Reaper>,
 }
 
@@ -142,6 +146,21 @@ impl Content {
             epoch: AtomicU64::new(epoch),
             io: Arc::new(RwLock::new(())),
             allocated: Mutex::new((0, None)),
+            lower: None,
+            reaper: Arc::clone(reaper),
+        })
+    }
+
+    /// The lower file at `path` (relative to the lower root), allocating
+    /// `allocated` bytes there. Its id is [`LOWER_CONTENT`]: it has no
+    /// backstore object.
+    pub(crate) fn lower(path: Arc<[u8]>, allocated: u64, reaper: &Arc<Reaper>) -> Arc<Content> {
+        Arc::new(Content {
+            id: LOWER_CONTENT,
+            epoch: AtomicU64::new(crate::fs::FROZEN_EPOCH),
+            io: Arc::new(RwLock::new(())),
+            allocated: Mutex::new((0, Some(allocated))),
+            lower: Some(path),
             reaper: Arc::clone(reaper),
         })
     }
@@ -180,9 +199,14 @@ impl Content {
 
 impl Drop for Content {
     fn drop(&mut self) {
-        self.reaper.state.lock().pending.push(self.id);
+        if self.lower.is_none() {
+            self.reaper.state.lock().pending.push(self.id);
+        }
     }
 }
+
+/// The id every lower-file content carries; no backstore object has it.
+pub(crate) const LOWER_CONTENT: ContentId = ContentId(u64::MAX);
 
 impl std::fmt::Debug for Content {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,6 +297,10 @@ pub(crate) enum Body {
     Dir {
         entries: imbl::OrdMap<Name, NodeId>,
         parent: NodeId,
+        /// A directory of an overlay's lower directory whose entries are not
+        /// read yet: its path there. `entries` is empty until FsCore reads
+        /// them (`FsCore::load_dir`); then this is `None` for good.
+        lower: Option<Arc<[u8]>>,
     },
     Symlink(Arc<[u8]>),
     /// FIFOs, sockets and device nodes: attributes only.
@@ -297,6 +325,14 @@ impl Node {
     pub(crate) fn content(&self) -> Option<&Arc<Content>> {
         match &self.body {
             Body::File { content } => content.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// For a lower directory whose entries are not read yet: its lower path.
+    pub(crate) fn unloaded(&self) -> Option<&Arc<[u8]>> {
+        match &self.body {
+            Body::Dir { lower, .. } => lower.as_ref(),
             _ => None,
         }
     }

@@ -441,6 +441,7 @@ impl FsCore {
 
     /// Names in the root directory of branch `b`.
     pub fn root_names(&self, b: BranchId) -> FsResult<Vec<Vec<u8>>> {
+        self.ensure_loaded(&*self.branch(b)?, &[NodeId::ROOT])?;
         self.read_tree(b, |t| {
             let root = super::node(t, NodeId::ROOT)?;
             Ok(root

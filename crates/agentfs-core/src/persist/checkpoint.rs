@@ -98,7 +98,7 @@ pub(crate) fn decode(data: &[u8], contents: &mut Contents) -> Result<(u64, State
         ));
     }
     let version = u32::from_le_bytes(data[8..12].try_into().expect("4"));
-    if version != FORMAT_VERSION {
+    if !(super::OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(PersistError::Version {
             found: version,
             supported: FORMAT_VERSION,

@@ -128,11 +128,31 @@ impl Enc {
     pub(crate) fn node(&mut self, n: &Node) {
         self.meta(&n.meta);
         match &n.body {
+            Body::File {
+                content: Some(c), ..
+            } if c.lower.is_some() => {
+                // A lower file read in place (format 2).
+                self.u8(4);
+                self.bytes(c.lower.as_deref().unwrap_or_default());
+                self.u64(c.cached_allocated().unwrap_or(0));
+            }
             Body::File { content } => {
                 self.u8(0);
                 self.opt_u64(content.as_ref().map(|c| c.id.0));
             }
-            Body::Dir { entries, parent } => {
+            Body::Dir {
+                parent,
+                lower: Some(path),
+                ..
+            } => {
+                // A lower directory not read yet (format 2): no entries.
+                self.u8(5);
+                self.u64(parent.0);
+                self.bytes(path);
+            }
+            Body::Dir {
+                entries, parent, ..
+            } => {
                 self.u8(1);
                 self.u64(parent.0);
                 self.u32(entries.len() as u32);
@@ -314,10 +334,29 @@ impl<'a> Dec<'a> {
                     let name = self.bytes()?;
                     entries.insert(name, NodeId(self.u64()?));
                 }
-                Body::Dir { entries, parent }
+                Body::Dir {
+                    entries,
+                    parent,
+                    lower: None,
+                }
             }
             2 => Body::Symlink(self.bytes()?.into()),
             3 => Body::Special,
+            4 => {
+                let path: Arc<[u8]> = self.bytes()?.into();
+                let allocated = self.u64()?;
+                Body::File {
+                    content: Some(contents.lower(path, allocated)),
+                }
+            }
+            5 => {
+                let parent = NodeId(self.u64()?);
+                Body::Dir {
+                    entries: imbl::OrdMap::new(),
+                    parent,
+                    lower: Some(self.bytes()?.into()),
+                }
+            }
             _ => return Err(corrupt("bad node body tag")),
         };
         Ok(Node {
@@ -342,6 +381,12 @@ impl Contents {
             map: HashMap::new(),
             reaper: Arc::clone(reaper),
         }
+    }
+
+    /// A lower file's content (one per node: they are never written, so
+    /// nothing needs them shared).
+    pub(crate) fn lower(&self, path: Arc<[u8]>, allocated: u64) -> Arc<Content> {
+        Content::lower(path, allocated, &self.reaper)
     }
 
     pub(crate) fn get(&mut self, id: ContentId) -> Arc<Content> {

@@ -50,7 +50,7 @@ pub(crate) fn frames(data: &[u8], gen: u64) -> Result<Frames<'_>, PersistError> 
         return Ok((Vec::new(), 0));
     }
     let version = u32::from_le_bytes(data[8..12].try_into().expect("4"));
-    if version != FORMAT_VERSION {
+    if !(super::OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(PersistError::Version {
             found: version,
             supported: FORMAT_VERSION,

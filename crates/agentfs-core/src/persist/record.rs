@@ -43,11 +43,18 @@ fn changes(enc: &mut Enc, old: &Tree, new: &Tree, ids: &mut Vec<NodeId>) -> u32 
             }
             (Some(o), Some(n)) if Arc::ptr_eq(o, n) => continue,
             (Some(o), Some(n)) => match (&o.body, &n.body) {
+                // A delta of entries only between two directories whose
+                // entries are read (a lower directory being read is a put).
                 (
-                    Body::Dir { entries: oe, .. },
+                    Body::Dir {
+                        entries: oe,
+                        lower: None,
+                        ..
+                    },
                     Body::Dir {
                         entries: ne,
                         parent,
+                        lower: None,
                     },
                 ) => {
                     enc.u8(CHANGE_DIR);
@@ -196,14 +203,13 @@ fn apply_changes(
                 let meta = dec.meta()?;
                 let parent = NodeId(dec.u64()?);
                 let xattrs = dec.xattrs()?;
-                let mut entries =
-                    tree.get(id)
-                        .and_then(|n| n.entries().cloned())
-                        .ok_or_else(|| {
-                            PersistError::Corrupt(format!(
-                                "directory delta for {id}, not a directory"
-                            ))
-                        })?;
+                let mut entries = tree
+                    .get(id)
+                    .filter(|n| n.unloaded().is_none())
+                    .and_then(|n| n.entries().cloned())
+                    .ok_or_else(|| {
+                        PersistError::Corrupt(format!("directory delta for {id}, not a directory"))
+                    })?;
                 let k = dec.count(5)?;
                 for _ in 0..k {
                     let name = dec.bytes()?;
@@ -220,7 +226,11 @@ fn apply_changes(
                     id,
                     Node {
                         meta,
-                        body: Body::Dir { entries, parent },
+                        body: Body::Dir {
+                            entries,
+                            parent,
+                            lower: None,
+                        },
                         xattrs,
                     },
                 );

@@ -1,0 +1,381 @@
+//! Overlay mounts: the default branch starts as an existing host directory
+//! (the lower directory, [`Lower`]), read in place and never written.
+//!
+//! Two kinds of tree node stand for what is still only in the lower directory
+//! (specs/overlay.md):
+//! - a lower directory whose entries are not read yet (`Body::Dir` with
+//!   `lower: Some(path)` and no entries). [`FsCore::load_dir`] reads them
+//!   the first time an operation needs them (a lookup in it, a readdir, a
+//!   create, an unlink...): one `readdir` and one `lstat` per entry, then one
+//!   commit that puts a node per entry into the tree, each a lower directory
+//!   not read yet, a symlink, a special file, or a file whose content is the
+//!   lower file. From then on the tree alone says what the directory holds:
+//!   an unlink removes the entry (a whiteout needs no record of its own), and
+//!   a directory removed and made again is an ordinary, empty directory
+//!   (opaque). Mounting reads nothing but the root's `lstat`.
+//! - a lower file: a [`Content`] whose `lower` is its path. Its epoch is
+//!   frozen, so copy-on-write already does the rest: the first write,
+//!   truncate or fallocate copies it up into a backstore object (a reflink
+//!   where the two filesystems allow it); chmod, chown, utimens and xattrs
+//!   change only the node. Its reads go to the lower file; a read-only open
+//!   may hand the kernel the lower file for passthrough.
+//!
+//! Loading is a tree change like any other (journaled, so a remount goes on
+//! with the same node ids), except that it is allowed on a snapshot's
+//! read-only view too: it changes what is known, not what the view holds.
+
+use super::tree::{Body, Content, Meta, Node};
+use super::{BranchState, FsCore};
+use crate::attr::FileKind;
+use crate::error::{FsError, FsResult};
+use crate::ids::{ContentId, NodeId};
+use crate::lower::{self, Lower, LowerEntry, LowerStat};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+/// Bytes copied per step when a copy-up cannot reflink.
+const COPY_CHUNK: usize = 1 << 20;
+
+fn meta_of(st: &LowerStat) -> Meta {
+    let kind = FileKind::from_mode(st.mode).unwrap_or(FileKind::RegularFile);
+    let mut meta = Meta::new(kind, (st.mode & 0o7777) as u16, st.uid, st.gid);
+    meta.nlink = match kind {
+        // Hard links of the lower directory become separate files.
+        FileKind::Directory => u32::try_from(st.nlink).unwrap_or(u32::MAX).max(2),
+        _ => 1,
+    };
+    meta.size = st.size;
+    meta.rdev = u32::try_from(st.rdev).unwrap_or(0);
+    meta.atime = st.atime;
+    meta.mtime = st.mtime;
+    meta.ctime = st.ctime;
+    meta.crtime = st.ctime;
+    meta
+}
+
+impl FsCore {
+    /// Make `lower` this core's lower directory. On a new store (nothing was
+    /// ever created in it) the default branch's root becomes the lower root,
+    /// its entries read on first use; on a store that has been used, the
+    /// trees already say which nodes are the lower directory's, and this only
+    /// lets them be read. Answers whether the root was made the lower root.
+    pub fn attach_lower(&self, lower: Arc<Lower>) -> FsResult<bool> {
+        let root_stat = lower.root_stat()?;
+        if self.lower.set(lower).is_err() {
+            return Err(FsError::Busy(
+                "a lower directory is attached already".into(),
+            ));
+        }
+        let fresh = {
+            let reg = self.registry.read();
+            reg.branches.len() == 1 && reg.snapshots.is_empty()
+        } && self.next_node.load(std::sync::atomic::Ordering::Acquire)
+            == NodeId::ROOT.0 + 1;
+        if !fresh {
+            return Ok(false);
+        }
+        let branch = self.branch(self.default_branch)?;
+        Self::commit_load(&branch, |t| {
+            let Some(root) = t.get(NodeId::ROOT) else {
+                return Ok(false);
+            };
+            if root.entries().is_some_and(|e| !e.is_empty()) || root.unloaded().is_some() {
+                return Ok(false);
+            }
+            let mut meta = meta_of(&root_stat);
+            meta.kind = FileKind::Directory;
+            t.insert(
+                NodeId::ROOT,
+                Node {
+                    meta,
+                    body: Body::Dir {
+                        entries: imbl::OrdMap::new(),
+                        parent: NodeId::ROOT,
+                        lower: Some(Arc::from(&b""[..])),
+                    },
+                    xattrs: None,
+                },
+            );
+            Ok(true)
+        })
+    }
+
+    /// The lower directory, for nodes that name one.
+    fn lower_dir(&self) -> io::Result<&Arc<Lower>> {
+        self.lower.get().ok_or_else(|| {
+            tracing::error!(
+                "a node names the lower directory, but none is attached (mount with --lower)"
+            );
+            io::Error::from_raw_os_error(libc::EIO)
+        })
+    }
+
+    /// Commit a change that only reads lower entries into `branch`'s tree:
+    /// as a tree change (journaled), but allowed on a read-only view.
+    fn commit_load<R>(
+        branch: &BranchState,
+        f: impl FnOnce(&mut super::tree::Tree) -> FsResult<R>,
+    ) -> FsResult<R> {
+        let mut guard = branch.tree.write();
+        let mut draft = guard.clone();
+        if branch.journal.is_some() {
+            draft.start_log();
+        }
+        let result = f(&mut draft)?;
+        if let Some(j) = &branch.journal {
+            let mut touched = draft.take_log();
+            if let Some(rec) = super::record::tree(branch.id, &guard, &draft, &mut touched) {
+                j.append(&rec);
+            }
+        }
+        let old = std::mem::replace(&mut *guard, draft);
+        drop(guard);
+        drop(old);
+        Ok(result)
+    }
+
+    /// Read the entries of lower directory `id` of `branch` into its tree,
+    /// unless they are read already. No lock is held while the lower
+    /// directory is read; a racing load of the same directory wins once.
+    pub(super) fn load_dir(&self, branch: &BranchState, id: NodeId) -> FsResult<()> {
+        let path = {
+            let t = branch.tree.read();
+            match t.get(id).and_then(|n| n.unloaded()) {
+                Some(p) => Arc::clone(p),
+                None => return Ok(()),
+            }
+        };
+        let listing = self.lower_dir()?.list(&path)?;
+        let nodes: Vec<(Vec<u8>, NodeId, Node)> = listing
+            .into_iter()
+            .map(|e| {
+                let child = self.new_node_id();
+                let node = self.lower_node(&path, id, e.clone());
+                (e.name, child, node)
+            })
+            .collect();
+        Self::commit_load(branch, |t| {
+            let Some(mut d) = t.edit(id) else {
+                return Ok(());
+            };
+            if !d.unloaded().is_some_and(|p| Arc::ptr_eq(p, &path)) {
+                return Ok(());
+            }
+            let mut entries = imbl::OrdMap::new();
+            let mut subdirs = 0u32;
+            for (name, child, node) in nodes {
+                subdirs += u32::from(node.meta.kind == FileKind::Directory);
+                entries.insert(name, child);
+                t.insert(child, node);
+            }
+            d.body = match d.body {
+                Body::Dir { parent, .. } => Body::Dir {
+                    entries,
+                    parent,
+                    lower: None,
+                },
+                other => other,
+            };
+            d.meta.nlink = 2 + subdirs;
+            t.insert(id, d);
+            Ok(())
+        })?;
+        self.maybe_checkpoint();
+        Ok(())
+    }
+
+    /// The node for lower entry `e` of the lower directory at `dir`, a child
+    /// of node `parent`.
+    fn lower_node(&self, dir: &[u8], parent: NodeId, e: LowerEntry) -> Node {
+        let meta = meta_of(&e.stat);
+        let path: Arc<[u8]> = lower::join(dir, &e.name).into();
+        let body = match meta.kind {
+            FileKind::Directory => Body::Dir {
+                entries: imbl::OrdMap::new(),
+                parent,
+                lower: Some(path),
+            },
+            FileKind::RegularFile => Body::File {
+                content: (meta.size > 0)
+                    .then(|| Content::lower(path, e.stat.allocated, &self.reaper)),
+            },
+            FileKind::Symlink => Body::Symlink(e.target.unwrap_or_default().into()),
+            _ => Body::Special,
+        };
+        Node {
+            meta,
+            body,
+            xattrs: None,
+        }
+    }
+
+    /// Have the entries of every lower directory among `ids` read.
+    pub(super) fn ensure_loaded(&self, branch: &BranchState, ids: &[NodeId]) -> FsResult<()> {
+        for &id in ids {
+            let unloaded = branch
+                .tree
+                .read()
+                .get(id)
+                .is_some_and(|n| n.unloaded().is_some());
+            if unloaded {
+                self.load_dir(branch, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Have the entries of `parent`, and of its entry `name` if that is a
+    /// lower directory, read (for operations that need a directory empty).
+    pub(super) fn ensure_child_loaded(
+        &self,
+        branch: &BranchState,
+        parent: NodeId,
+        name: &[u8],
+    ) -> FsResult<()> {
+        self.ensure_loaded(branch, &[parent])?;
+        let child = branch
+            .tree
+            .read()
+            .get(parent)
+            .and_then(|p| p.entries())
+            .and_then(|e| e.get(name).copied());
+        match child {
+            Some(c) => self.ensure_loaded(branch, &[c]),
+            None => Ok(()),
+        }
+    }
+
+    /// Read bytes of a content object, wherever it lives.
+    pub(crate) fn content_read_at(
+        &self,
+        c: &Content,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<usize> {
+        match &c.lower {
+            Some(path) => self.lower_dir()?.read_at(path, buf, offset),
+            None => self.backstore.read_at(c.id, buf, offset),
+        }
+    }
+
+    /// `SEEK_DATA`/`SEEK_HOLE` on a content object, wherever it lives.
+    pub(super) fn content_seek(&self, c: &Content, offset: u64, whence: i32) -> io::Result<u64> {
+        match &c.lower {
+            Some(path) => self.lower_dir()?.seek(path, offset, whence),
+            None => self.backstore.seek(c.id, offset, whence),
+        }
+    }
+
+    /// A host file of a content object for the kernel to use directly: the
+    /// backstore's, or the lower file (read-only) for a lower content.
+    pub(super) fn content_file(&self, c: &Content) -> io::Result<Arc<File>> {
+        match &c.lower {
+            Some(path) => self.lower_dir()?.file(path),
+            None => self.backstore.host_file(c.id),
+        }
+    }
+
+    /// A new backstore object with the bytes of `c` (the first `size` of
+    /// them for a lower file): a clone of a backstore object, or the copy-up
+    /// of a lower file (reflink, else `copy_file_range`, else read and write).
+    pub(super) fn copy_object(&self, c: &Content, size: u64) -> io::Result<ContentId> {
+        let Some(path) = &c.lower else {
+            return self.backstore.clone_object(c.id);
+        };
+        let src = self.lower_dir()?.file(path)?;
+        let id = self.backstore.create()?;
+        let copied = match self.backstore.host_file(id) {
+            Ok(dst) => copy_host(&src, &dst, size),
+            Err(_) => self.copy_through(&src, id, size),
+        }
+        .and_then(|()| self.backstore.set_len(id, size));
+        if let Err(e) = copied {
+            let _ = self.backstore.remove(id);
+            return Err(e);
+        }
+        tracing::debug!(lower = %String::from_utf8_lossy(path), content = %id, "copied up");
+        Ok(id)
+    }
+
+    /// Copy `size` bytes of `src` into object `id` through the backstore.
+    fn copy_through(&self, src: &File, id: ContentId, size: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut at = 0u64;
+        while at < size {
+            let want = (size - at).min(COPY_CHUNK as u64) as usize;
+            let n = src.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            self.backstore.write_at(id, &buf[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Copy `size` bytes of `src` into the empty host file `dst`: a reflink
+/// (FICLONE) where both are on one filesystem that can, else `copy_file_range`.
+fn copy_host(src: &File, dst: &File, size: u64) -> io::Result<()> {
+    // FICLONE = _IOW(0x94, 9, int)
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: both descriptors are open for the call; FICLONE reads an int.
+    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    if cloned == 0 {
+        return Ok(());
+    }
+    let mut at: i64 = 0;
+    while (at as u64) < size {
+        let mut off_in = at;
+        let mut off_out = at;
+        let want = (size - at as u64).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open; the offsets are valid pointers
+        // to locals the call updates.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                want,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Across filesystems, or not supported here: copy by hand.
+                Some(libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => {
+                    return copy_plain(src, dst, at as u64, size)
+                }
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        at += n as i64;
+    }
+    Ok(())
+}
+
+/// Copy bytes `from..size` of `src` into `dst` with reads and writes.
+fn copy_plain(src: &File, dst: &File, from: u64, size: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut at = from;
+    while at < size {
+        let want = (size - at).min(COPY_CHUNK as u64) as usize;
+        let n = src.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,515 @@
+//! Overlay mounts in FsCore: a temporary lower directory under a persisted
+//! core (in-memory journal and objects). Reads come from the lower directory,
+//! the first write copies up, metadata changes copy nothing, unlinks hide,
+//! rmdir + mkdir makes an opaque directory, snapshots and branches isolate,
+//! a remount (clean or after a crash) goes on, and the lower directory is
+//! never changed.
+
+use agentfs_core::backstore::mem::MemBackstore;
+use agentfs_core::{
+    Backstore, BranchId, CoreConfig, Ctx, FileKind, FsCore, FsError, Lower, MemStore, MetaStore,
+    NodeId, OpenFlags, ProcFs, SetAttr,
+};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+const RO: OpenFlags = OpenFlags {
+    read: true,
+    write: false,
+    append: false,
+    truncate: false,
+};
+const RW: OpenFlags = OpenFlags {
+    read: true,
+    write: true,
+    append: false,
+    truncate: false,
+};
+
+fn n(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// The lower directory every test starts from.
+fn make_lower(dir: &Path) {
+    std::fs::create_dir_all(dir.join("src/deep/er")).unwrap();
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    std::fs::write(dir.join("README"), b"read me\n").unwrap();
+    std::fs::write(dir.join("src/main.rs"), b"fn main() {}\n").unwrap();
+    std::fs::write(dir.join("src/lib.rs"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(dir.join("src/deep/er/leaf.txt"), b"leaf").unwrap();
+    std::fs::write(dir.join("docs/a.md"), b"a").unwrap();
+    std::fs::write(dir.join("docs/b.md"), b"b").unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+    std::fs::set_permissions(dir.join("README"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::symlink("src/main.rs", dir.join("link")).unwrap();
+}
+
+/// Every path of `dir` with its type, mode, size, mtime and bytes.
+fn fingerprint(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let body = if m.is_dir() {
+                stack.push(p.clone());
+                String::new()
+            } else if m.file_type().is_symlink() {
+                std::fs::read_link(&p).unwrap().display().to_string()
+            } else {
+                format!("{:?}", std::fs::read(&p).unwrap())
+            };
+            let line = format!(
+                "{:o} {} {} {}.{} {body}",
+                m.mode(),
+                m.uid(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec()
+            );
+            out.insert(rel, line);
+        }
+    }
+    out
+}
+
+struct Overlay {
+    core: FsCore,
+    objects: Arc<MemBackstore>,
+    store: Arc<MemStore>,
+    ctx: Ctx,
+    _lower: Arc<Lower>,
+}
+
+fn mount(objects: &Arc<MemBackstore>, store: MemStore, lower: &Path) -> (Overlay, bool) {
+    let store = Arc::new(store);
+    let (core, _) = FsCore::open_persisted(
+        Arc::clone(objects) as Arc<dyn Backstore>,
+        Arc::clone(&store) as Arc<dyn MetaStore>,
+        CoreConfig {
+            process_table: Box::new(ProcFs),
+            default_branch_name: "main".into(),
+        },
+    )
+    .expect("open persisted core");
+    let l = Arc::new(Lower::open(lower).unwrap());
+    let fresh = core.attach_lower(Arc::clone(&l)).unwrap();
+    (
+        Overlay {
+            core,
+            objects: Arc::clone(objects),
+            store,
+            ctx: Ctx::root(),
+            _lower: l,
+        },
+        fresh,
+    )
+}
+
+impl Overlay {
+    fn main(&self) -> BranchId {
+        self.core.default_branch()
+    }
+
+    fn resolve(&self, b: BranchId, path: &str) -> agentfs_core::FsResult<agentfs_core::Attr> {
+        let mut attr = self.core.getattr(b, NodeId::ROOT)?;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            attr = self.core.lookup(&self.ctx, b, attr.node, n(part))?;
+        }
+        Ok(attr)
+    }
+
+    fn parent(&self, b: BranchId, path: &str) -> (NodeId, String) {
+        let (dir, base) = path.rsplit_once('/').unwrap_or(("", path));
+        (self.resolve(b, dir).unwrap().node, base.to_string())
+    }
+
+    fn read(&self, b: BranchId, path: &str) -> agentfs_core::FsResult<Vec<u8>> {
+        let attr = self.resolve(b, path)?;
+        let fh = self.core.open(&self.ctx, b, attr.node, RO)?;
+        let data = self.core.read(fh, 0, u32::MAX);
+        self.core.release(fh)?;
+        data
+    }
+
+    fn write_at(&self, b: BranchId, path: &str, offset: u64, data: &[u8]) {
+        let attr = self.resolve(b, path).unwrap();
+        let fh = self.core.open(&self.ctx, b, attr.node, RW).unwrap();
+        self.core.write(&self.ctx, fh, offset, data).unwrap();
+        self.core.release(fh).unwrap();
+    }
+
+    fn names(&self, b: BranchId, path: &str) -> Vec<String> {
+        let dir = self.resolve(b, path).unwrap();
+        let fh = self.core.opendir(&self.ctx, b, dir.node).unwrap();
+        let entries = self.core.readdir(fh, 0, usize::MAX).unwrap();
+        self.core.releasedir(fh).unwrap();
+        let mut names: Vec<String> = entries
+            .into_iter()
+            .map(|e| String::from_utf8(e.name).unwrap())
+            .filter(|s| s != "." && s != "..")
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn unlink(&self, b: BranchId, path: &str) -> agentfs_core::FsResult<()> {
+        let (p, name) = self.parent(b, path);
+        self.core.unlink(&self.ctx, b, p, n(&name))
+    }
+
+    fn rmdir(&self, b: BranchId, path: &str) -> agentfs_core::FsResult<()> {
+        let (p, name) = self.parent(b, path);
+        self.core.rmdir(&self.ctx, b, p, n(&name))
+    }
+
+    fn mkdir(&self, b: BranchId, path: &str) {
+        let (p, name) = self.parent(b, path);
+        self.core
+            .mkdir(&self.ctx, b, p, n(&name), 0o755, 0)
+            .unwrap();
+    }
+
+    fn objects(&self) -> u64 {
+        self.core.usage().objects
+    }
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn reads_come_from_the_lower_directory_with_its_attributes() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let (o, fresh) = mount(
+        &Arc::new(MemBackstore::new()),
+        MemStore::new(),
+        lower.path(),
+    );
+    assert!(fresh);
+    let b = o.main();
+    assert_eq!(
+        o.names(b, ""),
+        strs(&["README", "docs", "empty", "link", "src"])
+    );
+    assert_eq!(o.read(b, "README").unwrap(), b"read me\n");
+    assert_eq!(o.read(b, "src/lib.rs").unwrap(), vec![7u8; 300_000]);
+    assert_eq!(o.read(b, "src/deep/er/leaf.txt").unwrap(), b"leaf");
+    assert_eq!(o.read(b, "empty").unwrap(), b"");
+    let readme = o.resolve(b, "README").unwrap();
+    let host = std::fs::metadata(lower.path().join("README")).unwrap();
+    assert_eq!(readme.perm, 0o640);
+    assert_eq!(readme.uid, host.uid());
+    assert_eq!(readme.size, 8);
+    assert_eq!(
+        readme.mtime,
+        std::time::UNIX_EPOCH
+            + std::time::Duration::new(host.mtime() as u64, host.mtime_nsec() as u32)
+    );
+    let link = o.resolve(b, "link").unwrap();
+    assert_eq!(link.kind, FileKind::Symlink);
+    assert_eq!(o.core.readlink(b, link.node).unwrap(), b"src/main.rs");
+    let src = o.resolve(b, "src").unwrap();
+    assert_eq!(src.kind, FileKind::Directory);
+    assert_eq!(src.nlink, 3, "src holds one subdirectory");
+    // Nothing was copied into the backstore by reading.
+    assert_eq!(o.objects(), 0);
+}
+
+#[test]
+fn first_write_copies_up_and_metadata_changes_copy_nothing() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let before = fingerprint(lower.path());
+    let (o, _) = mount(
+        &Arc::new(MemBackstore::new()),
+        MemStore::new(),
+        lower.path(),
+    );
+    let b = o.main();
+
+    // chmod, chown, utimens and an xattr: no data copied.
+    let readme = o.resolve(b, "README").unwrap().node;
+    let set = SetAttr {
+        mode: Some(0o600),
+        uid: Some(4242),
+        mtime: Some(agentfs_core::SetTime::At(std::time::UNIX_EPOCH)),
+        ..SetAttr::default()
+    };
+    o.core.setattr(&o.ctx, b, readme, &set).unwrap();
+    o.core
+        .setxattr(
+            &o.ctx,
+            b,
+            readme,
+            n("user.k"),
+            b"v",
+            agentfs_core::XattrSet::Any,
+        )
+        .unwrap();
+    assert_eq!(o.objects(), 0, "metadata changes copy no data");
+    let a = o.resolve(b, "README").unwrap();
+    assert_eq!((a.perm, a.uid), (0o600, 4242));
+    assert_eq!(o.read(b, "README").unwrap(), b"read me\n");
+
+    // The first write copies up; the rest of the file is the lower's.
+    o.write_at(b, "src/lib.rs", 10, b"XY");
+    assert_eq!(o.objects(), 1);
+    let mut want = vec![7u8; 300_000];
+    want[10..12].copy_from_slice(b"XY");
+    assert_eq!(o.read(b, "src/lib.rs").unwrap(), want);
+    o.write_at(b, "src/lib.rs", 0, b"Z");
+    assert_eq!(o.objects(), 1, "a second write copies nothing more");
+
+    // Truncate to a shorter length copies up; to zero copies nothing.
+    let main_rs = o.resolve(b, "src/main.rs").unwrap().node;
+    let shorter = SetAttr {
+        size: Some(2),
+        ..SetAttr::default()
+    };
+    o.core.setattr(&o.ctx, b, main_rs, &shorter).unwrap();
+    assert_eq!(o.read(b, "src/main.rs").unwrap(), b"fn");
+    assert_eq!(o.objects(), 2);
+    let leaf = o.resolve(b, "src/deep/er/leaf.txt").unwrap().node;
+    let zero = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    o.core.setattr(&o.ctx, b, leaf, &zero).unwrap();
+    assert_eq!(o.read(b, "src/deep/er/leaf.txt").unwrap(), b"");
+    assert_eq!(o.objects(), 2);
+
+    assert_eq!(
+        fingerprint(lower.path()),
+        before,
+        "the lower directory changed"
+    );
+}
+
+#[test]
+fn unlink_hides_and_rmdir_mkdir_makes_an_opaque_directory() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let before = fingerprint(lower.path());
+    let (o, _) = mount(
+        &Arc::new(MemBackstore::new()),
+        MemStore::new(),
+        lower.path(),
+    );
+    let b = o.main();
+
+    o.unlink(b, "README").unwrap();
+    assert!(matches!(o.resolve(b, "README"), Err(FsError::NotFound)));
+    assert!(!o.names(b, "").contains(&"README".to_string()));
+
+    // A lower directory with entries is not empty, even unread.
+    assert!(matches!(o.rmdir(b, "docs"), Err(FsError::NotEmpty)));
+    assert!(matches!(o.rmdir(b, "src/deep"), Err(FsError::NotEmpty)));
+    o.unlink(b, "docs/a.md").unwrap();
+    o.unlink(b, "docs/b.md").unwrap();
+    o.rmdir(b, "docs").unwrap();
+    o.mkdir(b, "docs");
+    assert!(o.names(b, "docs").is_empty(), "old lower entries came back");
+    assert!(matches!(o.resolve(b, "docs/a.md"), Err(FsError::NotFound)));
+
+    // A rename over a lower directory needs it empty too; a rename of one moves it whole.
+    let root = NodeId::ROOT;
+    let renamed = o.core.rename(
+        &o.ctx,
+        b,
+        root,
+        n("docs"),
+        root,
+        n("src"),
+        agentfs_core::RenameFlags::default(),
+    );
+    assert!(matches!(renamed, Err(FsError::NotEmpty)));
+    o.core
+        .rename(
+            &o.ctx,
+            b,
+            root,
+            n("src"),
+            root,
+            n("moved"),
+            agentfs_core::RenameFlags::default(),
+        )
+        .unwrap();
+    assert_eq!(o.read(b, "moved/deep/er/leaf.txt").unwrap(), b"leaf");
+    assert_eq!(
+        fingerprint(lower.path()),
+        before,
+        "the lower directory changed"
+    );
+}
+
+#[test]
+fn snapshots_and_branches_isolate_on_an_overlay() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let before = fingerprint(lower.path());
+    let (o, _) = mount(
+        &Arc::new(MemBackstore::new()),
+        MemStore::new(),
+        lower.path(),
+    );
+    let main = o.main();
+    // Read part of the tree before the snapshot, leave `docs` unread.
+    assert_eq!(o.read(main, "src/main.rs").unwrap(), b"fn main() {}\n");
+    let snap = o.core.snapshot_create(main, Some("base".into())).unwrap();
+    let feature = o
+        .core
+        .branch_create(snap.id, Some("feature".into()))
+        .unwrap()
+        .id;
+
+    o.write_at(main, "src/main.rs", 0, b"MAIN");
+    o.unlink(main, "docs/a.md").unwrap();
+    o.write_at(feature, "docs/b.md", 0, b"B");
+
+    assert_eq!(o.read(feature, "src/main.rs").unwrap(), b"fn main() {}\n");
+    assert_eq!(o.read(feature, "docs/a.md").unwrap(), b"a");
+    assert_eq!(o.read(feature, "docs/b.md").unwrap(), b"B");
+    assert_eq!(o.read(main, "src/main.rs").unwrap(), b"MAINain() {}\n");
+    assert!(matches!(
+        o.resolve(main, "docs/a.md"),
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(o.read(main, "docs/b.md").unwrap(), b"b");
+
+    // Deleting the branch frees its copy and no lower file.
+    o.core.branch_delete(feature, true).unwrap();
+    o.core.snapshot_delete(snap.id).unwrap();
+    assert_eq!(o.objects(), 1);
+    assert_eq!(
+        fingerprint(lower.path()),
+        before,
+        "the lower directory changed"
+    );
+}
+
+#[test]
+fn a_remount_goes_on_after_a_clean_unmount_and_after_a_crash() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let before = fingerprint(lower.path());
+    let objects = Arc::new(MemBackstore::new());
+    let (o, _) = mount(&objects, MemStore::new(), lower.path());
+    let b = o.main();
+    o.write_at(b, "src/main.rs", 0, b"EDIT");
+    o.unlink(b, "docs/a.md").unwrap();
+    let readme = o.resolve(b, "README").unwrap().node;
+    let chmod = SetAttr {
+        mode: Some(0o604),
+        ..SetAttr::default()
+    };
+    o.core.setattr(&o.ctx, b, readme, &chmod).unwrap();
+    let node_of_leaf = o.resolve(b, "src/deep/er/leaf.txt").unwrap().node;
+    o.core.sync_all().unwrap();
+
+    let check = |o: &Overlay| {
+        let b = o.main();
+        assert_eq!(o.read(b, "src/main.rs").unwrap(), b"EDITain() {}\n");
+        assert!(matches!(o.resolve(b, "docs/a.md"), Err(FsError::NotFound)));
+        assert_eq!(o.read(b, "docs/b.md").unwrap(), b"b");
+        assert_eq!(o.resolve(b, "README").unwrap().perm, 0o604);
+        assert_eq!(o.read(b, "README").unwrap(), b"read me\n");
+        assert_eq!(
+            o.resolve(b, "src/deep/er/leaf.txt").unwrap().node,
+            node_of_leaf
+        );
+        assert_eq!(o.read(b, "src/lib.rs").unwrap(), vec![7u8; 300_000]);
+    };
+
+    // Crash: the store as it stands, the old core never closed.
+    let image = o.store.image(None);
+    let _keep = Arc::clone(&o.objects);
+    std::mem::forget(o);
+    let (o, fresh) = mount(&objects, image, lower.path());
+    assert!(
+        !fresh,
+        "a used store must not start over from the lower directory"
+    );
+    check(&o);
+
+    // Clean unmount: a checkpoint holds lower files and unread directories.
+    o.core.checkpoint().unwrap();
+    let image = o.store.image(None);
+    drop(o);
+    let (o, _) = mount(&objects, image, lower.path());
+    check(&o);
+    assert_eq!(
+        fingerprint(lower.path()),
+        before,
+        "the lower directory changed"
+    );
+}
+
+#[test]
+fn a_heavy_workload_leaves_the_lower_directory_as_it_was() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    for i in 0..50 {
+        std::fs::write(lower.path().join(format!("docs/f{i}")), vec![i as u8; 5000]).unwrap();
+    }
+    let before = fingerprint(lower.path());
+    let (o, _) = mount(
+        &Arc::new(MemBackstore::new()),
+        MemStore::new(),
+        lower.path(),
+    );
+    let b = o.main();
+    for i in 0..50 {
+        let path = format!("docs/f{i}");
+        match i % 5 {
+            0 => o.write_at(b, &path, 100, b"overwrite"),
+            1 => o.unlink(b, &path).unwrap(),
+            2 => {
+                let node = o.resolve(b, &path).unwrap().node;
+                let set = SetAttr {
+                    mode: Some(0o777),
+                    size: Some(7),
+                    ..SetAttr::default()
+                };
+                o.core.setattr(&o.ctx, b, node, &set).unwrap();
+            }
+            3 => {
+                let root = NodeId::ROOT;
+                let docs = o.resolve(b, "docs").unwrap().node;
+                o.core
+                    .rename(
+                        &o.ctx,
+                        b,
+                        docs,
+                        n(&format!("f{i}")),
+                        root,
+                        n(&format!("top{i}")),
+                        agentfs_core::RenameFlags::default(),
+                    )
+                    .unwrap();
+                o.write_at(b, &format!("top{i}"), 4990, b"tail-extends");
+            }
+            _ => {
+                let snap = o.core.snapshot_create(b, None).unwrap();
+                o.write_at(b, &path, 0, b"after snapshot");
+                let br = o.core.branch_create(snap.id, None).unwrap().id;
+                o.write_at(br, &path, 0, b"in branch");
+            }
+        }
+    }
+    o.core.sync_all().unwrap();
+    assert_eq!(
+        fingerprint(lower.path()),
+        before,
+        "the lower directory changed"
+    );
+}
