@@ -14,6 +14,7 @@ mod file;
 mod namespace;
 mod overlay;
 mod perm;
+mod snapshot_views;
 pub(crate) mod tree;
 mod views;
 mod xattr;
@@ -172,6 +173,9 @@ pub(crate) struct SnapshotState {
 struct Registry {
     branches: HashMap<BranchId, Arc<BranchState>>,
     snapshots: HashMap<SnapshotId, Arc<SnapshotState>>,
+    /// Read-only views of snapshots, made on first browse (`snapshot_views`):
+    /// in no list, never persisted, dropped with their snapshot.
+    snapshot_views: HashMap<SnapshotId, Arc<BranchState>>,
     next_branch: u64,
     next_snapshot: u64,
 }
@@ -311,14 +315,15 @@ impl FsCore {
         state
     }
 
-    /// The live state of branch `b`; `Stale` once it is deleted.
+    /// The live state of branch `b` (or of a snapshot's read-only view);
+    /// `Stale` once it is deleted.
     fn branch(&self, b: BranchId) -> FsResult<Arc<BranchState>> {
-        self.registry
-            .read()
-            .branches
-            .get(&b)
-            .cloned()
-            .ok_or(FsError::Stale)
+        let reg = self.registry.read();
+        let found = match b.viewed_snapshot() {
+            Some(s) => reg.snapshot_views.get(&s),
+            None => reg.branches.get(&b),
+        };
+        found.cloned().ok_or(FsError::Stale)
     }
 
     /// Run `f` on a consistent view of branch `b`'s tree.
@@ -344,6 +349,7 @@ impl FsCore {
         branch: &BranchState,
         f: impl FnOnce(&mut Tree) -> FsResult<R>,
     ) -> FsResult<R> {
+        branch.check_writable()?;
         let mut guard = branch.tree.write();
         let mut draft = guard.clone();
         if branch.journal.is_some() {

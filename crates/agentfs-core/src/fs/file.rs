@@ -37,6 +37,9 @@ impl FsCore {
                 FileKind::Symlink => return Err(FsError::Loop),
                 _ => {}
             }
+            if flags.write || flags.truncate {
+                branch.check_writable()?;
+            }
             Self::check_open(ctx, &n.meta, flags.read, flags.write || flags.truncate)?;
         }
         let fh = self.add_handle(Arc::clone(&branch), id, HandleKind::File(flags));
@@ -125,15 +128,15 @@ impl FsCore {
         let content = if flags.write {
             Some(self.content_for_write(branch, h.node))
         } else {
+            // A snapshot view's objects are never written again by anyone
+            // (`snapshot_views`): the kernel may read them directly.
+            // A lower file is never written by anyone either.
+            let direct = |c: &&Arc<Content>| {
+                c.epoch() == branch.epoch() || branch.read_only() || c.lower.is_some()
+            };
             let t = branch.tree.read();
             let n = super::node(&t, h.node);
-            // A lower file is never written by anyone: the kernel may read it directly.
-            n.map(|n| {
-                n.content()
-                    .filter(|c| c.epoch() == branch.epoch() || c.lower.is_some())
-                    .cloned()
-            })
-            .transpose()
+            n.map(|n| n.content().filter(direct).cloned()).transpose()
         };
         let file = match content {
             Some(Ok(c)) => self.content_file(&c).map(Some).map_err(FsError::from),
@@ -450,6 +453,7 @@ impl FsCore {
         id: NodeId,
         size: u64,
     ) -> FsResult<()> {
+        branch.check_writable()?;
         if size > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
@@ -523,6 +527,7 @@ impl FsCore {
         branch: &BranchState,
         id: NodeId,
     ) -> FsResult<Option<Arc<Content>>> {
+        branch.check_writable()?;
         loop {
             let (content, epoch, size) = {
                 let t = branch.tree.read();
@@ -552,6 +557,7 @@ impl FsCore {
 
     /// The private content object to write, created if the file has none yet.
     fn content_for_write(&self, branch: &BranchState, id: NodeId) -> FsResult<Arc<Content>> {
+        branch.check_writable()?;
         loop {
             if let Some(c) = self.make_private(branch, id)? {
                 return Ok(c);

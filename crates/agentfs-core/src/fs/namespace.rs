@@ -211,11 +211,21 @@ impl FsCore {
     }
 
     pub fn access(&self, ctx: &Ctx, b: BranchId, id: NodeId, mask: i32) -> FsResult<()> {
+        let read_only = self.is_read_only(b);
         self.read_tree(b, |t| {
             let n = node(t, id)?;
             let mask = (mask & 7) as u16;
             if mask == 0 {
                 return Ok(());
+            }
+            // As on a read-only mount: no write access to files, directories
+            // and symlinks (special files are not the filesystem's to write).
+            let stored = matches!(
+                n.meta.kind,
+                FileKind::RegularFile | FileKind::Directory | FileKind::Symlink
+            );
+            if read_only && mask & W != 0 && stored {
+                return Err(FsError::ReadOnly);
             }
             perm::check(ctx, &n.meta, mask)
         })

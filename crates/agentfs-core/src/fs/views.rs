@@ -266,6 +266,8 @@ impl FsCore {
     }
 
     /// Delete a snapshot. Branches made from it keep what they share with it.
+    /// Its read-only view (if it was browsed) goes with it: its inodes are
+    /// stale from now on.
     pub fn snapshot_delete(&self, s: SnapshotId) -> FsResult<()> {
         let gone = {
             let mut reg = self.registry.write();
@@ -276,7 +278,7 @@ impl FsCore {
             if let Some(j) = self.journal.get() {
                 j.append(&super::record::snapshot_delete(s));
             }
-            gone
+            (gone, reg.snapshot_views.remove(&s))
         };
         drop(gone);
         self.make_durable(false)?;
