@@ -14,14 +14,16 @@ default:
 build:
     cargo build --release --workspace --bins
 
-# Build, then mount AgentFS at MOUNT as a background daemon (default $AGENTFS_MOUNT or ~/agentfs).
-mount-fuse mount=default_mount: build
+# E.g. an overlay over an existing checkout (specs/overlay.md):
+#   just mount-fuse ~/agentfs --lower ~/src/repo --backstore ~/.local/share/agentfs/repo
+# Build, then mount AgentFS at MOUNT as a background daemon (default $AGENTFS_MOUNT or ~/agentfs); FLAGS go to agentfs-fuse-host.
+mount-fuse mount=default_mount *flags: build
     #!/usr/bin/env bash
     set -euo pipefail
     mount={{ quote(mount) }}
     mkdir -p "$mount"
     # The daemon prints "AgentFS mounted at ..." once the mount is live, then detaches.
-    target/release/agentfs-fuse-host "$mount"
+    target/release/agentfs-fuse-host {{ flags }} "$mount"
     echo "To use it:  export PATH=\"$PWD/target/release:\$PATH\" AGENTFS_MOUNT=\"$mount\""
     echo "            agentfs-control-cli snapshot-create --name base && agentfs-control-cli branch-create --from base --name feature"
     echo "            agentfs-control-cli branch-bind --branch feature   # this shell now sees branch 'feature' at $mount"

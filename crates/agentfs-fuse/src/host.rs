@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod overlay;
 pub mod preflight;
 pub mod serve;
 pub mod slow;
@@ -17,7 +18,13 @@ pub mod slow;
 use anyhow::Context;
 
 /// Run the mount binary with parsed flags.
-pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+pub fn run(mut cli: cli::Cli) -> anyhow::Result<()> {
+    if let Some(lower) = &cli.lower {
+        // Before the daemon leaves the working directory.
+        cli.lower = Some(std::path::absolute(lower).with_context(|| {
+            format!("cannot make the lower path {} absolute", lower.display())
+        })?);
+    }
     let euid = nix::unistd::geteuid().as_raw();
     let mountpoint = preflight::check(&cli.mountpoint, euid)?;
     let backstore = match &cli.backstore {

@@ -81,7 +81,10 @@ impl FsCore {
             let Some(root) = t.get(NodeId::ROOT) else {
                 return Ok(false);
             };
-            if root.entries().is_some_and(|e| !e.is_empty()) || root.unloaded().is_some() {
+            if root.unloaded().is_some() {
+                return Ok(true); // Attached before, and nothing read since.
+            }
+            if root.entries().is_some_and(|e| !e.is_empty()) {
                 return Ok(false);
             }
             let mut meta = meta_of(&root_stat);

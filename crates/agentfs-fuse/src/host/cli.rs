@@ -78,6 +78,14 @@ pub struct Cli {
     #[arg(long, value_name = "KIB", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(4..))]
     pub checkpoint_journal_kib: u64,
 
+    /// Mount as an overlay over this existing directory (a checkout): the
+    /// default branch starts as its content, read in place and never written;
+    /// the first write of a file copies it into the backstore. Needs a new
+    /// backstore; later mounts of that backstore must pass the same directory.
+    /// It may be the mountpoint itself.
+    #[arg(long, value_name = "DIR")]
+    pub lower: Option<PathBuf>,
+
     /// Name of the branch unbound processes see.
     #[arg(long, value_name = "NAME", default_value = "main")]
     pub default_branch: String,
@@ -148,6 +156,7 @@ mod tests {
         assert_eq!(cli.attr_ttl_ms, 60_000);
         assert_eq!(cli.op_timeout_ms, 30_000);
         assert_eq!(cli.fault_slow_backstore, None);
+        assert_eq!(cli.lower, None);
         assert_eq!(cli.default_branch, "main");
         assert_eq!(cli.log_level, LogLevel::Info);
         assert!(cli.inline_meta);
@@ -166,6 +175,8 @@ mod tests {
             "trunk",
             "--inline-meta",
             "off",
+            "--lower",
+            "/src",
             "/m",
         ])
         .unwrap();
@@ -175,6 +186,7 @@ mod tests {
         assert_eq!((cli.fuse_threads, cli.attr_ttl_ms), (4, 0));
         assert_eq!(cli.default_branch, "trunk");
         assert!(!cli.inline_meta);
+        assert_eq!(cli.lower, Some(PathBuf::from("/src")));
         assert!(
             Cli::try_parse_from(["agentfs-fuse-host", "--inline-meta", "maybe", "/m"]).is_err()
         );

@@ -1,0 +1,101 @@
+//! `--lower DIR`: mount as an overlay over an existing directory.
+//!
+//! The lower directory is opened before the FUSE session mounts, so the
+//! mountpoint may be the lower directory itself (the checkout is then seen
+//! through AgentFS at its own path, its original content read underneath).
+//!
+//! The backstore remembers which lower directory it was made over, in the
+//! file `lower-dir` (its canonical path, one line): a later mount of the same
+//! backstore must pass the same `--lower` (or none is accepted if none was
+//! ever given). A different one is refused rather than silently mixing two
+//! checkouts: the trees name lower files by their path relative to the lower
+//! root, and would resolve them in the other directory (specs/overlay.md).
+
+use agentfs_core::{FsCore, Lower};
+use anyhow::{anyhow, bail, Context};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file in the backstore that names the lower directory.
+const MARKER: &str = "lower-dir";
+
+/// What the backstore says about its lower directory.
+fn recorded(backstore: &Path) -> anyhow::Result<Option<PathBuf>> {
+    match std::fs::read_to_string(backstore.join(MARKER)) {
+        Ok(s) => Ok(Some(PathBuf::from(s.trim_end_matches('\n')))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context("cannot read the backstore's lower-dir file"),
+    }
+}
+
+/// Attach the lower directory `lower` (from `--lower`) to `core`, checking
+/// it against what the backstore recorded. Called before mounting.
+pub fn attach(core: &FsCore, lower: Option<&Path>, backstore: &Path) -> anyhow::Result<()> {
+    let before = recorded(backstore)?;
+    let Some(lower) = lower else {
+        if let Some(dir) = before {
+            bail!(
+                "the backstore {} is an overlay of {}: mount it with --lower {}",
+                backstore.display(),
+                dir.display(),
+                dir.display()
+            );
+        }
+        return Ok(());
+    };
+    let canonical = lower
+        .canonicalize()
+        .with_context(|| format!("cannot open the lower directory {}", lower.display()))?;
+    if !canonical.is_dir() {
+        bail!(
+            "the lower directory {} is not a directory",
+            canonical.display()
+        );
+    }
+    if backstore.starts_with(&canonical) {
+        bail!(
+            "the backstore {} is inside the lower directory {}: the lower directory is never written, put the backstore elsewhere",
+            backstore.display(),
+            canonical.display()
+        );
+    }
+    if let Some(dir) = &before {
+        if dir != &canonical {
+            bail!(
+                "the backstore {} is an overlay of {}, not of {} (to move a checkout, edit {})",
+                backstore.display(),
+                dir.display(),
+                canonical.display(),
+                backstore.join(MARKER).display()
+            );
+        }
+    }
+    let opened = Lower::open(&canonical)
+        .with_context(|| format!("cannot open the lower directory {}", canonical.display()))?;
+    let started = std::time::Instant::now();
+    let fresh = core
+        .attach_lower(Arc::new(opened))
+        .map_err(|e| anyhow!("cannot attach the lower directory: {e}"))?;
+    if before.is_none() {
+        if !fresh {
+            bail!(
+                "the backstore {} already holds files of its own: an overlay needs a new backstore",
+                backstore.display()
+            );
+        }
+        let tmp = backstore.join(format!("{MARKER}.tmp"));
+        let mut text = canonical.as_os_str().as_encoded_bytes().to_vec();
+        text.push(b'\n');
+        std::fs::write(&tmp, text).context("cannot record the lower directory")?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, backstore.join(MARKER))
+            .context("cannot record the lower directory")?;
+    }
+    tracing::info!(
+        lower = %canonical.display(),
+        fresh,
+        us = started.elapsed().as_micros() as u64,
+        "overlay: lower directory attached"
+    );
+    Ok(())
+}
