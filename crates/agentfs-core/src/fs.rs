@@ -11,6 +11,7 @@
 mod dir;
 mod durable;
 mod file;
+mod merge;
 mod namespace;
 mod overlay;
 mod perm;
@@ -20,6 +21,7 @@ mod views;
 mod xattr;
 
 pub use durable::RecoveryReport;
+pub use merge::{Change, CommitOptions, CommitReport, Conflict, Resolve};
 pub use views::{BranchInfo, CoreStats, SnapshotInfo};
 
 use crate::attr::{Attr, DirEntry, FileKind};

@@ -31,8 +31,8 @@ pub use binding::{BindingInfo, ProcFs, ProcessInfo, ProcessTable};
 pub use creds::Ctx;
 pub use error::{FsError, FsResult};
 pub use fs::{
-    BranchInfo, CoreConfig, CoreStats, FsCore, OpenFlags, RecoveryReport, RenameFlags,
-    SnapshotInfo, XattrSet,
+    BranchInfo, Change, CommitOptions, CommitReport, Conflict, CoreConfig, CoreStats, FsCore,
+    OpenFlags, RecoveryReport, RenameFlags, Resolve, SnapshotInfo, XattrSet,
 };
 pub use ids::{BranchId, ContentId, HandleId, NodeId, SnapshotId};
 pub use lower::Lower;

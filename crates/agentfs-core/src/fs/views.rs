@@ -140,6 +140,52 @@ impl FsCore {
         let _gate = self.journal.get().map(|j| j.gate.read());
         let _serial = branch.snapshot_lock.lock();
 
+        let (frozen, tag) = self.freeze(&branch, true)?;
+
+        let mut reg = self.registry.write();
+        if let Some(n) = &name {
+            if reg.snapshots.values().any(|s| &s.name == n) {
+                return Err(FsError::NameTaken(n.clone()));
+            }
+        }
+        reg.next_snapshot += 1;
+        let id = SnapshotId(reg.next_snapshot);
+        let state = Arc::new(SnapshotState {
+            id,
+            name: name.unwrap_or_else(|| format!("snap-{}", id.0)),
+            branch: b,
+            created: SystemTime::now(),
+            tree: frozen,
+        });
+        if let (Some(j), Some(tag)) = (&branch.journal, tag) {
+            j.append(&super::record::snapshot_create(
+                id,
+                &state.name,
+                b,
+                state.created,
+                tag,
+            ));
+        }
+        reg.snapshots.insert(id, Arc::clone(&state));
+        drop(reg);
+        // Durable when it returns: the objects it names, then its records.
+        self.make_durable(true)?;
+        Ok(self.snapshot_view(&state))
+    }
+
+    /// Branch `branch`'s tree as of now, made safe to share: files open for
+    /// writing get their own copy in the returned tree (taken while their
+    /// writers are held still), nodes kept only for open handles are left
+    /// out, and the branch moves to a new epoch so it copies every object it
+    /// shared before its next write. With `record`, the tree is journaled as a
+    /// frozen tree under the returned tag (for a `snapshot_create` record to
+    /// name). The caller holds `branch.snapshot_lock` (and, with `record`, the
+    /// journal's gate).
+    pub(super) fn freeze(
+        &self,
+        branch: &BranchState,
+        record: bool,
+    ) -> FsResult<(super::tree::Tree, Option<u64>)> {
         // Objects being written through open handles, still this branch's alone.
         let writers: Vec<NodeId> = branch
             .open
@@ -178,7 +224,7 @@ impl FsCore {
         let (frozen, tag) = {
             let tree = branch.tree.write();
             let mut frozen = tree.clone();
-            if branch.journal.is_some() {
+            if record && branch.journal.is_some() {
                 frozen.start_log();
             }
             let open = branch.open.lock();
@@ -211,10 +257,16 @@ impl FsCore {
             drop(held);
             drop(open);
             // The snapshot's tree as of now, recorded under the tree lock.
-            let tag = branch.journal.as_ref().map(|j| {
+            let tag = branch.journal.as_ref().filter(|_| record).map(|j| {
                 let tag = j.tag();
                 let mut touched = frozen.take_log();
-                j.append(&super::record::freeze(b, tag, &tree, &frozen, &mut touched));
+                j.append(&super::record::freeze(
+                    branch.id,
+                    tag,
+                    &tree,
+                    &frozen,
+                    &mut touched,
+                ));
                 tag
             });
             let epoch = self.new_epoch();
@@ -227,35 +279,7 @@ impl FsCore {
         drop(guards);
         drop(copies);
 
-        let mut reg = self.registry.write();
-        if let Some(n) = &name {
-            if reg.snapshots.values().any(|s| &s.name == n) {
-                return Err(FsError::NameTaken(n.clone()));
-            }
-        }
-        reg.next_snapshot += 1;
-        let id = SnapshotId(reg.next_snapshot);
-        let state = Arc::new(SnapshotState {
-            id,
-            name: name.unwrap_or_else(|| format!("snap-{}", id.0)),
-            branch: b,
-            created: SystemTime::now(),
-            tree: frozen,
-        });
-        if let (Some(j), Some(tag)) = (&branch.journal, tag) {
-            j.append(&super::record::snapshot_create(
-                id,
-                &state.name,
-                b,
-                state.created,
-                tag,
-            ));
-        }
-        reg.snapshots.insert(id, Arc::clone(&state));
-        drop(reg);
-        // Durable when it returns: the objects it names, then its records.
-        self.make_durable(true)?;
-        Ok(self.snapshot_view(&state))
+        Ok((frozen, tag))
     }
 
     pub fn snapshot_list(&self) -> Vec<SnapshotInfo> {

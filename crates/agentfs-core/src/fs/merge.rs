@@ -1,0 +1,687 @@
+//! `branch_commit`: a branch's changes since its branch point, applied onto
+//! its parent branch in one atomic step.
+//!
+//! A branch is made from a snapshot (its *base*), and the snapshot was taken
+//! of the *parent* branch. Node ids come from one allocator for the whole
+//! core, so an id names the same file in the base, the child and the parent:
+//! the merge is a three-way merge of trees keyed by node id, and costs what
+//! changed (both sides' changes are found with [`Tree::changed_nodes`], which
+//! skips every part of the map the trees still share), not the tree size.
+//!
+//! - A node only the child changed takes the child's version; a node only the
+//!   parent changed keeps the parent's.
+//! - A directory both changed (neither side moved it) is merged name by name:
+//!   names only one side changed are taken from it; the same name changed to
+//!   different targets on both sides is a conflict.
+//! - Any other node both changed (a file modified on both sides, modified on
+//!   one and deleted on the other, a directory moved on one side and changed
+//!   on the other) is a conflict, unless both sides hold the very same node.
+//!
+//! Conflicts are refused with their paths; [`Resolve`] picks a side for each
+//! instead. After a resolved merge, nodes no name reaches any more are
+//! dropped (one walk of the merged tree, on that path only). A merge that
+//! would move a directory under itself is refused whatever the resolution.
+//!
+//! The child's side is taken by the snapshot path ([`FsCore::freeze`]): the
+//! child moves to a new epoch, so it copies every object it now shares with
+//! the parent before writing it, and files open for writing in the child get
+//! their own copy for the parent, taken while their writers are held still.
+//! The parent's tree is replaced once, under its tree lock, and journaled as
+//! one tree record, so a crash leaves all of the commit or none of it. When
+//! the parent did not change since the branch point, its tree becomes the
+//! child's frozen tree as is.
+
+use super::tree::{Body, Node, Tree};
+use super::{BranchState, FsCore};
+use crate::error::{FsError, FsResult};
+use crate::ids::{BranchId, NodeId, SnapshotId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+#[cfg(test)]
+mod tests;
+
+/// Which side wins a conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resolve {
+    /// The child's change wins (`--theirs`).
+    Theirs,
+    /// The parent's state wins (`--ours`).
+    Ours,
+}
+
+/// What one side did to a conflicting path since the branch point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    Added,
+    Modified,
+    Deleted,
+    /// The directory was moved to another place.
+    Moved,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Change::Added => "added",
+            Change::Modified => "modified",
+            Change::Deleted => "deleted",
+            Change::Moved => "moved",
+        })
+    }
+}
+
+/// One path both sides changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Path from the branch root (lossy UTF-8), `/`-separated, no leading `/`.
+    pub path: String,
+    pub child: Change,
+    pub parent: Change,
+}
+
+/// How to commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitOptions {
+    /// Resolve conflicts instead of refusing the commit.
+    pub resolve: Option<Resolve>,
+    /// Delete the child branch once committed.
+    pub delete: bool,
+}
+
+/// What a commit did (or, refused, why not).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitReport {
+    pub child: Option<BranchId>,
+    pub parent: Option<BranchId>,
+    pub base: Option<SnapshotId>,
+    /// Whether the parent now holds the child's changes.
+    pub committed: bool,
+    /// The parent had not changed since the branch point: its tree became the child's.
+    pub fast_path: bool,
+    /// Nodes the child changed since the branch point.
+    pub child_changes: usize,
+    /// Nodes the parent changed since the branch point.
+    pub parent_changes: usize,
+    /// Paths both sides changed: the reason for a refusal, or what the
+    /// resolution decided.
+    pub conflicts: Vec<Conflict>,
+    /// Names of the parent that now lead elsewhere (directory, name), for
+    /// caches to forget.
+    pub changed_entries: Vec<(NodeId, Vec<u8>)>,
+    /// Nodes of the parent whose attributes or contents changed.
+    pub changed_nodes: Vec<NodeId>,
+    /// Whether the child was deleted after the commit.
+    pub deleted_child: bool,
+}
+
+/// A node's versions in the base and one side: `(base, side)`.
+type Pair = (Option<Arc<Node>>, Option<Arc<Node>>);
+
+fn changes(base: &Tree, side: &Tree) -> BTreeMap<NodeId, Pair> {
+    base.changed_nodes(side)
+        .map(|(id, b, s)| (id, (b.cloned(), s.cloned())))
+        .collect()
+}
+
+fn same(a: &Option<Arc<Node>>, b: &Option<Arc<Node>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+fn is_dir(n: &Option<Arc<Node>>) -> bool {
+    n.as_ref().is_some_and(|n| n.entries().is_some())
+}
+
+fn dir_parent(n: &Node) -> Option<NodeId> {
+    match &n.body {
+        Body::Dir { parent, .. } => Some(*parent),
+        _ => None,
+    }
+}
+
+/// What one side did to a node.
+fn change_of(base: &Option<Arc<Node>>, side: &Option<Arc<Node>>) -> Change {
+    match (base, side) {
+        (None, _) => Change::Added,
+        (Some(_), None) => Change::Deleted,
+        (Some(b), Some(s)) if dir_parent(b) != dir_parent(s) => Change::Moved,
+        _ => Change::Modified,
+    }
+}
+
+/// What one side did to the name whose target went from `base` to `side`.
+fn name_change(base: Option<NodeId>, side: Option<NodeId>) -> Change {
+    match (base, side) {
+        (None, _) => Change::Added,
+        (Some(_), None) => Change::Deleted,
+        _ => Change::Modified,
+    }
+}
+
+/// A conflict found by the merge, before its path is known.
+enum Found {
+    Node(NodeId, Change, Change),
+    Name(NodeId, Vec<u8>, Change, Change),
+    Cycle(NodeId),
+}
+
+/// The merge of one parent tree with the child's changes.
+struct Merge<'a> {
+    base: &'a Tree,
+    parent: &'a Tree,
+    child: &'a Tree,
+    draft: Tree,
+    resolve: Option<Resolve>,
+    found: Vec<Found>,
+    /// Ids the merge changed in the draft.
+    touched: Vec<NodeId>,
+    /// Files the parent deleted that the child's side won back: they get
+    /// their child's name again.
+    restore: HashSet<NodeId>,
+}
+
+impl Merge<'_> {
+    fn put(&mut self, id: NodeId, node: &Option<Arc<Node>>, branch: &BranchState) {
+        self.touched.push(id);
+        match node {
+            Some(n) => self.draft.insert_arc(id, Arc::clone(n)),
+            None => self.remove(id, branch),
+        }
+    }
+
+    /// Remove node `id` from the parent, as an unlink would: a file the
+    /// parent still has open (or the kernel still holds) stays as an orphan.
+    fn remove(&mut self, id: NodeId, branch: &BranchState) {
+        let keep = self
+            .draft
+            .get(id)
+            .is_some_and(|n| n.entries().is_none() && branch.pinned(id));
+        if keep {
+            if let Some(mut n) = self.draft.edit(id) {
+                n.meta.nlink = 0;
+                n.meta.ctime = SystemTime::now();
+                self.draft.insert(id, n);
+                if branch.kernel_refs.lock().contains_key(&id) {
+                    branch.orphans.lock().insert(id);
+                }
+            }
+        } else {
+            self.draft.remove(id);
+        }
+    }
+
+    fn conflict(&mut self, found: Found) -> Option<Resolve> {
+        self.found.push(found);
+        self.resolve
+    }
+
+    /// Merge directory `id`, which both sides changed and neither moved.
+    fn merge_dir(&mut self, id: NodeId, b: &Node, c: &Node, p: &Node) {
+        let (Some(be), Some(ce), Some(pe)) = (b.entries(), c.entries(), p.entries()) else {
+            return;
+        };
+        let mut merged = pe.clone();
+        let mut links: i64 = 0;
+        let dir_in = |t: &Tree, n: Option<NodeId>| {
+            i64::from(
+                n.and_then(|n| t.get(n))
+                    .is_some_and(|n| n.entries().is_some()),
+            )
+        };
+        for d in be.diff(ce) {
+            let (name, c_val) = match d {
+                imbl::ordmap::DiffItem::Add(name, n) => (name, Some(*n)),
+                imbl::ordmap::DiffItem::Update { new: (name, n), .. } => (name, Some(*n)),
+                imbl::ordmap::DiffItem::Remove(name, _) => (name, None),
+            };
+            let b_val = be.get(name).copied();
+            let p_val = pe.get(name).copied();
+            let take = if p_val == b_val {
+                true
+            } else if p_val == c_val {
+                false
+            } else {
+                let found = Found::Name(id, name.clone(), name_change(b_val, c_val), {
+                    name_change(b_val, p_val)
+                });
+                self.conflict(found) == Some(Resolve::Theirs)
+            };
+            if take && p_val != c_val {
+                match c_val {
+                    Some(n) => {
+                        merged.insert(name.clone(), n);
+                    }
+                    None => {
+                        merged.remove(name);
+                    }
+                }
+                links += dir_in(self.child, c_val) - dir_in(self.parent, p_val);
+            }
+        }
+        let mut node = Node::clone(p);
+        if let Body::Dir { entries, .. } = &mut node.body {
+            *entries = merged;
+        }
+        node.meta.nlink = u32::try_from(i64::from(p.meta.nlink) + links).unwrap_or(2);
+        if (c.meta.perm, c.meta.uid, c.meta.gid) != (b.meta.perm, b.meta.uid, b.meta.gid) {
+            node.meta.perm = c.meta.perm;
+            node.meta.uid = c.meta.uid;
+            node.meta.gid = c.meta.gid;
+        }
+        if !same_xattrs(&b.xattrs, &c.xattrs) {
+            node.xattrs = c.xattrs.clone();
+        }
+        node.meta.mtime = node.meta.mtime.max(c.meta.mtime);
+        node.meta.ctime = node.meta.ctime.max(c.meta.ctime);
+        node.meta.atime = node.meta.atime.max(c.meta.atime);
+        self.touched.push(id);
+        self.draft.insert(id, node);
+    }
+
+    /// Give each file in `restore` its name in the child, where the merged
+    /// tree still has that directory and the name is free.
+    fn restore_names(&mut self) {
+        if self.restore.is_empty() {
+            return;
+        }
+        let paths = paths_in(self.child, &self.restore);
+        for (id, path) in paths {
+            let (dir_path, name) = match path.iter().rposition(|&c| c == b'/') {
+                Some(i) => (&path[..i], &path[i + 1..]),
+                None => (&path[..0], &path[..]),
+            };
+            let mut dir = Some(NodeId::ROOT);
+            for part in dir_path.split(|&c| c == b'/').filter(|p| !p.is_empty()) {
+                dir = dir
+                    .and_then(|d| self.draft.get(d))
+                    .and_then(|d| d.entries())
+                    .and_then(|e| e.get(part).copied());
+            }
+            let Some(dir) = dir else { continue };
+            let Some(mut node) = self.draft.edit(dir) else {
+                continue;
+            };
+            if let Body::Dir { entries, .. } = &mut node.body {
+                if entries.contains_key(name) {
+                    continue;
+                }
+                entries.insert(name.to_vec(), id);
+                node.meta.touch_mc();
+                self.touched.push(dir);
+                self.draft.insert(dir, node);
+            }
+        }
+    }
+
+    /// Directories the merge moved must still hang under the root: a move on
+    /// each side can otherwise put two directories under each other.
+    fn check_cycles(&mut self) {
+        let moved: Vec<NodeId> = self
+            .touched
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let new = self.draft.get(id).and_then(|n| dir_parent(n));
+                let old = self.parent.get(id).and_then(|n| dir_parent(n));
+                new.is_some() && new != old
+            })
+            .collect();
+        for id in moved {
+            let mut seen = HashSet::new();
+            let mut at = id;
+            while at != NodeId::ROOT {
+                if !seen.insert(at) {
+                    self.found.push(Found::Cycle(id));
+                    break;
+                }
+                match self.draft.get(at).and_then(|n| dir_parent(n)) {
+                    Some(up) => at = up,
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Drop nodes no name reaches any more (after a resolved merge), except
+    /// the parent's orphans (nlink 0, kept for open handles).
+    fn drop_unreachable(&mut self) {
+        let mut reached = HashSet::new();
+        let mut stack = vec![NodeId::ROOT];
+        while let Some(id) = stack.pop() {
+            if !reached.insert(id) {
+                continue;
+            }
+            if let Some(e) = self.draft.get(id).and_then(|n| n.entries()) {
+                stack.extend(e.values().copied());
+            }
+        }
+        let lost: Vec<NodeId> = self
+            .draft
+            .iter()
+            .filter(|(id, n)| !reached.contains(id) && n.meta.nlink > 0)
+            .map(|(id, _)| id)
+            .collect();
+        for id in lost {
+            self.touched.push(id);
+            self.draft.remove(id);
+        }
+    }
+}
+
+fn same_xattrs(a: &Option<super::tree::Xattrs>, b: &Option<super::tree::Xattrs>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
+}
+
+/// Paths of `wanted` nodes in `tree`, found by one walk from the root (only
+/// run to report conflicts).
+fn paths_in(tree: &Tree, wanted: &HashSet<NodeId>) -> HashMap<NodeId, Vec<u8>> {
+    let mut out = HashMap::new();
+    if wanted.contains(&NodeId::ROOT) {
+        out.insert(NodeId::ROOT, Vec::new());
+    }
+    let mut stack = vec![(NodeId::ROOT, Vec::new())];
+    let mut seen = HashSet::new();
+    while let Some((id, path)) = stack.pop() {
+        if out.len() == wanted.len() || !seen.insert(id) {
+            continue;
+        }
+        let Some(entries) = tree.get(id).and_then(|n| n.entries()) else {
+            continue;
+        };
+        for (name, &child) in entries.iter() {
+            let mut p = path.clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(name);
+            if wanted.contains(&child) {
+                out.entry(child).or_insert_with(|| p.clone());
+            }
+            if tree.get(child).is_some_and(|n| n.entries().is_some()) {
+                stack.push((child, p));
+            }
+        }
+    }
+    out
+}
+
+fn text(path: &[u8]) -> String {
+    if path.is_empty() {
+        ".".into()
+    } else {
+        String::from_utf8_lossy(path).into_owned()
+    }
+}
+
+/// The conflicts with their paths (looked up in the parent, the child, then
+/// the base), sorted by path.
+fn name_conflicts(found: &[Found], trees: [&Tree; 3]) -> Vec<Conflict> {
+    let wanted: HashSet<NodeId> = found
+        .iter()
+        .map(|f| match f {
+            Found::Node(id, ..) | Found::Name(id, ..) | Found::Cycle(id) => *id,
+        })
+        .collect();
+    let mut paths: HashMap<NodeId, Vec<u8>> = HashMap::new();
+    for t in trees {
+        let missing: HashSet<NodeId> = wanted
+            .iter()
+            .filter(|id| !paths.contains_key(id))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        paths.extend(paths_in(t, &missing));
+    }
+    let path_of = |id: &NodeId| {
+        paths
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("<node {id}>").into_bytes())
+    };
+    let mut out: Vec<Conflict> = found
+        .iter()
+        .map(|f| match f {
+            Found::Node(id, child, parent) => Conflict {
+                path: text(&path_of(id)),
+                child: *child,
+                parent: *parent,
+            },
+            Found::Name(dir, name, child, parent) => {
+                let mut p = path_of(dir);
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                Conflict {
+                    path: text(&p),
+                    child: *child,
+                    parent: *parent,
+                }
+            }
+            Found::Cycle(id) => Conflict {
+                path: text(&path_of(id)),
+                child: Change::Moved,
+                parent: Change::Moved,
+            },
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup();
+    out
+}
+
+/// Names and nodes of `old` that `new` changed at the ids `touched`.
+fn cache_changes(old: &Tree, new: &Tree, touched: &[NodeId], report: &mut CommitReport) {
+    for &id in touched {
+        let (o, n) = (old.get(id), new.get(id));
+        if let (Some(o), Some(n)) = (o, n) {
+            if Arc::ptr_eq(o, n) {
+                continue;
+            }
+        }
+        if o.is_some() {
+            report.changed_nodes.push(id);
+        }
+        match (o.and_then(|o| o.entries()), n.and_then(|n| n.entries())) {
+            (Some(oe), Some(ne)) => {
+                for d in oe.diff(ne) {
+                    let name = match d {
+                        imbl::ordmap::DiffItem::Add(name, _)
+                        | imbl::ordmap::DiffItem::Remove(name, _)
+                        | imbl::ordmap::DiffItem::Update { new: (name, _), .. } => name,
+                    };
+                    report.changed_entries.push((id, name.clone()));
+                }
+            }
+            (Some(oe), None) => {
+                report
+                    .changed_entries
+                    .extend(oe.keys().map(|name| (id, name.clone())));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl FsCore {
+    /// Apply branch `child`'s changes since its branch point onto the branch
+    /// its base snapshot was taken of, atomically. Refused (`committed:
+    /// false`, with the conflicts) when both changed the same paths and
+    /// `options.resolve` is `None`.
+    pub fn branch_commit(&self, child: BranchId, options: CommitOptions) -> FsResult<CommitReport> {
+        let (c, base_id, base_tree, p) = {
+            let reg = self.registry.read();
+            let c = reg
+                .branches
+                .get(&child)
+                .cloned()
+                .ok_or_else(|| FsError::UnknownView(child.to_string()))?;
+            let base_id = c.from.ok_or_else(|| {
+                FsError::Busy(format!(
+                    "branch {} \"{}\" has no parent: it was not made from a snapshot",
+                    c.id, c.name
+                ))
+            })?;
+            let base = reg.snapshots.get(&base_id).cloned().ok_or_else(|| {
+                FsError::UnknownView(format!(
+                    "{base_id}, the snapshot branch {} was made from, was deleted: its branch point is gone",
+                    c.id
+                ))
+            })?;
+            let p = reg.branches.get(&base.branch).cloned().ok_or_else(|| {
+                FsError::UnknownView(format!(
+                    "{}, the parent of branch {} (the branch {base_id} was taken of), was deleted",
+                    base.branch, c.id
+                ))
+            })?;
+            (c, base_id, base.tree.clone(), p)
+        };
+        if p.id == c.id {
+            return Err(FsError::Invalid);
+        }
+        if options.delete {
+            let bound = self.bindings.count_for(c.id);
+            let open = c.open_handles.load(std::sync::atomic::Ordering::Acquire);
+            if bound > 0 || open > 0 {
+                return Err(FsError::Busy(format!(
+                    "branch {} \"{}\" has {bound} bound process(es) and {open} open handle(s); commit without --delete, or close them first",
+                    c.id, c.name
+                )));
+            }
+        }
+        let mut report = CommitReport {
+            child: Some(c.id),
+            parent: Some(p.id),
+            base: Some(base_id),
+            ..CommitReport::default()
+        };
+
+        // The child's side, safe to share: it copies before its next write.
+        let frozen = {
+            let _serial = c.snapshot_lock.lock();
+            self.freeze(&c, false)?.0
+        };
+        let dc = changes(&base_tree, &frozen);
+        report.child_changes = dc.len();
+        // Copies of files open for writing in the child are in `frozen`:
+        // their bytes reach the disk before the record naming them.
+        if self.journal.get().is_some() {
+            self.backstore.sync_all()?;
+        }
+
+        report.committed = {
+            let mut guard = p.tree.write();
+            let parent: &Tree = &guard;
+            let dp = changes(&base_tree, parent);
+            report.parent_changes = dp.len();
+            let mut m = Merge {
+                base: &base_tree,
+                parent,
+                child: &frozen,
+                draft: if dp.is_empty() {
+                    frozen.clone()
+                } else {
+                    parent.clone()
+                },
+                resolve: options.resolve,
+                found: Vec::new(),
+                touched: Vec::new(),
+                restore: HashSet::new(),
+            };
+            if dp.is_empty() {
+                report.fast_path = true;
+                m.touched.extend(dc.keys().copied());
+                // Files the child deleted that the parent still holds open stay as orphans.
+                for (&id, (b, c_n)) in &dc {
+                    if b.is_some() && c_n.is_none() && p.pinned(id) {
+                        if let Some(n) = parent.get(id) {
+                            m.draft.insert_arc(id, Arc::clone(n));
+                            m.remove(id, &p);
+                        }
+                    }
+                }
+            } else {
+                for (&id, (b, c_n)) in &dc {
+                    let Some((_, p_n)) = dp.get(&id) else {
+                        m.put(id, c_n, &p);
+                        continue;
+                    };
+                    if same(c_n, p_n) {
+                        continue;
+                    }
+                    let unmoved = |n: &Option<Arc<Node>>| {
+                        n.as_ref().and_then(|n| dir_parent(n))
+                            == b.as_ref().and_then(|b| dir_parent(b))
+                    };
+                    if is_dir(b) && is_dir(c_n) && is_dir(p_n) && unmoved(c_n) && unmoved(p_n) {
+                        let (Some(b), Some(c_n), Some(p_n)) = (b, c_n, p_n) else {
+                            continue;
+                        };
+                        let (b, c_n, p_n) = (Arc::clone(b), Arc::clone(c_n), Arc::clone(p_n));
+                        m.merge_dir(id, &b, &c_n, &p_n);
+                        continue;
+                    }
+                    let found = Found::Node(id, change_of(b, c_n), change_of(b, p_n));
+                    if m.conflict(found) == Some(Resolve::Theirs) {
+                        m.put(id, c_n, &p);
+                        if p_n.is_none() && c_n.as_ref().is_some_and(|c| c.entries().is_none()) {
+                            m.restore.insert(id);
+                        }
+                    }
+                }
+                m.restore_names();
+            }
+            m.check_cycles();
+            let cycle = m.found.iter().any(|f| matches!(f, Found::Cycle(_)));
+            if !m.found.is_empty() && m.resolve.is_some() && !cycle {
+                m.drop_unreachable();
+            }
+            report.conflicts = name_conflicts(&m.found, [parent, &frozen, m.base]);
+            if cycle || (!m.found.is_empty() && m.resolve.is_none()) {
+                false
+            } else {
+                let Merge {
+                    draft, mut touched, ..
+                } = m;
+                touched.sort_unstable();
+                touched.dedup();
+                cache_changes(parent, &draft, &touched, &mut report);
+                if let Some(j) = &p.journal {
+                    // One record under the tree lock: all of the commit or none of it.
+                    if let Some(rec) = super::record::tree(p.id, parent, &draft, &mut touched) {
+                        j.append(&rec);
+                    }
+                }
+                let old = std::mem::replace(&mut *guard, draft);
+                drop(guard);
+                drop(old);
+                true
+            }
+        };
+        if !report.committed {
+            return Ok(report);
+        }
+        self.reap();
+        self.make_durable(false)?;
+        self.maybe_checkpoint();
+        if options.delete {
+            self.branch_delete(c.id, false)?;
+            report.deleted_child = true;
+        }
+        Ok(report)
+    }
+}

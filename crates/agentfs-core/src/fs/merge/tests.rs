@@ -1,0 +1,477 @@
+//! `branch_commit` on an in-memory core: the fast path, merges of disjoint
+//! changes, conflicts refused and resolved, renames, three levels of
+//! branches, a commit surviving a crash, and content never shared writable
+//! after a commit.
+
+use super::{Change, CommitOptions, Conflict, Resolve};
+use crate::backstore::mem::MemBackstore;
+use crate::backstore::Backstore;
+use crate::{
+    BranchId, CoreConfig, Ctx, FsCore, MemStore, MetaStore, NodeId, OpenFlags, ProcFs, RenameFlags,
+};
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+const RW: OpenFlags = OpenFlags {
+    read: true,
+    write: true,
+    append: false,
+    truncate: false,
+};
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        process_table: Box::new(ProcFs),
+        default_branch_name: "main".into(),
+    }
+}
+
+fn core() -> FsCore {
+    FsCore::new(Arc::new(MemBackstore::new()), config())
+}
+
+fn n(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// The node at `path` (`/`-separated) of branch `b`, if any.
+fn find(core: &FsCore, b: BranchId, path: &str) -> Option<NodeId> {
+    let ctx = Ctx::root();
+    let mut id = NodeId::ROOT;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        id = core.lookup(&ctx, b, id, n(part)).ok()?.node;
+    }
+    Some(id)
+}
+
+fn parent_and_name(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => (dir, name),
+        None => ("", path),
+    }
+}
+
+/// Write `data` as the whole content of `path`, creating the file if needed.
+fn put(core: &FsCore, b: BranchId, path: &str, data: &[u8]) {
+    let ctx = Ctx::root();
+    let fh = match find(core, b, path) {
+        Some(id) => {
+            let fh = core.open(&ctx, b, id, RW).unwrap();
+            let trunc = crate::SetAttr {
+                size: Some(0),
+                ..crate::SetAttr::default()
+            };
+            core.setattr(&ctx, b, id, &trunc).unwrap();
+            fh
+        }
+        None => {
+            let (dir, name) = parent_and_name(path);
+            let parent = find(core, b, dir).expect("parent directory");
+            core.create(&ctx, b, parent, n(name), 0o644, 0, RW, false)
+                .unwrap()
+                .1
+        }
+    };
+    core.write(&ctx, fh, 0, data).unwrap();
+    core.release(fh).unwrap();
+}
+
+fn mkdir(core: &FsCore, b: BranchId, path: &str) {
+    let (dir, name) = parent_and_name(path);
+    let parent = find(core, b, dir).expect("parent directory");
+    core.mkdir(&Ctx::root(), b, parent, n(name), 0o755, 0)
+        .unwrap();
+}
+
+fn rm(core: &FsCore, b: BranchId, path: &str) {
+    let (dir, name) = parent_and_name(path);
+    let parent = find(core, b, dir).expect("parent directory");
+    core.unlink(&Ctx::root(), b, parent, n(name)).unwrap();
+}
+
+fn mv(core: &FsCore, b: BranchId, from: &str, to: &str) {
+    let (fd, fname) = parent_and_name(from);
+    let (td, tname) = parent_and_name(to);
+    let (fd, td) = (find(core, b, fd).unwrap(), find(core, b, td).unwrap());
+    core.rename(
+        &Ctx::root(),
+        b,
+        fd,
+        n(fname),
+        td,
+        n(tname),
+        RenameFlags::default(),
+    )
+    .unwrap();
+}
+
+fn read(core: &FsCore, b: BranchId, path: &str) -> Option<Vec<u8>> {
+    let id = find(core, b, path)?;
+    let fh = core
+        .open(&Ctx::root(), b, id, OpenFlags::from_raw(libc::O_RDONLY))
+        .unwrap();
+    let data = core.read(fh, 0, 1 << 20).unwrap();
+    core.release(fh).unwrap();
+    Some(data)
+}
+
+fn text(core: &FsCore, b: BranchId, path: &str) -> Option<String> {
+    read(core, b, path).map(|d| String::from_utf8(d).unwrap())
+}
+
+/// main with `dir/a`, `dir/b`, `top`, a snapshot "base" of it, and a branch
+/// "child" of that snapshot.
+fn forked(core: &FsCore) -> (BranchId, BranchId) {
+    let main = core.default_branch();
+    mkdir(core, main, "dir");
+    put(core, main, "dir/a", b"a0");
+    put(core, main, "dir/b", b"b0");
+    put(core, main, "top", b"t0");
+    let s = core.snapshot_create(main, Some("base".into())).unwrap();
+    let child = core.branch_create(s.id, Some("child".into())).unwrap().id;
+    (main, child)
+}
+
+fn commit(core: &FsCore, child: BranchId) -> super::CommitReport {
+    core.branch_commit(child, CommitOptions::default()).unwrap()
+}
+
+#[test]
+fn fast_path_when_the_parent_did_not_change() {
+    let core = core();
+    let (main, child) = forked(&core);
+    put(&core, child, "dir/a", b"a1");
+    put(&core, child, "new", b"n1");
+    rm(&core, child, "top");
+    let r = commit(&core, child);
+    assert!(r.committed && r.fast_path, "{r:?}");
+    assert!(r.conflicts.is_empty());
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "a1");
+    assert_eq!(text(&core, main, "new").unwrap(), "n1");
+    assert_eq!(text(&core, main, "dir/b").unwrap(), "b0");
+    assert!(find(&core, main, "top").is_none());
+    // The names whose cached entries must go: `new` and `top` in the root.
+    assert!(r.changed_entries.contains(&(NodeId::ROOT, b"new".to_vec())));
+    assert!(r.changed_entries.contains(&(NodeId::ROOT, b"top".to_vec())));
+    let a = find(&core, main, "dir/a").unwrap();
+    assert!(r.changed_nodes.contains(&a));
+    // The child is kept by default.
+    assert!(core.branch_exists(child));
+}
+
+#[test]
+fn disjoint_changes_on_both_sides_merge() {
+    let core = core();
+    let (main, child) = forked(&core);
+    put(&core, child, "dir/a", b"a-child");
+    put(&core, child, "child-new", b"c");
+    put(&core, main, "dir/b", b"b-parent");
+    put(&core, main, "parent-new", b"p");
+    let r = commit(&core, child);
+    assert!(r.committed && !r.fast_path, "{r:?}");
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "a-child");
+    assert_eq!(text(&core, main, "dir/b").unwrap(), "b-parent");
+    assert_eq!(text(&core, main, "child-new").unwrap(), "c");
+    assert_eq!(text(&core, main, "parent-new").unwrap(), "p");
+    assert_eq!(text(&core, main, "top").unwrap(), "t0");
+}
+
+#[test]
+fn conflict_is_refused_with_the_list_and_changes_nothing() {
+    let core = core();
+    let (main, child) = forked(&core);
+    put(&core, child, "dir/a", b"child");
+    put(&core, main, "dir/a", b"parent");
+    put(&core, child, "both", b"child");
+    put(&core, main, "both", b"parent");
+    put(&core, child, "only-child", b"c");
+    let r = commit(&core, child);
+    assert!(!r.committed, "{r:?}");
+    assert_eq!(
+        r.conflicts,
+        vec![
+            Conflict {
+                path: "both".into(),
+                child: Change::Added,
+                parent: Change::Added
+            },
+            Conflict {
+                path: "dir/a".into(),
+                child: Change::Modified,
+                parent: Change::Modified
+            },
+        ]
+    );
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "parent");
+    assert_eq!(text(&core, main, "both").unwrap(), "parent");
+    assert!(find(&core, main, "only-child").is_none());
+}
+
+#[test]
+fn theirs_and_ours_resolve_conflicts() {
+    for (resolve, want) in [(Resolve::Theirs, "child"), (Resolve::Ours, "parent")] {
+        let core = core();
+        let (main, child) = forked(&core);
+        put(&core, child, "dir/a", b"child");
+        put(&core, main, "dir/a", b"parent");
+        put(&core, child, "both", b"child");
+        put(&core, main, "both", b"parent");
+        put(&core, child, "only-child", b"c");
+        let options = CommitOptions {
+            resolve: Some(resolve),
+            delete: false,
+        };
+        let r = core.branch_commit(child, options).unwrap();
+        assert!(r.committed, "{r:?}");
+        assert_eq!(r.conflicts.len(), 2, "{r:?}");
+        assert_eq!(text(&core, main, "dir/a").unwrap(), want);
+        assert_eq!(text(&core, main, "both").unwrap(), want);
+        assert_eq!(text(&core, main, "only-child").unwrap(), "c");
+    }
+}
+
+#[test]
+fn directories_changed_at_different_names_merge_by_name() {
+    let core = core();
+    let (main, child) = forked(&core);
+    put(&core, child, "dir/from-child", b"c");
+    mkdir(&core, child, "dir/sub-child");
+    put(&core, child, "dir/sub-child/f", b"cf");
+    rm(&core, child, "dir/b");
+    put(&core, main, "dir/from-parent", b"p");
+    mkdir(&core, main, "dir/sub-parent");
+    let r = commit(&core, child);
+    assert!(r.committed && !r.fast_path, "{r:?}");
+    let ctx = Ctx::root();
+    let dir = find(&core, main, "dir").unwrap();
+    let fh = core.opendir(&ctx, main, dir).unwrap();
+    let mut names: Vec<String> = core
+        .readdir(fh, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    core.releasedir(fh).unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a", "from-child", "from-parent", "sub-child", "sub-parent"]
+    );
+    assert_eq!(text(&core, main, "dir/sub-child/f").unwrap(), "cf");
+    // Two subdirectories: the link count counts both sides' ones.
+    assert_eq!(core.getattr(main, dir).unwrap().nlink, 4);
+}
+
+#[test]
+fn delete_against_modify_is_a_conflict_both_ways() {
+    let core = core();
+    let (main, child) = forked(&core);
+    rm(&core, child, "dir/a");
+    put(&core, main, "dir/a", b"changed");
+    put(&core, child, "top", b"changed");
+    rm(&core, main, "top");
+    let r = commit(&core, child);
+    assert!(!r.committed);
+    assert_eq!(
+        r.conflicts,
+        vec![
+            Conflict {
+                path: "dir/a".into(),
+                child: Change::Deleted,
+                parent: Change::Modified
+            },
+            Conflict {
+                path: "top".into(),
+                child: Change::Modified,
+                parent: Change::Deleted
+            },
+        ]
+    );
+    // Child wins: `dir/a` goes, `top` comes back with the child's content.
+    let theirs = CommitOptions {
+        resolve: Some(Resolve::Theirs),
+        delete: false,
+    };
+    let r = core.branch_commit(child, theirs).unwrap();
+    assert!(r.committed, "{r:?}");
+    assert!(find(&core, main, "dir/a").is_none());
+    assert_eq!(text(&core, main, "top").unwrap(), "changed");
+}
+
+#[test]
+fn renames_in_the_child_are_committed() {
+    let core = core();
+    let (main, child) = forked(&core);
+    mv(&core, child, "dir/a", "dir/renamed");
+    mkdir(&core, child, "other");
+    mv(&core, child, "dir/b", "other/b");
+    put(&core, main, "parent-new", b"p");
+    let r = commit(&core, child);
+    assert!(r.committed, "{r:?}");
+    assert!(find(&core, main, "dir/a").is_none());
+    assert_eq!(text(&core, main, "dir/renamed").unwrap(), "a0");
+    assert_eq!(text(&core, main, "other/b").unwrap(), "b0");
+    assert!(find(&core, main, "dir/b").is_none());
+    assert_eq!(text(&core, main, "parent-new").unwrap(), "p");
+}
+
+#[test]
+fn moves_that_would_make_a_cycle_are_refused() {
+    let core = core();
+    let main = core.default_branch();
+    mkdir(&core, main, "x");
+    mkdir(&core, main, "x/deep");
+    mkdir(&core, main, "y");
+    mkdir(&core, main, "y/deep");
+    let s = core.snapshot_create(main, None).unwrap();
+    let child = core.branch_create(s.id, None).unwrap().id;
+    mv(&core, child, "x", "y/deep/x");
+    mv(&core, main, "y", "x/deep/y");
+    for resolve in [None, Some(Resolve::Theirs)] {
+        let options = CommitOptions {
+            resolve,
+            delete: false,
+        };
+        let r = core.branch_commit(child, options).unwrap();
+        assert!(!r.committed, "{r:?}");
+        assert!(!r.conflicts.is_empty());
+    }
+    assert!(find(&core, main, "x/deep/y/deep").is_some());
+}
+
+#[test]
+fn three_levels_commit_up_one_at_a_time() {
+    let core = core();
+    let main = core.default_branch();
+    put(&core, main, "f", b"0");
+    let mut chain = vec![main];
+    for level in 1..=3 {
+        let parent = *chain.last().unwrap();
+        let s = core
+            .snapshot_create(parent, Some(format!("s{level}x")))
+            .unwrap();
+        let b = core
+            .branch_create(s.id, Some(format!("level{level}")))
+            .unwrap()
+            .id;
+        put(&core, b, &format!("at-level-{level}"), b"x");
+        chain.push(b);
+    }
+    put(&core, chain[3], "f", b"3");
+    put(&core, chain[2], "g", b"2");
+    // Level 3 into level 2, then 2 into 1, then 1 into main.
+    for i in (1..=3).rev() {
+        let r = commit(&core, chain[i]);
+        assert!(r.committed, "level {i}: {r:?}");
+        assert_eq!(r.parent, Some(chain[i - 1]));
+    }
+    assert_eq!(text(&core, main, "f").unwrap(), "3");
+    assert_eq!(text(&core, main, "g").unwrap(), "2");
+    for level in 1..=3 {
+        assert!(find(&core, main, &format!("at-level-{level}")).is_some());
+    }
+}
+
+#[test]
+fn after_a_commit_the_child_never_writes_the_parents_content() {
+    let core = core();
+    let (main, child) = forked(&core);
+    let ctx = Ctx::root();
+    // A file the child keeps open for writing across the commit.
+    let a = find(&core, child, "dir/a").unwrap();
+    let open = core.open(&ctx, child, a, RW).unwrap();
+    core.write(&ctx, open, 0, b"A1").unwrap();
+    put(&core, child, "dir/b", b"B1");
+    let r = commit(&core, child);
+    assert!(r.committed, "{r:?}");
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "A1");
+    assert_eq!(text(&core, main, "dir/b").unwrap(), "B1");
+    // Writes in the child after the commit stay in the child.
+    core.write(&ctx, open, 0, b"A2").unwrap();
+    core.release(open).unwrap();
+    put(&core, child, "dir/b", b"B2");
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "A1");
+    assert_eq!(text(&core, main, "dir/b").unwrap(), "B1");
+    assert_eq!(text(&core, child, "dir/a").unwrap(), "A2");
+    // And writes in the parent do not reach the child.
+    put(&core, main, "dir/b", b"B3");
+    assert_eq!(text(&core, child, "dir/b").unwrap(), "B2");
+}
+
+#[test]
+fn delete_option_removes_the_child_and_refuses_when_busy() {
+    let core = core();
+    let (main, child) = forked(&core);
+    put(&core, child, "x", b"x");
+    let ctx = Ctx::root();
+    let x = find(&core, child, "x").unwrap();
+    let fh = core.open(&ctx, child, x, RW).unwrap();
+    let delete = CommitOptions {
+        resolve: None,
+        delete: true,
+    };
+    assert!(core.branch_commit(child, delete).is_err());
+    assert!(
+        find(&core, main, "x").is_none(),
+        "a refused commit commits nothing"
+    );
+    core.release(fh).unwrap();
+    let r = core.branch_commit(child, delete).unwrap();
+    assert!(r.committed && r.deleted_child);
+    assert!(!core.branch_exists(child));
+    assert_eq!(text(&core, main, "x").unwrap(), "x");
+}
+
+#[test]
+fn a_commit_survives_a_crash_and_a_clean_reopen() {
+    let objects = Arc::new(MemBackstore::new());
+    let open = |store: MemStore| {
+        let store = Arc::new(store);
+        let (core, _) = FsCore::open_persisted(
+            Arc::clone(&objects) as Arc<dyn Backstore>,
+            Arc::clone(&store) as Arc<dyn MetaStore>,
+            config(),
+        )
+        .unwrap();
+        (core, store)
+    };
+    let (core, store) = open(MemStore::new());
+    let (main, child) = forked(&core);
+    put(&core, child, "dir/a", b"committed");
+    mkdir(&core, child, "newdir");
+    put(&core, child, "newdir/f", b"f");
+    put(&core, main, "parent-side", b"p");
+    let r = commit(&core, child);
+    assert!(r.committed && !r.fast_path);
+    // Crash right after the commit returned.
+    let image = store.image(None);
+    std::mem::forget(core);
+    let (core, store) = open(image);
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "committed");
+    assert_eq!(text(&core, main, "newdir/f").unwrap(), "f");
+    assert_eq!(text(&core, main, "parent-side").unwrap(), "p");
+    assert_eq!(text(&core, child, "dir/a").unwrap(), "committed");
+    // Both branches name the objects now: a write in either copies first.
+    put(&core, child, "dir/a", b"child-later");
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "committed");
+    // A clean reopen after a checkpoint sees the same.
+    core.checkpoint().unwrap();
+    let image = store.image(None);
+    drop(core);
+    let (core, _) = open(image);
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "committed");
+    assert_eq!(text(&core, main, "newdir/f").unwrap(), "f");
+    assert_eq!(text(&core, child, "dir/a").unwrap(), "child-later");
+}
+
+#[test]
+fn a_branch_without_a_live_parent_or_base_is_refused() {
+    let core = core();
+    let main = core.default_branch();
+    assert!(core.branch_commit(main, CommitOptions::default()).is_err());
+    let s = core.snapshot_create(main, Some("gone".into())).unwrap();
+    let child = core.branch_create(s.id, None).unwrap().id;
+    core.snapshot_delete(s.id).unwrap();
+    assert!(core.branch_commit(child, CommitOptions::default()).is_err());
+}
