@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agentfs_control::client::{self, Client};
-use agentfs_control::{control_file_path, Command, Reply};
+use agentfs_control::{control_file_path, Command, CommitResolve, Reply};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -100,6 +100,22 @@ enum Cmd {
     },
     /// Show the daemon's state
     Status,
+    /// Apply a branch's changes since its branch point onto its parent branch,
+    /// atomically; refused (exit status 1) with the list of conflicts when the
+    /// parent changed the same paths
+    BranchCommit {
+        /// Branch id or name
+        branch: String,
+        /// On a conflict the branch's change wins
+        #[arg(long, conflicts_with = "ours")]
+        theirs: bool,
+        /// On a conflict the parent's state wins
+        #[arg(long)]
+        ours: bool,
+        /// Delete the branch once committed
+        #[arg(long)]
+        delete: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,6 +166,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         ),
         Cmd::BranchExec { branch, command } => return branch_exec(conn, &mount, branch, command),
         Cmd::Status => (Verb::Show, Command::Status),
+        Cmd::BranchCommit {
+            branch,
+            theirs,
+            ours,
+            delete,
+        } => {
+            let resolve = match (theirs, ours) {
+                (true, _) => Some(CommitResolve::Theirs),
+                (_, true) => Some(CommitResolve::Ours),
+                _ => None,
+            };
+            (
+                Verb::Create,
+                Command::BranchCommit {
+                    branch,
+                    resolve,
+                    delete,
+                },
+            )
+        }
     };
     let reply = conn.call(command)?;
     if cli.json {
@@ -161,6 +197,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             BranchNames::new()
         };
         print!("{}", render::render(verb, &reply, &names));
+    }
+    if let Reply::Commit(c) = &reply {
+        if !c.committed {
+            // The reply (with the conflicts) is printed; the status says it was refused.
+            if !cli.json {
+                fail_line(&format!(
+                    "commit of {} into {} refused: {} conflicting path(s); use --theirs or --ours to settle them",
+                    c.branch,
+                    c.parent,
+                    c.conflicts.len()
+                ));
+            }
+            return Ok(ExitCode::FAILURE);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use agentfs_control::{BindingView, BranchView, Reply, SnapshotView, StatusView};
+use agentfs_control::{BindingView, BranchView, CommitView, Reply, SnapshotView, StatusView};
 
 /// Branch id -> branch name, when the CLI could learn it; used to show
 /// `b1 "main"` where a reply carries only the id.
@@ -62,7 +62,52 @@ pub fn render(verb: Verb, reply: &Reply, names: &BranchNames) -> String {
         } => format!("process {pid} was not bound\n"),
         Reply::Deleted { id } => format!("deleted {} {id}\n", kind_of_id(id)),
         Reply::Status(status) => status_report(status, names),
+        Reply::Commit(c) => commit_report(c),
     }
+}
+
+/// What a `branch-commit` did: one line, then the conflicting paths if any.
+fn commit_report(c: &CommitView) -> String {
+    let mut out = if c.committed {
+        format!(
+            "committed branch {} into {} ({} change(s) since {}{}) in {:.1} ms\n",
+            c.branch,
+            c.parent,
+            c.branch_changes,
+            c.base,
+            if c.fast_path {
+                "; the parent had not changed: it took the branch's tree"
+            } else {
+                ""
+            },
+            c.millis
+        )
+    } else {
+        format!(
+            "refused: {} and {} both changed these paths since {}:\n",
+            c.branch, c.parent, c.base
+        )
+    };
+    if !c.conflicts.is_empty() {
+        let how = match (c.committed, c.resolve) {
+            (true, Some(agentfs_control::CommitResolve::Theirs)) => "settled for the branch",
+            (true, Some(agentfs_control::CommitResolve::Ours)) => "settled for the parent",
+            _ => "",
+        };
+        if !how.is_empty() {
+            let _ = writeln!(out, "{} conflicting path(s), {how}:", c.conflicts.len());
+        }
+        let rows = c
+            .conflicts
+            .iter()
+            .map(|x| vec![x.path.clone(), x.child.clone(), x.parent.clone()])
+            .collect();
+        out.push_str(&table(&["PATH", "BRANCH", "PARENT"], rows));
+    }
+    if c.deleted {
+        let _ = writeln!(out, "deleted branch {}", c.branch);
+    }
+    out
 }
 
 /// `b1 "main"` when the name is known and differs from the id, else `b1`.

@@ -108,6 +108,25 @@ impl ControlHandler for Fake {
                 was_bound: true,
             }),
             Command::Status => Ok(Reply::Status(status())),
+            Command::BranchCommit {
+                branch, resolve, ..
+            } => Ok(Reply::Commit(agentfs_control::CommitView {
+                branch,
+                parent: "b1".into(),
+                base: "s1".into(),
+                committed: resolve.is_some(),
+                fast_path: false,
+                branch_changes: 2,
+                parent_changes: 1,
+                conflicts: vec![agentfs_control::ConflictView {
+                    path: "src/lib.rs".into(),
+                    child: "modified".into(),
+                    parent: "modified".into(),
+                }],
+                resolve,
+                deleted: false,
+                millis: 0.1,
+            })),
         }
     }
 }
@@ -432,4 +451,35 @@ fn usage_errors_keep_clap_exit_code_2() {
         Some(2)
     );
     assert!(m.commands().is_empty());
+}
+
+#[test]
+fn branch_commit_refused_lists_conflicts_and_fails() {
+    let m = Mount::new();
+    let o = m.run(&["branch-commit", "feature"]);
+    assert_eq!(o.status.code(), Some(1), "stdout: {}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("refused: feature and b1"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("src/lib.rs") && l.contains("modified")),
+        "{out}"
+    );
+    assert!(stderr(&o).contains("refused"), "{}", stderr(&o));
+    // --json: the same reply as one document, and the same status.
+    let o = m.run(&["--json", "branch-commit", "feature"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["value"]["conflicts"][0]["path"], "src/lib.rs");
+    // Settled for the branch: committed, status 0.
+    let out = ok(&m.run(&["branch-commit", "feature", "--theirs", "--delete"]));
+    assert!(out.starts_with("committed branch feature into b1"), "{out}");
+    assert!(m.commands().contains(&Command::BranchCommit {
+        branch: "feature".into(),
+        resolve: Some(agentfs_control::CommitResolve::Theirs),
+        delete: true
+    }));
+    // --theirs and --ours together are a usage error.
+    let o = m.run(&["branch-commit", "feature", "--theirs", "--ours"]);
+    assert_eq!(o.status.code(), Some(2));
 }

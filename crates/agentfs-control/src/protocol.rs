@@ -120,6 +120,27 @@ pub enum Command {
         pid: u32,
     },
     Status,
+    /// Apply `branch`'s changes since its branch point onto its parent (the
+    /// branch its base snapshot was taken of), atomically. Paths both
+    /// changed refuse the commit unless `resolve` picks a side.
+    BranchCommit {
+        branch: String,
+        #[serde(default)]
+        resolve: Option<CommitResolve>,
+        /// Delete `branch` once committed.
+        #[serde(default)]
+        delete: bool,
+    },
+}
+
+/// Which side wins a path both the branch and its parent changed.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitResolve {
+    /// The committed branch's change wins (`--theirs`).
+    Theirs,
+    /// The parent's state wins (`--ours`).
+    Ours,
 }
 
 impl Command {
@@ -136,6 +157,7 @@ impl Command {
             Command::BranchBindPrivate { .. } => "branch-bind-private",
             Command::BranchUnbind { .. } => "branch-unbind",
             Command::Status => "status",
+            Command::BranchCommit { .. } => "branch-commit",
         }
     }
 }
@@ -205,6 +227,45 @@ pub struct StatusView {
     pub fs_bytes_free: u64,
 }
 
+/// One path both sides of a commit changed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ConflictView {
+    /// Path from the branch root, `/`-separated, no leading `/` (`.` for the root).
+    pub path: String,
+    /// What the committed branch did to it: `added`, `modified`, `deleted` or `moved`.
+    pub child: String,
+    /// What the parent did to it since the branch point.
+    pub parent: String,
+}
+
+/// What a `branch-commit` did, or why it did not.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CommitView {
+    /// The committed branch's id.
+    pub branch: String,
+    /// The branch it was committed into.
+    pub parent: String,
+    /// The snapshot both were compared against (the branch point).
+    pub base: String,
+    /// Whether the parent now holds the branch's changes. `false`: refused
+    /// because of `conflicts`; nothing changed.
+    pub committed: bool,
+    /// The parent had not changed since the branch point: it took the branch's tree as is.
+    pub fast_path: bool,
+    /// Nodes the branch changed since the branch point.
+    pub branch_changes: u64,
+    /// Nodes the parent changed since the branch point.
+    pub parent_changes: u64,
+    /// Paths both changed: why it was refused, or what `resolve` settled.
+    pub conflicts: Vec<ConflictView>,
+    /// How conflicts were settled, if they were.
+    pub resolve: Option<CommitResolve>,
+    /// Whether the branch was deleted after the commit.
+    pub deleted: bool,
+    /// How long the commit took in the daemon, in milliseconds.
+    pub millis: f64,
+}
+
 /// A successful answer. Serialized adjacently tagged:
 /// `{"reply": "branch", "value": {..}}`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -218,6 +279,7 @@ pub enum Reply {
     Unbound { pid: u32, was_bound: bool },
     Deleted { id: String },
     Status(StatusView),
+    Commit(CommitView),
 }
 
 /// Why a request failed, as a client can act on it.
@@ -434,6 +496,11 @@ mod tests {
             },
             Command::BranchUnbind { pid: 42 },
             Command::Status,
+            Command::BranchCommit {
+                branch: "b2".into(),
+                resolve: Some(CommitResolve::Theirs),
+                delete: true,
+            },
         ]
     }
 
@@ -473,6 +540,23 @@ mod tests {
                 content_bytes: 7,
                 cow_clones: 8,
                 fs_bytes_free: 9,
+            }),
+            Reply::Commit(CommitView {
+                branch: "b2".into(),
+                parent: "b1".into(),
+                base: "s1".into(),
+                committed: false,
+                fast_path: false,
+                branch_changes: 3,
+                parent_changes: 2,
+                conflicts: vec![ConflictView {
+                    path: "src/a.rs".into(),
+                    child: "modified".into(),
+                    parent: "deleted".into(),
+                }],
+                resolve: None,
+                deleted: false,
+                millis: 0.5,
             }),
         ]
     }
@@ -529,6 +613,28 @@ mod tests {
         assert_eq!(
             serde_json::to_value(Request::new(Command::Status)).unwrap(),
             json!({"version": 1, "command": {"op": "status"}})
+        );
+        assert_eq!(
+            serde_json::to_value(Request::new(Command::BranchCommit {
+                branch: "feature".into(),
+                resolve: Some(CommitResolve::Ours),
+                delete: false,
+            }))
+            .unwrap(),
+            json!({"version": 1, "command": {"op": "branch-commit", "branch": "feature", "resolve": "ours", "delete": false}})
+        );
+        // Older clients leave the options out.
+        let minimal: Request = serde_json::from_value(
+            json!({"version": 1, "command": {"op": "branch-commit", "branch": "feature"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            minimal.command,
+            Command::BranchCommit {
+                branch: "feature".into(),
+                resolve: None,
+                delete: false
+            }
         );
         let ok = WireResponse::Ok(Reply::Deleted { id: "s1".into() });
         assert_eq!(

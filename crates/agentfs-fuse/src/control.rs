@@ -13,10 +13,13 @@
 //!   serves no one else, so its control plane answers no one else either.
 
 use agentfs_control::{
-    BindingView, BranchView, Command, ControlError, ControlHandler, ErrorKind, PeerCred, Reply,
-    SnapshotView, StatusView, PROTOCOL_VERSION,
+    BindingView, BranchView, Command, CommitResolve, CommitView, ConflictView, ControlError,
+    ControlHandler, ErrorKind, PeerCred, Reply, SnapshotView, StatusView, PROTOCOL_VERSION,
 };
-use agentfs_core::{BranchInfo, FsCore, FsError, SnapshotInfo};
+use agentfs_core::{
+    BranchId, BranchInfo, CommitOptions, CommitReport, FsCore, FsError, NodeId, Resolve,
+    SnapshotInfo,
+};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -40,11 +43,17 @@ pub struct CoreControl {
     /// so its control plane): the mount's `--allow-other`.
     other_users: bool,
     root_invalidator: OnceLock<RootInvalidator>,
+    commit_invalidator: OnceLock<CommitInvalidator>,
 }
 
 /// Makes the kernel forget the named entries of the mount root (and the root's
 /// attributes).
 pub type RootInvalidator = Box<dyn Fn(Vec<Vec<u8>>) + Send + Sync>;
+
+/// Makes the kernel forget what it cached of branch `b` after a commit changed
+/// it: the names `(directory, name)` and the attributes and pages of the nodes,
+/// in every view of the branch (the mount root and `.agentfs/branches/<b>`).
+pub type CommitInvalidator = Box<dyn Fn(BranchId, &[(NodeId, Vec<u8>)], &[NodeId]) + Send + Sync>;
 
 impl CoreControl {
     /// A handler over `core` for a mount owned by `owner_uid`.
@@ -56,6 +65,7 @@ impl CoreControl {
             passthrough: Arc::new(AtomicBool::new(false)),
             other_users: true,
             root_invalidator: OnceLock::new(),
+            commit_invalidator: OnceLock::new(),
         }
     }
 
@@ -102,6 +112,40 @@ impl CoreControl {
     /// the FUSE session exists).
     pub fn set_root_invalidator(&self, forget: RootInvalidator) {
         let _ = self.root_invalidator.set(forget);
+    }
+
+    /// Install how to make the kernel forget what a commit changed (set once
+    /// the FUSE session exists).
+    pub fn set_commit_invalidator(&self, forget: CommitInvalidator) {
+        let _ = self.commit_invalidator.set(forget);
+    }
+
+    fn commit(
+        &self,
+        peer: &PeerCred,
+        branch: &str,
+        resolve: Option<CommitResolve>,
+        delete: bool,
+    ) -> Result<Reply, ControlError> {
+        self.require_owner(peer, "commit branches")?;
+        let core = &self.core;
+        let b = core.find_branch(branch).map_err(control_error)?;
+        let options = CommitOptions {
+            resolve: resolve.map(|r| match r {
+                CommitResolve::Theirs => Resolve::Theirs,
+                CommitResolve::Ours => Resolve::Ours,
+            }),
+            delete,
+        };
+        let started = std::time::Instant::now();
+        let report = core.branch_commit(b, options).map_err(control_error)?;
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        if report.committed {
+            if let (Some(forget), Some(parent)) = (self.commit_invalidator.get(), report.parent) {
+                forget(parent, &report.changed_entries, &report.changed_nodes);
+            }
+        }
+        Ok(Reply::Commit(commit_view(&report, resolve, millis)))
     }
 
     fn require_owner(&self, peer: &PeerCred, what: &str) -> Result<(), ControlError> {
@@ -246,6 +290,11 @@ impl CoreControl {
                 Ok(Reply::Unbound { pid, was_bound })
             }
             Command::Status => self.status(peer),
+            Command::BranchCommit {
+                branch,
+                resolve,
+                delete,
+            } => self.commit(peer, &branch, resolve, delete),
         }
     }
 }
@@ -293,6 +342,36 @@ pub fn snapshot_view(info: &SnapshotInfo) -> SnapshotView {
         branch: info.branch.to_string(),
         created_unix: unix_seconds(info.created),
         children: info.children.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The wire view of a commit's report.
+pub fn commit_view(
+    report: &CommitReport,
+    resolve: Option<CommitResolve>,
+    millis: f64,
+) -> CommitView {
+    let id = |x: Option<String>| x.unwrap_or_default();
+    CommitView {
+        branch: id(report.child.map(|b| b.to_string())),
+        parent: id(report.parent.map(|b| b.to_string())),
+        base: id(report.base.map(|s| s.to_string())),
+        committed: report.committed,
+        fast_path: report.fast_path,
+        branch_changes: report.child_changes as u64,
+        parent_changes: report.parent_changes as u64,
+        conflicts: report
+            .conflicts
+            .iter()
+            .map(|c| ConflictView {
+                path: c.path.clone(),
+                child: c.child.to_string(),
+                parent: c.parent.to_string(),
+            })
+            .collect(),
+        resolve: resolve.filter(|_| !report.conflicts.is_empty()),
+        deleted: report.deleted_child,
+        millis,
     }
 }
 

@@ -24,4 +24,4 @@ pub mod metrics;
 pub mod reply;
 
 pub use adapter::{AdapterConfig, AgentFs, DEFAULT_ATTR_TTL};
-pub use control::{CoreControl, MountFacts, RootInvalidator};
+pub use control::{CommitInvalidator, CoreControl, MountFacts, RootInvalidator};

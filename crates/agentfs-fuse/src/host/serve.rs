@@ -141,6 +141,7 @@ pub fn serve(
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     handler.set_root_invalidator(root_invalidator(session.notifier()));
+    handler.set_commit_invalidator(commit_invalidator(session.notifier()));
     twins
         .start(session.notifier())
         .context("cannot start the invalidation thread")?;
@@ -281,4 +282,39 @@ fn root_invalidator(notifier: fuser::Notifier) -> agentfs_fuse::RootInvalidator 
                 again(&names);
             });
     })
+}
+
+/// What a commit into a branch changed, forgotten by the kernel in both views
+/// of that branch: through the mount root (ino 1 for its root directory) and
+/// through `.agentfs/branches/<b>`. Written from the control thread, which
+/// answers no FUSE request, so the kernel's directory locks cannot wait on it.
+fn commit_invalidator(notifier: fuser::Notifier) -> agentfs_fuse::CommitInvalidator {
+    use agentfs_core::{BranchId, NodeId};
+    use agentfs_fuse::inode::{self, Ino, VIEW_FLAG};
+    use std::os::unix::ffi::OsStrExt;
+    Box::new(
+        move |b: BranchId, entries: &[(NodeId, Vec<u8>)], nodes: &[NodeId]| {
+            let view_parent = Ino::Node(BranchId(b.0 | VIEW_FLAG), NodeId::ROOT);
+            let inos = |n: NodeId| {
+                [
+                    inode::encode(b, n).ok(),
+                    inode::encode_in(view_parent, b, n).ok(),
+                ]
+                .into_iter()
+                .flatten()
+            };
+            // ENOENT (nothing cached) is the common answer and fine.
+            for (dir, name) in entries {
+                for ino in inos(*dir) {
+                    let _ = notifier
+                        .inval_entry(fuser::INodeNo(ino), std::ffi::OsStr::from_bytes(name));
+                }
+            }
+            for &n in nodes {
+                for ino in inos(n) {
+                    let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+                }
+            }
+        },
+    )
 }
