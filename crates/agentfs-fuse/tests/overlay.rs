@@ -1,0 +1,237 @@
+//! `agentfs-fuse-host --lower DIR` over a real git checkout: `git status` is
+//! clean, an edit shows in `git status` and `git diff` as exactly that file, a
+//! branch made before the edit does not see it, the mount survives a clean
+//! remount and a `kill -9`, and the lower checkout (its `.git` included) is
+//! byte for byte what it was.
+
+mod common;
+
+use common::{assert_success, run_with_timeout, Mount, CMD_TIMEOUT};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = run_with_timeout(
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args),
+        CMD_TIMEOUT,
+    );
+    assert_success(&out, &format!("git {args:?} in {}", dir.display()));
+    String::from_utf8(out.stdout).expect("git output is UTF-8")
+}
+
+/// Every path under `dir` with its mode, size, mtime and bytes (or target).
+fn fingerprint(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let body = if m.is_dir() {
+                stack.push(p.clone());
+                String::new()
+            } else if m.file_type().is_symlink() {
+                std::fs::read_link(&p).unwrap().display().to_string()
+            } else {
+                format!("{:x?}", std::fs::read(&p).unwrap())
+            };
+            let key = p.strip_prefix(dir).unwrap().display().to_string();
+            out.insert(
+                key,
+                format!(
+                    "{:o} {} {}.{} {body}",
+                    m.mode(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// A small git checkout: nested directories, an executable, a symlink.
+fn make_checkout(dir: &Path) {
+    for d in ["src/net", "src/fs", "docs", "scripts"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    for i in 0..30 {
+        let sub = ["src/net", "src/fs", "docs"][i % 3];
+        std::fs::write(
+            dir.join(format!("{sub}/f{i}.txt")),
+            format!("file {i}\n").repeat(i + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("README.md"), "# project\n").unwrap();
+    std::fs::write(dir.join("scripts/run.sh"), "#!/bin/sh\necho run\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("scripts/run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("README.md", dir.join("link.md")).unwrap();
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-qm", "init"]);
+}
+
+#[test]
+fn git_checkout_as_lower_directory() {
+    let lower_dir = tempfile::tempdir().unwrap();
+    let lower = std::fs::canonicalize(lower_dir.path()).unwrap();
+    make_checkout(&lower);
+    let before = fingerprint(&lower);
+    let lower_arg = lower.to_str().unwrap().to_string();
+    let Some(mut m) = Mount::start_with(&["--lower", &lower_arg]) else {
+        return;
+    };
+    let mnt = m.path().to_path_buf();
+
+    assert_eq!(
+        git(&mnt, &["status", "--porcelain"]),
+        "",
+        "fresh overlay is not clean"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("src/fs/f1.txt")).unwrap(),
+        "file 1\nfile 1\n"
+    );
+    assert_eq!(
+        std::fs::read_link(mnt.join("link.md")).unwrap(),
+        Path::new("README.md")
+    );
+    m.snapshot("base");
+    m.branch("base", "feature");
+
+    // One edit: git sees exactly it.
+    let edited = "src/net/f3.txt";
+    let mut text = std::fs::read_to_string(mnt.join(edited)).unwrap();
+    text.push_str("edited\n");
+    std::fs::write(mnt.join(edited), &text).unwrap();
+    let want_status = format!(" M {edited}\n");
+    assert_eq!(git(&mnt, &["status", "--porcelain"]), want_status);
+    assert_eq!(git(&mnt, &["diff", "--name-only"]), format!("{edited}\n"));
+    let diff = git(&mnt, &["diff"]);
+    assert!(diff.contains("+edited"), "git diff: {diff}");
+
+    // The branch made before the edit sees the checkout as it was.
+    let in_feature = m.in_branch_ok(
+        "feature",
+        &format!("cat {}", common::shq(&mnt.join(edited))),
+    );
+    assert_eq!(in_feature, "file 3\n".repeat(4));
+    let feature_status = m.in_branch_ok(
+        "feature",
+        &format!("git -C {} status --porcelain", common::shq(&mnt)),
+    );
+    assert_eq!(feature_status, "", "branch feature is not clean");
+
+    // Unlink and a directory made opaque show as deletions only.
+    std::fs::remove_file(mnt.join("docs/f2.txt")).unwrap();
+    assert_eq!(
+        git(&mnt, &["status", "--porcelain"]),
+        format!(" D docs/f2.txt\n{want_status}")
+    );
+    std::fs::write(mnt.join("docs/f2.txt"), "file 2\n".repeat(3)).unwrap();
+    assert_eq!(git(&mnt, &["status", "--porcelain"]), want_status);
+
+    // The state survives a clean remount and a crash.
+    m.remount();
+    assert_eq!(git(&mnt, &["status", "--porcelain"]), want_status);
+    m.crash_and_remount();
+    assert_eq!(git(&mnt, &["status", "--porcelain"]), want_status);
+    assert_eq!(git(&mnt, &["diff", "--name-only"]), format!("{edited}\n"));
+
+    // A commit inside the mount writes only the mount's .git.
+    git(&mnt, &["commit", "-qam", "edit"]);
+    assert_eq!(git(&mnt, &["status", "--porcelain"]), "");
+    drop(m);
+    assert_eq!(fingerprint(&lower), before, "the lower checkout changed");
+    assert_eq!(git(&lower, &["status", "--porcelain"]), "");
+}
+
+/// Exit status 1 and the error line (the last on stderr: in the foreground
+/// the log goes there too).
+fn failure(out: &std::process::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("agentfs-fuse-host: error:"),
+        "{what}: {stderr}"
+    );
+    last
+}
+
+#[test]
+fn a_backstore_of_an_overlay_needs_its_lower_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let (lower, other, backstore, mnt) = (
+        root.join("lower"),
+        root.join("other"),
+        root.join("store"),
+        root.join("mnt"),
+    );
+    for d in [&lower, &other, &backstore, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(lower.join("a"), "a").unwrap();
+    let lower_arg = lower.to_str().unwrap().to_string();
+    let Some(m) = Mount::start_on(Some(&backstore), &["--lower", &lower_arg]) else {
+        return;
+    };
+    assert_eq!(std::fs::read_to_string(m.join("a")).unwrap(), "a");
+    drop(m);
+
+    let refused = |extra: &[&str]| {
+        let out = run_with_timeout(
+            Command::new(common::host_bin())
+                .args(extra)
+                .arg("--backstore")
+                .arg(&backstore)
+                .arg("--foreground")
+                .arg(&mnt),
+            CMD_TIMEOUT,
+        );
+        if common::is_fuse_mounted(&mnt) {
+            common::force_unmount(&mnt);
+            panic!("mounted with {extra:?}");
+        }
+        failure(&out, &format!("mount with {extra:?}"))
+    };
+    let none = refused(&[]);
+    assert!(none.contains(&format!("--lower {lower_arg}")), "{none}");
+    let wrong = refused(&["--lower", other.to_str().unwrap()]);
+    assert!(wrong.contains("is an overlay of"), "{wrong}");
+    // A backstore with files of its own cannot become an overlay.
+    let plain = root.join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let Some(m) = Mount::start_on(Some(&plain), &[]) else {
+        return;
+    };
+    std::fs::write(m.join("mine"), "x").unwrap();
+    drop(m);
+    let out = run_with_timeout(
+        Command::new(common::host_bin())
+            .args(["--lower", &lower_arg, "--backstore"])
+            .arg(&plain)
+            .arg("--foreground")
+            .arg(&mnt),
+        CMD_TIMEOUT,
+    );
+    if common::is_fuse_mounted(&mnt) {
+        common::force_unmount(&mnt);
+        panic!("an used backstore became an overlay");
+    }
+    let msg = failure(&out, "--lower on a used backstore");
+    assert!(msg.contains("new backstore"), "{msg}");
+}
