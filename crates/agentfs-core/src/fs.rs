@@ -8,6 +8,7 @@
 //! No lock is held across backstore I/O except `Content::io`, whose purpose is
 //! to keep one object still while it is written or copied.
 
+mod diff;
 mod dir;
 mod durable;
 mod file;
@@ -20,6 +21,7 @@ pub(crate) mod tree;
 mod views;
 mod xattr;
 
+pub use diff::{DiffAspect, DiffChange, DiffKind, DiffStats, EntryType, ViewRef};
 pub use durable::RecoveryReport;
 pub use merge::{Change, CommitOptions, CommitReport, Conflict, Resolve};
 pub use views::{BranchInfo, CoreStats, SnapshotInfo};

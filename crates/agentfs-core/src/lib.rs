@@ -34,6 +34,7 @@ pub use fs::{
     BranchInfo, Change, CommitOptions, CommitReport, Conflict, CoreConfig, CoreStats, FsCore,
     OpenFlags, RecoveryReport, RenameFlags, Resolve, SnapshotInfo, XattrSet,
 };
+pub use fs::{DiffAspect, DiffChange, DiffKind, DiffStats, EntryType, ViewRef};
 pub use ids::{BranchId, ContentId, HandleId, NodeId, SnapshotId};
 pub use lower::Lower;
 pub use persist::{MemStore, MetaStore, PersistError};
