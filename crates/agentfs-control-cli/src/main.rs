@@ -11,6 +11,7 @@
 //! status 1 (usage errors keep clap's status 2; a failed `branch-exec` exec is 127).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod export;
 mod render;
 
 use std::ffi::OsString;
@@ -116,6 +117,22 @@ enum Cmd {
         #[arg(long)]
         delete: bool,
     },
+    /// Write a branch's changes (since its branch point, or --base) onto a
+    /// host directory: files atomically (temp file, fsync, rename), deletions
+    /// applied, directories created, modes and symlinks kept
+    Export {
+        /// Branch id or name
+        branch: String,
+        /// The host directory to write into (e.g. the checkout under --lower)
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// List what would be done; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Snapshot to compare against [default: the one the branch was made from]
+        #[arg(long, value_name = "SNAPSHOT")]
+        base: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -165,6 +182,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Cmd::BranchExec { branch, command } => return branch_exec(conn, &mount, branch, command),
+        Cmd::Export {
+            branch,
+            to,
+            dry_run,
+            base,
+        } => return export(conn, &mount, &branch, &to, dry_run, base, cli.json),
         Cmd::Status => (Verb::Show, Command::Status),
         Cmd::BranchCommit {
             branch,
@@ -328,4 +351,94 @@ fn enter_branch_view(mount: &Path, branch: &str) -> bool {
 
 fn display(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// `export`: the branch's diff against its base, carried out (or listed) on `to`.
+fn export(
+    mut conn: Client,
+    mount: &Path,
+    branch: &str,
+    to: &Path,
+    dry_run: bool,
+    base: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
+    let Reply::Branches(list) = conn.call(Command::BranchList)? else {
+        bail!("the daemon answered branch-list with something else");
+    };
+    let Some(view) = list.iter().find(|b| b.name == branch || b.id == branch) else {
+        bail!("no branch named or numbered {branch:?}");
+    };
+    let base = match base.or_else(|| view.from.clone()) {
+        Some(base) => base,
+        None => bail!(
+            "branch {} was not made from a snapshot: give the base with --base SNAPSHOT",
+            view.id
+        ),
+    };
+    if !to.is_dir() {
+        bail!("{} is not a directory", to.display());
+    }
+    let src = mount.join(".agentfs").join("branches").join(&view.name);
+    if !src.is_dir() {
+        bail!(
+            "cannot read the branch through the mount at {}",
+            src.display()
+        );
+    }
+    let items = diff_items(&mut conn, &base, &view.id)?;
+    let steps = export::plan(&items, &src)?;
+    let summary = if dry_run {
+        None
+    } else {
+        Some(export::apply(&steps, &src, to)?)
+    };
+    if json {
+        let steps: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        let doc = serde_json::json!({
+            "branch": view.id,
+            "base": base,
+            "to": to.display().to_string(),
+            "dry_run": dry_run,
+            "steps": steps,
+            "done": summary.as_ref().map(|s| serde_json::json!({
+                "written": s.written, "removed": s.removed, "renamed": s.renamed,
+                "dirs": s.dirs, "symlinks": s.symlinks, "skipped": s.skipped,
+            })),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if dry_run { "would do" } else { "did" };
+    println!(
+        "export of branch {} (against {base}) to {}: {verb} {} step(s)",
+        view.id,
+        to.display(),
+        steps.len()
+    );
+    for step in &steps {
+        println!("  {step}");
+    }
+    if let Some(s) = summary {
+        println!(
+            "written {}, deleted {}, renamed {}, directories {}, symlinks {}, skipped {}",
+            s.written, s.removed, s.renamed, s.dirs, s.symlinks, s.skipped
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What changed from snapshot `base` to branch `branch`, by the daemon's `diff`.
+fn diff_items(conn: &mut Client, base: &str, branch: &str) -> Result<Vec<export::Item>> {
+    let command: Command =
+        serde_json::from_value(serde_json::json!({"op": "diff", "a": base, "b": branch}))
+            .context("this CLI has no diff command to ask the daemon")?;
+    let reply = serde_json::to_value(conn.call(command)?)?;
+    let value = &reply["value"];
+    let changes = if value.is_array() {
+        value
+    } else {
+        &value["changes"]
+    };
+    export::items_from_json(changes)
 }

@@ -1,0 +1,489 @@
+//! `export`: a branch's changes written onto a host directory, safely.
+//!
+//! The daemon says what changed (a `diff` of the branch against its branch
+//! point, or a given snapshot); the bytes are read through the mount, at
+//! `<mount>/.agentfs/branches/<branch>/<path>`, so the CLI still speaks only
+//! the control protocol to the daemon and plain files to the kernel.
+//!
+//! Each change becomes one step, planned before anything is written (what
+//! `--dry-run` prints):
+//! - a file is written to a temporary file in its target directory, synced,
+//!   given its mode, and renamed over the target: a reader sees the old file
+//!   or the new one, never a part;
+//! - a symlink is made under a temporary name and renamed over the target;
+//! - a directory is created (or its mode set);
+//! - a deletion removes the path (a directory with what it holds);
+//! - a rename renames on the host first, then writes what changed.
+//!
+//! Deletions go deepest first, creations shallowest first. A path never
+//! leaves the target directory: `..` and absolute paths are refused, and so
+//! is any step whose parent on the host is a symlink. Modes are kept; owners
+//! and times are not (the files belong to whoever runs the export).
+//! Directories written into are synced at the end.
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// What the diff said happened to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Added,
+    Deleted,
+    Modified,
+    Renamed,
+    TypeChanged,
+}
+
+impl Kind {
+    /// The diff's word for it (`added`, `type_changed`, ...).
+    pub fn parse(word: &str) -> Option<Kind> {
+        Some(match word {
+            "added" => Kind::Added,
+            "deleted" => Kind::Deleted,
+            "modified" => Kind::Modified,
+            "renamed" => Kind::Renamed,
+            "type_changed" | "type-changed" => Kind::TypeChanged,
+            _ => return None,
+        })
+    }
+}
+
+/// One changed path of the diff, paths as raw bytes relative to the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub kind: Kind,
+    pub path: Vec<u8>,
+    /// `Renamed`: the old path.
+    pub from: Option<Vec<u8>>,
+}
+
+/// A diff path's bytes: the text with `\xNN` and `\\` escapes undone.
+pub fn unescape(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            if b[i + 1] == b'\\' {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            let hex = |c: u8| (c as char).to_digit(16);
+            if b[i + 1] == b'x' && i + 4 <= b.len() {
+                if let (Some(hi), Some(lo)) = (hex(b[i + 2]), hex(b[i + 3])) {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The items of a diff reply's changes (a JSON array of `{change, path, from?}`).
+pub fn items_from_json(changes: &serde_json::Value) -> Result<Vec<Item>> {
+    let Some(list) = changes.as_array() else {
+        bail!("the daemon's diff is not a list of changes");
+    };
+    list.iter()
+        .map(|c| {
+            let word = c["change"].as_str().unwrap_or_default();
+            let kind = Kind::parse(word)
+                .with_context(|| format!("unknown change {word:?} in the daemon's diff"))?;
+            let path = c["path"]
+                .as_str()
+                .context("a change without a path in the daemon's diff")?;
+            Ok(Item {
+                kind,
+                path: unescape(path),
+                from: c["from"].as_str().map(unescape),
+            })
+        })
+        .collect()
+}
+
+/// One step of an export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Remove the path (a directory with its contents); nothing if absent.
+    Remove(Vec<u8>),
+    /// Rename on the host.
+    Rename(Vec<u8>, Vec<u8>),
+    /// Create the directory (or set its mode).
+    Dir(Vec<u8>, u32),
+    /// Write the file atomically, with this mode.
+    File(Vec<u8>, u32),
+    /// Make the symlink (atomically replacing what is there).
+    Symlink(Vec<u8>, Vec<u8>),
+    /// A FIFO, socket or device: not exported.
+    Skip(Vec<u8>, &'static str),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self {
+            Step::Remove(x) => write!(f, "delete   {}", p(x)),
+            Step::Rename(a, b) => write!(f, "rename   {} -> {}", p(a), p(b)),
+            Step::Dir(x, m) => write!(f, "mkdir    {} ({:o})", p(x), m),
+            Step::File(x, m) => write!(f, "write    {} ({:o})", p(x), m),
+            Step::Symlink(x, t) => write!(f, "symlink  {} -> {}", p(x), p(t)),
+            Step::Skip(x, why) => write!(f, "skip     {} ({why})", p(x)),
+        }
+    }
+}
+
+/// `rel` as a path under a root, refusing anything that could leave it.
+fn relative(rel: &[u8]) -> Result<PathBuf> {
+    let path = Path::new(OsStr::from_bytes(rel));
+    if rel.is_empty()
+        || path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        bail!(
+            "refusing the path {:?}: not a plain relative path",
+            String::from_utf8_lossy(rel)
+        );
+    }
+    Ok(path.to_path_buf())
+}
+
+fn depth(p: &[u8]) -> usize {
+    p.iter().filter(|&&c| c == b'/').count()
+}
+
+/// The steps that make `dst` hold the branch's version of every changed
+/// path, reading types, modes and link targets from `src` (the branch's
+/// root through the mount).
+pub fn plan(items: &[Item], src: &Path) -> Result<Vec<Step>> {
+    let mut removes: Vec<Vec<u8>> = Vec::new();
+    let mut renames: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut writes: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for item in items {
+        relative(&item.path)?;
+        match item.kind {
+            Kind::Deleted => removes.push(item.path.clone()),
+            Kind::TypeChanged => {
+                removes.push(item.path.clone());
+                writes.insert(item.path.clone());
+            }
+            Kind::Added | Kind::Modified => {
+                writes.insert(item.path.clone());
+            }
+            Kind::Renamed => {
+                let from = item.from.clone().context("a rename without its old path")?;
+                relative(&from)?;
+                renames.push((from, item.path.clone()));
+                writes.insert(item.path.clone());
+            }
+        }
+    }
+    // Deepest first, and nothing inside a directory also removed.
+    removes.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+    removes.dedup();
+    let mut steps: Vec<Step> = removes.into_iter().map(Step::Remove).collect();
+    // Outer renames first: an inner one then names its directory's new place.
+    renames.sort_by_key(|(from, _)| depth(from));
+    steps.extend(renames.into_iter().map(|(a, b)| Step::Rename(a, b)));
+    let mut writes: Vec<Vec<u8>> = writes.into_iter().collect();
+    writes.sort_by_key(|p| depth(p));
+    for path in writes {
+        let at = src.join(relative(&path)?);
+        let meta = match fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            // Gone from the branch since the diff: nothing to write.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", at.display())),
+        };
+        let mode = meta.mode() & 0o7777;
+        let ft = meta.file_type();
+        steps.push(if ft.is_dir() {
+            Step::Dir(path, mode)
+        } else if ft.is_file() {
+            Step::File(path, mode)
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&at)
+                .with_context(|| format!("cannot read the link {}", at.display()))?;
+            Step::Symlink(path, target.into_os_string().into_encoded_bytes())
+        } else {
+            Step::Skip(path, "not a file, directory or symlink")
+        });
+    }
+    Ok(steps)
+}
+
+/// `dst/rel`, once every directory between `dst` and it is a real directory
+/// (not a symlink that could lead out of `dst`). With `create`, missing
+/// directories are made (mode 0755).
+fn under(dst: &Path, rel: &[u8], create: bool) -> Result<PathBuf> {
+    let rel = relative(rel)?;
+    let mut at = dst.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => bail!(
+                "{} is not a directory (a symlink is never followed out of the target)",
+                at.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                fs::create_dir(&at).with_context(|| format!("cannot create {}", at.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot reach {}", at.display())),
+        }
+    }
+    Ok(dst.join(rel))
+}
+
+/// A name for a temporary file beside `target`.
+fn temp_beside(target: &Path) -> PathBuf {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let mut tmp = target.to_path_buf();
+    tmp.set_file_name(format!(".{name}.agentfs-export.{}", std::process::id()));
+    tmp
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copy `from` to `to` by a synced temporary file renamed over it.
+fn write_atomically(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    let tmp = temp_beside(to);
+    let result = (|| -> io::Result<()> {
+        let mut src = fs::File::open(from)?;
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        io::copy(&mut src, &mut out)?;
+        out.set_permissions(fs::Permissions::from_mode(mode))?;
+        out.sync_all()?;
+        if fs::symlink_metadata(to).is_ok_and(|m| m.file_type().is_dir()) {
+            fs::remove_dir_all(to)?;
+        }
+        fs::rename(&tmp, to)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", to.display()))
+}
+
+fn symlink_atomically(target: &[u8], to: &Path) -> Result<()> {
+    let tmp = temp_beside(to);
+    let result = (|| -> io::Result<()> {
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)?;
+        if fs::symlink_metadata(to).is_ok_and(|m| m.file_type().is_dir()) {
+            fs::remove_dir_all(to)?;
+        }
+        fs::rename(&tmp, to)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot make the symlink {}", to.display()))
+}
+
+/// What an export did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub written: usize,
+    pub removed: usize,
+    pub renamed: usize,
+    pub dirs: usize,
+    pub symlinks: usize,
+    pub skipped: usize,
+}
+
+/// Carry out `steps`, reading from `src`, writing under `dst`.
+pub fn apply(steps: &[Step], src: &Path, dst: &Path) -> Result<Summary> {
+    let mut sum = Summary::default();
+    let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut note = |p: &Path| {
+        if let Some(parent) = p.parent() {
+            touched.insert(parent.to_path_buf());
+        }
+    };
+    for step in steps {
+        match step {
+            Step::Remove(rel) => {
+                let at = under(dst, rel, false);
+                // A parent already gone means the path is gone too.
+                let Ok(at) = at else { continue };
+                remove_any(&at).with_context(|| format!("cannot delete {}", at.display()))?;
+                note(&at);
+                sum.removed += 1;
+            }
+            Step::Rename(from, to) => {
+                let (a, b) = (under(dst, from, false)?, under(dst, to, true)?);
+                if fs::symlink_metadata(&a).is_ok() {
+                    remove_any(&b).with_context(|| format!("cannot replace {}", b.display()))?;
+                    fs::rename(&a, &b).with_context(|| {
+                        format!("cannot rename {} to {}", a.display(), b.display())
+                    })?;
+                    note(&a);
+                    note(&b);
+                    sum.renamed += 1;
+                }
+            }
+            Step::Dir(rel, mode) => {
+                let at = under(dst, rel, true)?;
+                match fs::symlink_metadata(&at) {
+                    Ok(m) if m.file_type().is_dir() => {}
+                    Ok(_) => {
+                        fs::remove_file(&at)?;
+                        fs::create_dir(&at)?;
+                    }
+                    Err(_) => fs::create_dir(&at)
+                        .with_context(|| format!("cannot create {}", at.display()))?,
+                }
+                fs::set_permissions(&at, fs::Permissions::from_mode(*mode))?;
+                note(&at);
+                sum.dirs += 1;
+            }
+            Step::File(rel, mode) => {
+                let at = under(dst, rel, true)?;
+                write_atomically(&src.join(relative(rel)?), &at, *mode)?;
+                note(&at);
+                sum.written += 1;
+            }
+            Step::Symlink(rel, target) => {
+                let at = under(dst, rel, true)?;
+                symlink_atomically(target, &at)?;
+                note(&at);
+                sum.symlinks += 1;
+            }
+            Step::Skip(..) => sum.skipped += 1,
+        }
+    }
+    // The renames and removals themselves durable: sync each directory changed.
+    for dir in touched {
+        if let Ok(d) = fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(kind: Kind, path: &str) -> Item {
+        Item {
+            kind,
+            path: path.as_bytes().to_vec(),
+            from: None,
+        }
+    }
+
+    #[test]
+    fn escapes_are_undone() {
+        assert_eq!(unescape("a/b.rs"), b"a/b.rs");
+        assert_eq!(unescape("x\\\\y"), b"x\\y");
+        assert_eq!(unescape("bad\\xff\\x00end"), b"bad\xff\x00end");
+        assert_eq!(unescape("trail\\"), b"trail\\");
+    }
+
+    #[test]
+    fn paths_that_leave_the_target_are_refused() {
+        let src = tempfile::tempdir().unwrap();
+        for bad in ["../x", "/etc/passwd", "a/../../b", ""] {
+            assert!(
+                plan(&[item(Kind::Added, bad)], src.path()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn plan_and_apply_mirror_the_branch() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let (s, d) = (src.path(), dst.path());
+        // The host as of the base.
+        fs::create_dir_all(d.join("old-dir/inner")).unwrap();
+        fs::write(d.join("old-dir/inner/f"), "x").unwrap();
+        fs::write(d.join("gone"), "x").unwrap();
+        fs::write(d.join("keep"), "same").unwrap();
+        fs::write(d.join("edit"), "before").unwrap();
+        fs::write(d.join("was-file"), "x").unwrap();
+        fs::write(d.join("moved-from"), "m").unwrap();
+        // The branch.
+        fs::create_dir_all(s.join("new-dir/sub")).unwrap();
+        fs::write(s.join("new-dir/sub/n"), "new").unwrap();
+        fs::write(s.join("edit"), "after").unwrap();
+        fs::set_permissions(s.join("edit"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("edit", s.join("link")).unwrap();
+        fs::create_dir(s.join("was-file")).unwrap();
+        fs::write(s.join("moved-to"), "m").unwrap();
+        let items = vec![
+            item(Kind::Deleted, "old-dir"),
+            item(Kind::Deleted, "gone"),
+            item(Kind::Added, "new-dir"),
+            item(Kind::Added, "new-dir/sub"),
+            item(Kind::Added, "new-dir/sub/n"),
+            item(Kind::Modified, "edit"),
+            item(Kind::Added, "link"),
+            item(Kind::TypeChanged, "was-file"),
+            Item {
+                kind: Kind::Renamed,
+                path: b"moved-to".to_vec(),
+                from: Some(b"moved-from".to_vec()),
+            },
+        ];
+        let steps = plan(&items, s).unwrap();
+        // A dry run is the plan: nothing written yet.
+        assert!(d.join("gone").exists() && !d.join("new-dir").exists());
+        let sum = apply(&steps, s, d).unwrap();
+        assert_eq!(sum.renamed, 1, "{steps:?}");
+        assert!(!d.join("old-dir").exists() && !d.join("gone").exists());
+        assert_eq!(fs::read_to_string(d.join("new-dir/sub/n")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(d.join("edit")).unwrap(), "after");
+        let mode = fs::metadata(d.join("edit")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+        assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("edit"));
+        assert!(d.join("was-file").is_dir());
+        assert!(!d.join("moved-from").exists());
+        assert_eq!(fs::read_to_string(d.join("moved-to")).unwrap(), "m");
+        assert_eq!(fs::read_to_string(d.join("keep")).unwrap(), "same");
+        // No temporary file left behind.
+        let leftovers: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("agentfs-export"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_symlinked_parent_on_the_host_is_not_followed() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dst.path().join("a")).unwrap();
+        fs::create_dir(src.path().join("a")).unwrap();
+        fs::write(src.path().join("a/f"), "x").unwrap();
+        let steps = plan(&[item(Kind::Added, "a/f")], src.path()).unwrap();
+        assert!(apply(&steps, src.path(), dst.path()).is_err());
+        assert!(!outside.path().join("f").exists());
+    }
+}
