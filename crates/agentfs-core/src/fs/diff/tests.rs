@@ -492,3 +492,70 @@ pub(crate) fn build_flat(core: &FsCore, b: BranchId, dirs: u64, files: u64) {
     }
     t.insert(NodeId::ROOT, root);
 }
+
+/// Diff at a million files with 10 changes, against a walk of the whole tree
+/// (what a diff that does not skip shared parts would at least cost) in the
+/// same run. Prints figures; asserts only what the diff found. Run:
+/// `cargo test --release -p agentfs-core --lib diff_speed_at_a_million_files
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn diff_speed_at_a_million_files() {
+    let core = core();
+    let main = core.default_branch();
+    let t0 = std::time::Instant::now();
+    build_flat(&core, main, 1000, 1000);
+    let built = t0.elapsed();
+    let (snap, w) = fork(&core);
+    for i in 0..4 {
+        put(&core, w, &format!("d{}/f{}", i * 100, i), b"changed");
+    }
+    for i in 0..2 {
+        chmod(&core, w, &format!("d{}/f{}", 500 + i, i), 0o600);
+    }
+    rm(&core, w, "d900/f900");
+    mkdir(&core, w, "d1/new");
+    mv(&core, w, "d2/f2", "d1/new/f2");
+    put(&core, w, "d999/added", b"a");
+    let view = ViewRef::Branch(w);
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..9 {
+        let t = std::time::Instant::now();
+        let r = core.diff_with_stats(snap, view).unwrap();
+        times.push(t.elapsed());
+        last = Some(r);
+    }
+    let (changes, st) = last.unwrap();
+    assert_eq!(changes.len(), 10, "{changes:#?}");
+    times.sort();
+    let t = std::time::Instant::now();
+    let walked = {
+        let branch = core.branch(w).unwrap();
+        let tree = branch.tree.read().clone();
+        let mut p = super::Paths::new(&tree);
+        let mut s = DiffStats::default();
+        p.walk(&mut s).len()
+    };
+    let walk = t.elapsed();
+    println!(
+        "diff_speed: 1,000,000 files in 1,000 directories (built in {:.2?}), 10 changes: \
+         diff median {:.1?} (min {:.1?}, max {:.1?}, 9 runs); changed_nodes {}, nodes_read {}, \
+         entries_read {}, tree_walks {}, bytes_compared {}; one walk of the tree ({walked} \
+         nodes) {:.1?}, {:.0}x the diff",
+        built,
+        times[4],
+        times[0],
+        times[8],
+        st.changed_nodes,
+        st.nodes_read,
+        st.entries_read,
+        st.tree_walks,
+        st.bytes_compared,
+        walk,
+        walk.as_secs_f64() / times[4].as_secs_f64()
+    );
+    for c in &changes {
+        println!("  {}", line(c));
+    }
+}
