@@ -32,6 +32,7 @@ mod dir;
 mod exec_opens;
 mod file;
 mod namespace;
+mod snapshots;
 mod twins;
 mod virtual_nodes;
 mod xattr;
@@ -342,9 +343,9 @@ impl From<InodeError> for FsError {
     fn from(e: InodeError) -> FsError {
         match e {
             InodeError::Invalid(_) => FsError::Stale,
-            InodeError::BranchTooLarge(_) | InodeError::NodeTooLarge(_) => {
-                FsError::Io(io::Error::other(e.to_string()))
-            }
+            InodeError::BranchTooLarge(_)
+            | InodeError::NodeTooLarge(_)
+            | InodeError::SnapshotTooLarge(_) => FsError::Io(io::Error::other(e.to_string())),
         }
     }
 }
@@ -356,11 +357,13 @@ impl From<InodeError> for FsError {
 fn resolve(core: &FsCore, ino: Ino, pid: u32) -> FsResult<(BranchId, NodeId)> {
     match ino {
         Ino::Root => Ok((core.branch_of(pid), NodeId::ROOT)),
-        Ino::Node(b, n) if core.branch_exists(inode::real_branch(b)) => {
+        Ino::Node(b, n) if core.tree_exists(inode::real_branch(b)) => {
             Ok((inode::real_branch(b), n))
         }
         Ino::Node(..) => Err(FsError::Stale),
-        Ino::AgentfsDir | Ino::ControlFile | Ino::BranchesDir => Err(FsError::ReadOnly),
+        Ino::AgentfsDir | Ino::ControlFile | Ino::BranchesDir | Ino::SnapshotsDir => {
+            Err(FsError::ReadOnly)
+        }
     }
 }
 

@@ -37,7 +37,7 @@ impl AgentFs {
         let call = self.call(Op::Opendir, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         match target {
-            Ino::AgentfsDir | Ino::BranchesDir => {
+            Ino::AgentfsDir | Ino::BranchesDir | Ino::SnapshotsDir => {
                 return reply.opened(FileHandle(0), FopenFlags::empty())
             }
             Ino::ControlFile => return call.fail(FsError::NotDir, reply),
@@ -69,6 +69,9 @@ impl AgentFs {
             return reply.ok();
         }
         let target = tri!(call, reply, Ino::decode(ino.0));
+        if target == Ino::SnapshotsDir {
+            return self.readdir_snapshots(call, offset, reply);
+        }
         if target == Ino::BranchesDir {
             // One directory per branch, by name; cookies 1 and 2 are . and ..
             return self.submit_meta(call, move |core, call| {
@@ -128,6 +131,9 @@ impl AgentFs {
     ) {
         let call = self.call(Op::Readdirplus, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
+        if target == Ino::SnapshotsDir {
+            return self.readdirplus_snapshots(call, offset, reply);
+        }
         if matches!(target, Ino::AgentfsDir | Ino::BranchesDir) {
             // Few entries that change rarely: their attributes, uncached, like
             // their lookups.
@@ -224,7 +230,7 @@ impl AgentFs {
         reply: ReplyEmpty,
     ) {
         let call = self.call(Op::Releasedir, ino.0, req);
-        if ino.0 == inode::AGENTFS_DIR_INO {
+        if ino.0 == inode::AGENTFS_DIR_INO || ino.0 == inode::SNAPSHOTS_DIR_INO {
             return reply.ok();
         }
         self.submit_meta(call, move |core, call| {
@@ -238,7 +244,7 @@ impl AgentFs {
     /// there is nothing narrower to flush.
     pub(super) fn do_fsyncdir(&self, req: &Request, ino: INodeNo, reply: ReplyEmpty) {
         let call = self.call(Op::Fsyncdir, ino.0, req);
-        if ino.0 == inode::AGENTFS_DIR_INO {
+        if ino.0 == inode::AGENTFS_DIR_INO || ino.0 == inode::SNAPSHOTS_DIR_INO {
             return reply.ok();
         }
         self.submit_data(call, reply, move |core, call, reply| {

@@ -33,7 +33,9 @@ impl AgentFs {
                 return call.fail(FsError::ReadOnly, reply);
             }
             Ino::ControlFile => return reply.opened(VIRTUAL_FH, FopenFlags::empty()),
-            Ino::AgentfsDir | Ino::BranchesDir => return call.fail(FsError::IsDir, reply),
+            Ino::AgentfsDir | Ino::BranchesDir | Ino::SnapshotsDir => {
+                return call.fail(FsError::IsDir, reply)
+            }
             Ino::Root | Ino::Node(..) => {}
         }
         let ctx = ctx(req);

@@ -34,6 +34,9 @@ impl AgentFs {
             reply.entry(&self.ttl, &attr, Generation(0));
             return;
         }
+        if p == Ino::SnapshotsDir {
+            return self.lookup_snapshot(call, name, reply);
+        }
         let (ctx, name, ttl) = (ctx(req), name.to_os_string(), self.ttl);
         if p == Ino::BranchesDir {
             // `.agentfs/branches/<name>`: the root of that branch, as its own

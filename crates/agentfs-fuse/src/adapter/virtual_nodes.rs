@@ -1,13 +1,18 @@
-//! The adapter's virtual nodes: `.agentfs` and `.agentfs/control`.
+//! The adapter's virtual nodes: `.agentfs`, `.agentfs/control`,
+//! `.agentfs/branches` and `.agentfs/snapshots`.
 //!
 //! They exist in every branch alike and never reach FsCore: `.agentfs` is
 //! found by lookup in the root but not listed by readdir (like ZFS's `.zfs`),
 //! and `control` is a read-only file whose bytes are the control
 //! [`Endpoint`](agentfs_control::Endpoint) as JSON, so a client standing
-//! anywhere in the mount can find the daemon's socket.
+//! anywhere in the mount can find the daemon's socket. The entries of
+//! `branches` and `snapshots` are FsCore's to answer (see `namespace.rs` and
+//! `snapshots.rs`).
 
 use crate::attr::BLKSIZE;
-use crate::inode::{Ino, AGENTFS_DIR_INO, BRANCHES_DIR_INO, CONTROL_FILE_INO, ROOT_INO};
+use crate::inode::{
+    Ino, AGENTFS_DIR_INO, BRANCHES_DIR_INO, CONTROL_FILE_INO, ROOT_INO, SNAPSHOTS_DIR_INO,
+};
 use agentfs_core::FsError;
 use fuser::{FileAttr, FileType, INodeNo};
 use std::ffi::OsStr;
@@ -19,6 +24,8 @@ pub const AGENTFS_DIR_NAME: &str = ".agentfs";
 pub const CONTROL_FILE_NAME: &str = "control";
 /// Name of the directory of branches in `.agentfs`.
 pub const BRANCHES_DIR_NAME: &str = "branches";
+/// Name of the directory of snapshots (read-only) in `.agentfs`.
+pub const SNAPSHOTS_DIR_NAME: &str = "snapshots";
 
 /// The contents and owner of the virtual nodes.
 #[derive(Debug, Clone)]
@@ -43,8 +50,9 @@ impl VirtualNodes {
     /// Attributes of a virtual node; `None` for any other inode.
     pub fn attr(&self, ino: Ino) -> Option<FileAttr> {
         let (ino, kind, perm, nlink, size) = match ino {
-            Ino::AgentfsDir => (AGENTFS_DIR_INO, FileType::Directory, 0o555, 3, 0),
+            Ino::AgentfsDir => (AGENTFS_DIR_INO, FileType::Directory, 0o555, 4, 0),
             Ino::BranchesDir => (BRANCHES_DIR_INO, FileType::Directory, 0o555, 2, 0),
+            Ino::SnapshotsDir => (SNAPSHOTS_DIR_INO, FileType::Directory, 0o555, 2, 0),
             Ino::ControlFile => (
                 CONTROL_FILE_INO,
                 FileType::RegularFile,
@@ -80,10 +88,11 @@ impl VirtualNodes {
             p if p.is_root_dir() && name == AGENTFS_DIR_NAME => self.attr(Ino::AgentfsDir).map(Ok),
             Ino::AgentfsDir if name == CONTROL_FILE_NAME => self.attr(Ino::ControlFile).map(Ok),
             Ino::AgentfsDir if name == BRANCHES_DIR_NAME => self.attr(Ino::BranchesDir).map(Ok),
+            Ino::AgentfsDir if name == SNAPSHOTS_DIR_NAME => self.attr(Ino::SnapshotsDir).map(Ok),
             Ino::AgentfsDir => Some(Err(FsError::NotFound)),
             Ino::ControlFile => Some(Err(FsError::NotDir)),
-            // Branch names are FsCore's to answer.
-            Ino::Root | Ino::Node(..) | Ino::BranchesDir => None,
+            // Branch and snapshot names are FsCore's to answer.
+            Ino::Root | Ino::Node(..) | Ino::BranchesDir | Ino::SnapshotsDir => None,
         }
     }
 
@@ -99,6 +108,12 @@ impl VirtualNodes {
                 CONTROL_FILE_NAME,
             ),
             (BRANCHES_DIR_INO, 4, FileType::Directory, BRANCHES_DIR_NAME),
+            (
+                SNAPSHOTS_DIR_INO,
+                5,
+                FileType::Directory,
+                SNAPSHOTS_DIR_NAME,
+            ),
         ];
         all.into_iter().filter(|e| e.1 > offset).collect()
     }
@@ -163,6 +178,14 @@ mod tests {
             v.lookup(Ino::ControlFile, OsStr::new("x")),
             Some(Err(FsError::NotDir))
         ));
+        let snaps = v
+            .lookup(Ino::AgentfsDir, OsStr::new("snapshots"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(snaps.ino, INodeNo(SNAPSHOTS_DIR_INO));
+        assert_eq!((snaps.kind, snaps.perm), (FileType::Directory, 0o555));
+        // Snapshot names are FsCore's.
+        assert!(v.lookup(Ino::SnapshotsDir, OsStr::new("base")).is_none());
     }
 
     #[test]
@@ -178,10 +201,10 @@ mod tests {
     fn listing_resumes_after_a_cookie() {
         let v = nodes();
         let names: Vec<_> = v.entries(0).into_iter().map(|e| e.3).collect();
-        assert_eq!(names, [".", "..", "control", "branches"]);
+        assert_eq!(names, [".", "..", "control", "branches", "snapshots"]);
         let names: Vec<_> = v.entries(2).into_iter().map(|e| e.3).collect();
-        assert_eq!(names, ["control", "branches"]);
-        assert!(v.entries(4).is_empty());
+        assert_eq!(names, ["control", "branches", "snapshots"]);
+        assert!(v.entries(5).is_empty());
     }
 
     #[test]

@@ -1,0 +1,602 @@
+//! Browsing snapshots by path: `<mount>/.agentfs/snapshots/<name>/` shows each
+//! snapshot read-only, next to the read-write `.agentfs/branches/<name>/`.
+//!
+//! Old content is read there after the branch changed it; every kind of
+//! change gives EROFS and changes nothing; `cp -a`, `diff -r` and `find` work
+//! on it; its listing follows snapshot-create and snapshot-delete (a deleted
+//! snapshot's path is gone, a new snapshot of the same name shows its own
+//! content); and the root's listing is what it was (`.agentfs` stays hidden).
+//! The whole file runs on both data paths (`AGENTFS_PASSTHROUGH=off` for the
+//! transport; passthrough otherwise, where the kernel allows it).
+
+mod common;
+
+use common::{cpath, errno, Mount, CMD_TIMEOUT};
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A file larger than one FUSE request, so reads take several (or pass through).
+const BIG: usize = 3 << 20;
+
+fn big_content(seed: u8) -> Vec<u8> {
+    (0..BIG).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// Build the tree the tests snapshot, under `base` (in the mount, or a host
+/// directory for comparison).
+fn build_tree(base: &Path) {
+    fs::create_dir_all(base.join("src/deep/er")).unwrap();
+    fs::write(base.join("src/a.txt"), b"one\n").unwrap();
+    fs::write(base.join("src/deep/er/b.txt"), b"deep\n").unwrap();
+    fs::write(base.join("empty"), b"").unwrap();
+    fs::write(base.join("big.bin"), big_content(0)).unwrap();
+    fs::write(base.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(base.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("src/a.txt", base.join("link")).unwrap();
+    fs::hard_link(base.join("src/a.txt"), base.join("hard")).unwrap();
+}
+
+/// Change everything `build_tree` made, in place.
+fn change_tree(base: &Path) {
+    fs::write(base.join("src/a.txt"), b"two, longer\n").unwrap();
+    fs::remove_file(base.join("src/deep/er/b.txt")).unwrap();
+    fs::write(base.join("src/new.txt"), b"new\n").unwrap();
+    fs::write(base.join("big.bin"), big_content(7)).unwrap();
+    fs::set_permissions(base.join("run.sh"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(base.join("link")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", base.join("link")).unwrap();
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let name = std::ffi::CString::new(name).unwrap();
+    let path = cpath(p);
+    // SAFETY: both strings are NUL-terminated and live across the call; value
+    // points to value.len() readable bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn get_xattr(p: &Path, name: &str) -> io::Result<Vec<u8>> {
+    let name = std::ffi::CString::new(name).unwrap();
+    let path = cpath(p);
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated; buf has buf.len() writable bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// The errno of a failed result; panics (naming `what`) if it succeeded.
+fn err_of<T>(what: &str, r: io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => panic!("{what}: succeeded on a snapshot"),
+        Err(e) => e.raw_os_error().unwrap_or(0),
+    }
+}
+
+fn assert_erofs<T>(what: &str, r: io::Result<T>) {
+    let e = err_of(what, r);
+    assert_eq!(
+        e,
+        libc::EROFS,
+        "{what}: expected EROFS, got {}",
+        io::Error::from_raw_os_error(e)
+    );
+}
+
+/// `r` of a libc call returning -1 on error, as an io::Result.
+fn sys(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(errno()))
+    }
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = common::run_with_timeout(cmd, CMD_TIMEOUT);
+    common::assert_success(&out, what);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `ls -a` of `dir`, one name a line, sorted by ls.
+fn ls_a(dir: &Path) -> String {
+    run(Command::new("ls").arg("-a").arg("-1").arg(dir), "ls -a")
+}
+
+/// Relative paths of everything `find` sees below `dir`, with their types.
+fn find(dir: &Path) -> Vec<String> {
+    let out = run(
+        Command::new("find")
+            .arg(".")
+            .arg("-printf")
+            .arg("%y %p\n")
+            .current_dir(dir),
+        "find",
+    );
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+fn snap_dir(m: &Mount, name: &str) -> PathBuf {
+    m.join(".agentfs/snapshots").join(name)
+}
+
+#[test]
+fn a_snapshot_reads_as_it_was_while_the_branch_moves_on() {
+    let Some(m) = Mount::start() else { return };
+    build_tree(m.path());
+    set_xattr(&m.join("src/a.txt"), "user.note", b"first").unwrap();
+    let id = m.snapshot("base");
+    // A file held open for writing across the snapshot: the snapshot keeps
+    // what it held at that instant.
+    let mut held = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("empty"))
+        .unwrap();
+    std::io::Write::write_all(&mut held, b"later").unwrap();
+    change_tree(m.path());
+    set_xattr(&m.join("src/a.txt"), "user.note", b"second").unwrap();
+
+    let s = snap_dir(&m, "base");
+    assert_eq!(fs::read(s.join("src/a.txt")).unwrap(), b"one\n");
+    assert_eq!(fs::read(s.join("hard")).unwrap(), b"one\n");
+    assert_eq!(fs::read(s.join("src/deep/er/b.txt")).unwrap(), b"deep\n");
+    assert_eq!(fs::read(s.join("empty")).unwrap(), b"");
+    assert!(fs::read(s.join("big.bin")).unwrap() == big_content(0));
+    assert!(!s.join("src/new.txt").exists());
+    assert_eq!(
+        fs::read_link(s.join("link")).unwrap(),
+        Path::new("src/a.txt")
+    );
+    assert_eq!(
+        get_xattr(&s.join("src/a.txt"), "user.note").unwrap(),
+        b"first"
+    );
+    let meta = fs::symlink_metadata(s.join("run.sh")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o755);
+    assert_eq!(meta.len(), 18);
+    assert_eq!(fs::metadata(s.join("hard")).unwrap().nlink(), 2);
+    assert!(fs::metadata(&s).unwrap().is_dir());
+    // The snapshot's program runs from there.
+    let out = run(
+        &mut Command::new(s.join("run.sh")),
+        "run.sh in the snapshot",
+    );
+    assert_eq!(out, "hi\n");
+    // By id too, with the same content.
+    assert_eq!(
+        fs::read(snap_dir(&m, &id).join("src/a.txt")).unwrap(),
+        b"one\n"
+    );
+
+    // The branch has its own state, and the kernel never mixes the two up.
+    assert_eq!(fs::read(m.join("src/a.txt")).unwrap(), b"two, longer\n");
+    assert!(fs::read(m.join("big.bin")).unwrap() == big_content(7));
+    assert_ne!(
+        fs::metadata(m.join("src/a.txt")).unwrap().ino(),
+        fs::metadata(s.join("src/a.txt")).unwrap().ino()
+    );
+    let view = m.join(".agentfs/branches/main");
+    assert_eq!(fs::read(view.join("src/a.txt")).unwrap(), b"two, longer\n");
+
+    // Reads through a descriptor, in pieces and by mmap.
+    let mut f = fs::File::open(s.join("big.bin")).unwrap();
+    let mut first = vec![0u8; 4096];
+    f.read_exact(&mut first).unwrap();
+    assert!(first[..] == big_content(0)[..4096]);
+    let map = Mmap::of(&f, BIG);
+    assert!(map.bytes() == big_content(0));
+    // A read-only mapping: shared writable mappings of it are refused.
+    assert!(Mmap::try_shared_writable(&f, BIG).is_err());
+    drop(map);
+    drop(f);
+
+    // The held file's writes, once more, do not reach the snapshot.
+    std::io::Write::write_all(&mut held, b" and more").unwrap();
+    drop(held);
+    assert_eq!(fs::read(m.join("empty")).unwrap(), b"later and more");
+    assert_eq!(fs::read(s.join("empty")).unwrap(), b"");
+}
+
+#[test]
+fn every_change_under_a_snapshot_is_erofs() {
+    let Some(m) = Mount::start() else { return };
+    build_tree(m.path());
+    set_xattr(&m.join("src/a.txt"), "user.note", b"first").unwrap();
+    m.snapshot("base");
+    let s = snap_dir(&m, "base");
+    let a = s.join("src/a.txt");
+    let before = find(&s);
+
+    let open = |flags: i32, create: bool| {
+        let mut o = fs::OpenOptions::new();
+        match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => o.write(true),
+            libc::O_RDWR => o.read(true).write(true),
+            _ => o.read(true),
+        };
+        o.custom_flags(flags & !libc::O_ACCMODE);
+        if create {
+            o.mode(0o644);
+        }
+        o.open(&a)
+    };
+    assert_erofs("open O_WRONLY", open(libc::O_WRONLY, false));
+    assert_erofs("open O_RDWR", open(libc::O_RDWR, false));
+    assert_erofs(
+        "open O_APPEND",
+        open(libc::O_WRONLY | libc::O_APPEND, false),
+    );
+    assert_erofs(
+        "open O_RDONLY|O_TRUNC",
+        open(libc::O_RDONLY | libc::O_TRUNC, false),
+    );
+    assert_erofs(
+        "open O_WRONLY|O_TRUNC",
+        open(libc::O_WRONLY | libc::O_TRUNC, false),
+    );
+    assert_erofs("create a new file", fs::File::create(s.join("src/new")));
+    assert_erofs(
+        "create O_EXCL",
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(s.join("excl")),
+    );
+    assert_erofs("mkdir", fs::create_dir(s.join("d")));
+    let fifo = cpath(&s.join("fifo"));
+    // SAFETY: fifo is a NUL-terminated path.
+    assert_erofs("mknod", sys(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }));
+    assert_erofs("symlink", std::os::unix::fs::symlink("x", s.join("sl")));
+    assert_erofs("link", fs::hard_link(&a, s.join("src/a2")));
+    assert_erofs("unlink", fs::remove_file(&a));
+    assert_erofs("unlink a symlink", fs::remove_file(s.join("link")));
+    assert_erofs("rmdir", fs::remove_dir(s.join("src/deep/er")));
+    assert_erofs("rename", fs::rename(&a, s.join("src/renamed")));
+    assert_erofs("rename a dir", fs::rename(s.join("src"), s.join("src2")));
+    assert_erofs(
+        "chmod",
+        fs::set_permissions(&a, fs::Permissions::from_mode(0o600)),
+    );
+    assert_erofs(
+        "chmod of the snapshot's root",
+        fs::set_permissions(&s, fs::Permissions::from_mode(0o700)),
+    );
+    assert_erofs("chown", std::os::unix::fs::chown(&a, Some(1), Some(1)));
+    let ca = cpath(&a);
+    // SAFETY: ca is NUL-terminated; a null times pointer means "now".
+    let touch = unsafe { libc::utimensat(libc::AT_FDCWD, ca.as_ptr(), std::ptr::null(), 0) };
+    assert_erofs("utimensat", sys(touch));
+    // SAFETY: ca is NUL-terminated.
+    assert_erofs("truncate", sys(unsafe { libc::truncate(ca.as_ptr(), 0) }));
+    assert_erofs("setxattr", set_xattr(&a, "user.note", b"changed"));
+    assert_erofs("setxattr new", set_xattr(&a, "user.other", b"x"));
+    let name = std::ffi::CString::new("user.note").unwrap();
+    // SAFETY: both strings are NUL-terminated.
+    let removed = unsafe { libc::lremovexattr(ca.as_ptr(), name.as_ptr()) };
+    assert_erofs("removexattr", sys(removed));
+    // access(W_OK) is the kernel's to answer from the mode bits (the mount
+    // uses default_permissions, so FUSE never sees it): only the write itself
+    // can say EROFS. Read access is granted as usual.
+    // SAFETY: ca is NUL-terminated.
+    sys(unsafe { libc::access(ca.as_ptr(), libc::R_OK) }).unwrap();
+
+    // Between a snapshot and a branch: not one filesystem tree.
+    let e = err_of("link into the branch", fs::hard_link(&a, m.join("a2")));
+    assert_eq!(e, libc::EXDEV, "link from a snapshot into the branch");
+    let e = err_of("rename into the branch", fs::rename(&a, m.join("a2")));
+    assert_eq!(e, libc::EXDEV, "rename from a snapshot into the branch");
+    // `mv` falls back to copy and unlink, which the snapshot refuses.
+    let out =
+        common::run_with_timeout(Command::new("mv").arg(&a).arg(m.join("moved")), CMD_TIMEOUT);
+    assert!(!out.status.success(), "mv out of a snapshot must fail");
+
+    // The virtual directories are read-only too, and `.agentfs` stays reserved.
+    assert_erofs(
+        "mkdir in .agentfs/snapshots",
+        fs::create_dir(m.join(".agentfs/snapshots/new")),
+    );
+
+    // Nothing changed, in the snapshot or in the branch.
+    assert_eq!(find(&s), before);
+    assert_eq!(fs::read(&a).unwrap(), b"one\n");
+    assert_eq!(get_xattr(&a, "user.note").unwrap(), b"first");
+    assert_eq!(fs::metadata(&a).unwrap().mode() & 0o7777, 0o644);
+    assert_eq!(fs::read(m.join("src/a.txt")).unwrap(), b"one\n");
+    assert!(!m.join("a2").exists());
+    // A branch made from it starts from the same, untouched state.
+    m.branch("base", "after");
+    let b = m.join(".agentfs/branches/after");
+    assert_eq!(fs::read(b.join("src/a.txt")).unwrap(), b"one\n");
+    assert!(fs::read(b.join("big.bin")).unwrap() == big_content(0));
+}
+
+#[test]
+fn cp_diff_and_find_work_on_a_snapshot() {
+    let Some(m) = Mount::start() else { return };
+    let scratch = m.scratch();
+    let original = scratch.join("original");
+    build_tree(&original);
+    build_tree(m.path());
+    m.snapshot("base");
+    change_tree(m.path());
+    let s = snap_dir(&m, "base");
+
+    // diff -r against the tree as it was: no difference (symlinks compared
+    // by target with --no-dereference).
+    run(
+        Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(&original)
+            .arg(&s),
+        "diff -r original snapshot",
+    );
+    // ... and against the branch: differences.
+    let out = common::run_with_timeout(
+        Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(&s)
+            .arg(m.path()),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1), "snapshot and branch differ");
+
+    // find sees the same tree as in the original.
+    assert_eq!(find(&s), find(&original));
+
+    // cp -a out of the snapshot gives the tree as it was, modes and links kept.
+    let copy = scratch.join("copy");
+    run(
+        Command::new("cp").arg("-a").arg(&s).arg(&copy),
+        "cp -a snapshot",
+    );
+    run(
+        Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(&original)
+            .arg(&copy),
+        "diff -r original copy",
+    );
+    assert_eq!(
+        fs::metadata(copy.join("run.sh")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        fs::read_link(copy.join("link")).unwrap(),
+        Path::new("src/a.txt")
+    );
+
+    // cp -a from the snapshot into a branch restores a file there.
+    run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(s.join("src/a.txt"))
+            .arg(m.join("src/a.txt")),
+        "cp -a snapshot file into the branch",
+    );
+    assert_eq!(fs::read(m.join("src/a.txt")).unwrap(), b"one\n");
+    assert_eq!(fs::read(s.join("src/a.txt")).unwrap(), b"one\n");
+}
+
+#[test]
+fn the_listing_follows_snapshot_create_and_delete() {
+    let Some(m) = Mount::start() else { return };
+    let snaps = m.join(".agentfs/snapshots");
+    let root_before = ls_a(m.path());
+    assert!(
+        !root_before.lines().any(|l| l == ".agentfs"),
+        "the root lists .agentfs: {root_before}"
+    );
+    assert_eq!(names(&snaps), BTreeSet::new());
+    assert_eq!(
+        names(&m.join(".agentfs")),
+        ["branches", "control", "snapshots"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+
+    fs::write(m.join("f"), b"first").unwrap();
+    let root_with_f = ls_a(m.path());
+    m.snapshot("one");
+    fs::write(m.join("f"), b"second").unwrap();
+    m.snapshot("two");
+    assert_eq!(
+        names(&snaps),
+        ["one", "two"].into_iter().map(String::from).collect()
+    );
+    assert_eq!(ls_a(&snaps), ".\n..\none\ntwo\n");
+    assert_eq!(fs::read(snaps.join("one/f")).unwrap(), b"first");
+    assert_eq!(fs::read(snaps.join("two/f")).unwrap(), b"second");
+    assert_eq!(
+        err_of("a name never made", fs::metadata(snaps.join("three"))),
+        libc::ENOENT
+    );
+    // Browsing changes nothing the root shows.
+    assert_eq!(ls_a(m.path()), root_with_f);
+    // Nor what the control plane lists.
+    let branches = m.cli_json(&["branch-list"]);
+    assert_eq!(branches.as_array().unwrap().len(), 1, "{branches}");
+    assert_eq!(m.status()["branches"].as_array().map(Vec::len), Some(1));
+
+    // A process standing in a snapshot when it is deleted.
+    let cwd_in_one = snaps.join("one");
+    let held = fs::File::open(snaps.join("one/f")).unwrap();
+    m.cli_ok(&["snapshot-delete", "one"]);
+    assert_eq!(
+        names(&snaps),
+        ["two"].into_iter().map(String::from).collect()
+    );
+    let gone = err_of("stat of a deleted snapshot", fs::metadata(&cwd_in_one));
+    assert_eq!(gone, libc::ENOENT);
+    let gone = err_of("read in a deleted snapshot", fs::read(snaps.join("one/f")));
+    assert_eq!(gone, libc::ENOENT);
+    // A descriptor opened before keeps reading what it opened.
+    let mut text = String::new();
+    (&held).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "first");
+    drop(held);
+
+    // A new snapshot of the old name shows its own content, never the old one.
+    fs::write(m.join("f"), b"third").unwrap();
+    m.snapshot("one");
+    assert_eq!(fs::read(snaps.join("one/f")).unwrap(), b"third");
+    assert_eq!(fs::read(snaps.join("two/f")).unwrap(), b"second");
+    m.cli_ok(&["snapshot-delete", "two"]);
+    m.cli_ok(&["snapshot-delete", "one"]);
+    assert_eq!(names(&snaps), BTreeSet::new());
+    assert_eq!(ls_a(m.path()), root_with_f);
+}
+
+#[test]
+fn a_process_inside_a_deleted_snapshot_gets_errors_not_data() {
+    let Some(m) = Mount::start() else { return };
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/f"), b"old").unwrap();
+    m.snapshot("gone");
+    let dir = snap_dir(&m, "gone").join("d");
+    // Warm the kernel's caches of the snapshot's names and attributes.
+    assert_eq!(fs::read(dir.join("f")).unwrap(), b"old");
+    let script = r#"
+import os, sys
+os.chdir(sys.argv[1])
+print(open("f").read(), flush=True)
+sys.stdin.readline()
+for what, op in [("listdir", lambda: os.listdir(".")), ("read", lambda: open("f").read())]:
+    try:
+        op()
+        print(what, "ok")
+    except OSError as e:
+        print(what, e.errno)
+"#;
+    let mut child = Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "old\n");
+    m.cli_ok(&["snapshot-delete", "gone"]);
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = common::wait_timeout(&mut child, CMD_TIMEOUT).expect("python exits");
+    assert!(status.success(), "python: {status}, printed {rest:?}");
+    let stale = libc::ESTALE.to_string();
+    for what in ["listdir", "read"] {
+        let got = rest
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{what} ")))
+            .unwrap_or_else(|| panic!("no {what} line in {rest:?}"));
+        assert!(
+            got == stale || got == libc::ENOENT.to_string(),
+            "{what} inside a deleted snapshot: {got} (want ESTALE or ENOENT)"
+        );
+    }
+}
+
+/// A read-only mapping of a file, unmapped on drop.
+struct Mmap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mmap {
+    fn of(f: &fs::File, len: usize) -> Mmap {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh private read-only mapping of an open descriptor;
+        // the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            io::Error::last_os_error()
+        );
+        Mmap { ptr, len }
+    }
+
+    fn try_shared_writable(f: &fs::File, len: usize) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `of`; a successful mapping is unmapped at once.
+        unsafe {
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            libc::munmap(ptr, len);
+        }
+        Ok(())
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are the mapping made in `of`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
