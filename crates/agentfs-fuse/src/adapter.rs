@@ -169,6 +169,18 @@ impl AgentFs {
         }
     }
 
+    /// `reply` in a slot the request's deadline can answer ETIMEDOUT from
+    /// (a plain slot when deadlines are off).
+    fn deadline_slot<R>(&self, call: &Call, reply: R) -> Late<R>
+    where
+        R: crate::reply::ErrorReply + Send + 'static,
+    {
+        match &self.deadlines {
+            Some(d) => d.guard(reply, call.op.name(), call.metrics()),
+            None => Late::without_deadline(reply, call.op.name(), call.metrics()),
+        }
+    }
+
     /// Run `job`, which may wait on the backstore, on a Data-lane worker with
     /// `reply` in a shared slot: if the request's deadline passes first, the
     /// kernel gets ETIMEDOUT and the job's answer is dropped
@@ -178,10 +190,7 @@ impl AgentFs {
         R: crate::reply::ErrorReply + Send + 'static,
         F: FnOnce(&FsCore, Call, Late<R>) + Send + 'static,
     {
-        let late = match &self.deadlines {
-            Some(d) => d.guard(reply, call.op.name(), call.metrics()),
-            None => Late::without_deadline(reply, call.op.name(), call.metrics()),
-        };
+        let late = self.deadline_slot(&call, reply);
         self.submit(Lane::Data, call, move |core, call| job(core, call, late));
     }
 

@@ -494,6 +494,29 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
     }
     assert!(waited < Duration::from_secs(20), "stat waited {waited:?}");
 
+    // A listing with attributes (readdirplus: the first getdents of a
+    // directory) of the directory holding that file: its size is the
+    // backstore's to tell, so the listing answers or fails at its deadline,
+    // never after the backstore's 3 s.
+    let start = std::time::Instant::now();
+    let listed = fs::read_dir(m.path()).and_then(|d| d.collect::<io::Result<Vec<_>>>());
+    let waited = start.elapsed();
+    println!(
+        "readdirplus of the directory holding it: {} after {waited:?}",
+        match &listed {
+            Ok(v) => format!("{} entries", v.len()),
+            Err(e) => e.to_string(),
+        }
+    );
+    match &listed {
+        Ok(v) => assert!(v.iter().any(|e| e.file_name() == "writing")),
+        Err(e) => assert_eq!(os_err(e), libc::ETIMEDOUT, "{e}"),
+    }
+    assert!(
+        waited < Duration::from_millis(STORM_MS),
+        "readdirplus waited {waited:?} for the backstore, past its {OP_TIMEOUT_MS} ms deadline"
+    );
+
     // So does a truncate (setattr with a size: data lane).
     let start = std::time::Instant::now();
     let target = cpath(&m.join("dir/f1"));

@@ -31,6 +31,12 @@ use std::sync::Arc;
 /// Entries asked of FsCore per round. A 4 KiB kernel buffer holds at most 128
 /// entries (32 bytes each at least), so one round usually fills it.
 const READDIR_BATCH: usize = 128;
+/// Bytes a readdirplus entry takes in the reply besides its name
+/// (`fuse_entry_out` and `fuse_dirent`, which pads the name to 8 bytes).
+const DIRENTPLUS_HEADER: usize = 128 + 24 + 8;
+/// The largest buffer the kernel hands readdirplus (it asks for one page;
+/// newer kernels may ask for up to 128 KiB).
+const READDIRPLUS_MAX_BUFFER: usize = 128 * 1024;
 
 impl AgentFs {
     pub(super) fn do_opendir(&self, req: &Request, ino: INodeNo, reply: ReplyOpen) {
@@ -183,42 +189,57 @@ impl AgentFs {
         }
         let ttl = self.ttl;
         // A worker, not inline: an entry's attributes may have to be asked of
-        // the backstore (a file the kernel is writing directly).
+        // the backstore (a file the kernel is writing directly). The reply
+        // waits in a deadline slot meanwhile, so a stalled backstore makes
+        // this listing fail with ETIMEDOUT instead of hanging `ls`.
+        let late = self.deadline_slot(&call, reply);
         self.submit(Lane::Meta, call, move |core, call| {
             let fh = HandleId(fh.0);
-            let (b, _) = tri!(call, reply, core.handle_target(fh));
+            let (b, _) = tri!(call, late, core.handle_target(fh));
             let entry_ttl = entry_ttl(core, target, ttl);
-            let mut offset = offset;
+            // Everything that may wait is gathered before the reply leaves
+            // its slot: at least as many entries as the largest buffer the
+            // kernel asks readdirplus to fill.
+            let mut gathered = Vec::new();
+            let (mut offset, mut bytes) = (offset, 0);
             loop {
-                let entries = tri!(call, reply, core.readdir_plus(fh, offset, READDIR_BATCH));
+                let entries = tri!(call, late, core.readdir_plus(fh, offset, READDIR_BATCH));
                 let complete = entries.len() < READDIR_BATCH;
-                for (e, attr) in &entries {
-                    // `..` of a branch's root is the mount's parent: the kernel
-                    // never makes a dentry of `.` or `..` from readdirplus.
-                    let e_ino = tri!(call, reply, inode::encode_in(target, b, e.node));
-                    let attr_ttl = super::node_attr_ttl(core, e_ino, b, e.node, entry_ttl);
-                    let name = OsStr::from_bytes(&e.name);
-                    let fattr = file_attr(e_ino, attr);
-                    if reply.add(
-                        INodeNo(e_ino),
-                        e.offset,
-                        name,
-                        &attr_ttl,
-                        &fattr,
-                        Generation(0),
-                    ) {
-                        return reply.ok();
-                    }
-                    // The kernel takes a lookup of every entry but . and ..
-                    if e.name != b"." && e.name != b".." {
-                        core.remember(b, e.node);
-                    }
+                for (e, _) in &entries {
+                    bytes += DIRENTPLUS_HEADER + e.name.len();
                     offset = e.offset;
                 }
-                if complete {
-                    return reply.ok();
+                gathered.extend(entries);
+                if complete || bytes >= READDIRPLUS_MAX_BUFFER {
+                    break;
                 }
             }
+            let Some(mut reply) = late.take() else {
+                return;
+            };
+            for (e, attr) in &gathered {
+                // `..` of a branch's root is the mount's parent: the kernel
+                // never makes a dentry of `.` or `..` from readdirplus.
+                let e_ino = tri!(call, reply, inode::encode_in(target, b, e.node));
+                let attr_ttl = super::node_attr_ttl(core, e_ino, b, e.node, entry_ttl);
+                let name = OsStr::from_bytes(&e.name);
+                let fattr = file_attr(e_ino, attr);
+                if reply.add(
+                    INodeNo(e_ino),
+                    e.offset,
+                    name,
+                    &attr_ttl,
+                    &fattr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                // The kernel takes a lookup of every entry but . and ..
+                if e.name != b"." && e.name != b".." {
+                    core.remember(b, e.node);
+                }
+            }
+            reply.ok();
         });
     }
 
