@@ -117,6 +117,8 @@ pub struct AgentFs {
     twins: Arc<Twins>,
     /// Deadlines of Data-lane requests (`None`: off).
     deadlines: Option<Arc<Deadlines>>,
+    /// Each branch's share of the data lane.
+    fair: Arc<crate::fair::FairShare>,
 }
 
 impl AgentFs {
@@ -128,6 +130,7 @@ impl AgentFs {
         });
         let virt = VirtualNodes::new(config.control_file, config.owner_uid, config.owner_gid);
         AgentFs {
+            fair: crate::fair::FairShare::new(Arc::clone(&transport)),
             transport,
             metrics: Arc::new(Metrics::new()),
             ttl: config.attr_ttl,
@@ -191,7 +194,21 @@ impl AgentFs {
         F: FnOnce(&FsCore, Call, Late<R>) + Send + 'static,
     {
         let late = self.deadline_slot(&call, reply);
-        self.submit(Lane::Data, call, move |core, call| job(core, call, late));
+        // The branch's share of the data workers (crate::fair): a branch
+        // whose jobs stall never holds up another's.
+        let core = self.transport.core();
+        let branch = match Ino::decode(call.ino) {
+            Ok(Ino::Node(b, _)) => inode::real_branch(b).0,
+            Ok(Ino::Root) => core.branch_of(call.pid).0,
+            _ => 0,
+        };
+        let (op, metrics) = (call.op, Arc::clone(call.metrics()));
+        let job = Box::new(move |core: &FsCore| job(core, call, late));
+        if let Err(e) = self.fair.submit(branch, job) {
+            metrics.count_submit_failure();
+            metrics.count_error(libc::EIO);
+            tracing::warn!(op = op.name(), "request dropped (EIO): {e}");
+        }
     }
 
     /// [`AgentFs::submit_meta_if`] for a job whose reply sits in a slot: when

@@ -19,6 +19,7 @@ pub mod adapter;
 pub mod attr;
 pub mod control;
 pub mod deadline;
+pub mod fair;
 pub mod inode;
 pub mod metrics;
 pub mod reply;

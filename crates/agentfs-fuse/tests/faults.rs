@@ -414,6 +414,7 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
     for i in 0..20 {
         fs::write(m.join(&format!("dir/f{i}")), format!("file {i}")).unwrap();
     }
+    fs::write(m.join("dir/empty"), b"").unwrap();
     let cached_data = pattern(5, 256 << 10);
     write_synced(&m.join("cached"), &cached_data).unwrap();
     let cached = fs::File::open(m.join("cached")).unwrap();
@@ -434,8 +435,14 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
     writing.write_all(b"open for writing").unwrap();
 
     let mut storm = Storm::start(&control, &stop);
-    for n in 0..10 {
-        storm.add_writer(&m.join("io"), n);
+    // More writers than data workers (8): without a fair share of the data
+    // lane they would hold every worker.
+    // A directory each: creates in one directory queue on its lock in the
+    // kernel and would reach the daemon one at a time.
+    for n in 0..16 {
+        let dir = m.join(&format!("io/w{n}"));
+        fs::create_dir(&dir).unwrap();
+        storm.add_writer(&dir, n);
     }
     // Let the writers fill every data worker with sleeping backstore calls.
     std::thread::sleep(Duration::from_millis(500));
@@ -447,6 +454,8 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
         Lat::default(),
     );
     let (mut other_stat, mut other_readdir) = (Lat::default(), Lat::default());
+    let (mut other_truncate, mut other_open) = (Lat::default(), Lat::default());
+    let other_empty = cpath(&other.join("dir/empty"));
     let until = std::time::Instant::now() + Duration::from_secs(3);
     let mut round = 0;
     while std::time::Instant::now() < until {
@@ -456,13 +465,22 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
         let missing = lookup_missing.time(|| fs::metadata(m.join(&format!("dir/none-{round}"))));
         assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
         let n = readdir.time(|| fs::read_dir(m.join("dir")).unwrap().count());
-        assert_eq!(n, 20);
+        assert_eq!(n, 21);
         cached_read.time(|| cached.read_exact_at(&mut buf, 0).unwrap());
         assert!(buf == cached_data);
         let md = other_stat.time(|| fs::metadata(other.join(format!("dir/f{i}"))));
         assert!(md.unwrap().is_file());
         let n = other_readdir.time(|| fs::read_dir(other.join("dir")).unwrap().count());
-        assert_eq!(n, 20);
+        assert_eq!(n, 21);
+        // Data-lane requests of the other branch that need no backstore
+        // call: the stalled branch holds at most half of the data workers.
+        // SAFETY: `other_empty` is a NUL-terminated path that outlives the call.
+        let r = other_truncate.time(|| unsafe { libc::truncate(other_empty.as_ptr(), 0) });
+        assert_eq!(r, 0, "truncate in the other branch: errno {}", errno());
+        // Read-only open of a file the branch shares with its snapshot: no
+        // object of its own to hand the kernel, so no backstore call.
+        let opened = other_open.time(|| fs::File::open(other.join(format!("dir/f{i}"))));
+        opened.unwrap_or_else(|e| panic!("open in the other branch, round {round}: {e}"));
         round += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -533,10 +551,12 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
     for (what, lat) in [
         ("stat existing file", &stat),
         ("lookup missing name", &lookup_missing),
-        ("readdir 20 entries", &readdir),
+        ("readdir 21 entries", &readdir),
         ("read cached file 256 KiB", &cached_read),
         ("stat in other branch", &other_stat),
         ("readdir in other branch", &other_readdir),
+        ("truncate in other branch", &other_truncate),
+        ("open in other branch", &other_open),
     ] {
         println!(
             "  {what:<26} median {:>8.3} ms  max {:>8.3} ms",

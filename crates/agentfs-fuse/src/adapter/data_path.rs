@@ -37,14 +37,25 @@ enum InodeIo {
     },
 }
 
+/// One open inode's path: `None` until its first open decides it.
+#[derive(Default)]
+struct InodeEntry {
+    io: Option<InodeIo>,
+    /// Set by the last release; a route that finds it takes a fresh entry.
+    gone: bool,
+}
+
 /// The data path of every open inode of one mount.
 pub(crate) struct DataPaths {
     /// Passthrough negotiated at init and not since refused by the kernel
     /// (shared with the control handler, which reports it in `status`).
     enabled: Arc<AtomicBool>,
-    // Leaf lock: held across the backing-open ioctl only, never across FsCore I/O
-    // that can be slow (the copy-on-write is done by `FsCore::open` before).
-    inodes: Mutex<HashMap<u64, InodeIo>>,
+    /// Leaf lock, held only to find or drop an inode's entry. Each entry has
+    /// its own lock, held while the inode's first open decides its path:
+    /// that asks the backstore for the object's file, which a stalled disk
+    /// can make slow, so opens of other inodes must not wait on it. The two
+    /// locks are never held together.
+    inodes: Mutex<HashMap<u64, Arc<Mutex<InodeEntry>>>>,
 }
 
 impl DataPaths {
@@ -73,51 +84,68 @@ impl DataPaths {
         fh: HandleId,
         open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> Route {
-        let mut inodes = self.inodes.lock();
-        match inodes.get_mut(&ino) {
-            Some(InodeIo::Transport { opens }) => {
-                *opens += 1;
-                return Route::Transport;
+        loop {
+            let entry = Arc::clone(self.inodes.lock().entry(ino).or_default());
+            let mut e = entry.lock();
+            if e.gone {
+                // Its last release is removing it: help, then start again.
+                drop(e);
+                self.remove_if_same(ino, &entry);
+                continue;
             }
-            Some(InodeIo::Direct { backing, opens }) => {
-                // Same inode, same private object: FsCore must agree, and count the handle.
-                if let Ok(Some(_)) = core.open_passthrough(fh) {
+            return match &mut e.io {
+                Some(InodeIo::Transport { opens }) => {
                     *opens += 1;
-                    return Route::Direct(Arc::clone(backing));
+                    Route::Transport
                 }
-                tracing::error!(ino, "inode has a backing file but FsCore refused passthrough; serving without cache");
-                *opens += 1;
-                return Route::Transport;
-            }
-            None => {}
+                Some(InodeIo::Direct { backing, opens }) => {
+                    *opens += 1;
+                    // Same inode, same private object: FsCore must agree, and count the handle.
+                    if let Ok(Some(_)) = core.open_passthrough(fh) {
+                        Route::Direct(Arc::clone(backing))
+                    } else {
+                        tracing::error!(ino, "inode has a backing file but FsCore refused passthrough; serving without cache");
+                        Route::Transport
+                    }
+                }
+                None => {
+                    let (io, route) = self.decide(core, ino, fh, open_backing);
+                    e.io = Some(io);
+                    route
+                }
+            };
         }
+    }
+
+    /// The first open of `ino`: passthrough if FsCore hands over the object
+    /// and the kernel takes it, else the transport.
+    fn decide(
+        &self,
+        core: &FsCore,
+        ino: u64,
+        fh: HandleId,
+        open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> (InodeIo, Route) {
+        let transport = (InodeIo::Transport { opens: 1 }, Route::Transport);
         if !self.enabled() {
-            inodes.insert(ino, InodeIo::Transport { opens: 1 });
-            return Route::Transport;
+            return transport;
         }
         let file = match core.open_passthrough(fh) {
             Ok(Some(file)) => file,
-            Ok(None) => {
-                inodes.insert(ino, InodeIo::Transport { opens: 1 });
-                return Route::Transport;
-            }
+            Ok(None) => return transport,
             Err(e) => {
                 tracing::warn!(ino, error = %e, "no passthrough for this open");
-                inodes.insert(ino, InodeIo::Transport { opens: 1 });
-                return Route::Transport;
+                return transport;
             }
         };
         match open_backing(&file) {
             Ok(id) => {
                 let backing = Arc::new(id);
-                inodes.insert(
-                    ino,
-                    InodeIo::Direct {
-                        backing: Arc::clone(&backing),
-                        opens: 1,
-                    },
-                );
-                Route::Direct(backing)
+                let io = InodeIo::Direct {
+                    backing: Arc::clone(&backing),
+                    opens: 1,
+                };
+                (io, Route::Direct(backing))
             }
             Err(e) => {
                 let _ = core.close_passthrough(fh);
@@ -132,23 +160,38 @@ impl DataPaths {
                 } else {
                     tracing::warn!(ino, error = %e, "backing file refused; this inode uses the transport");
                 }
-                inodes.insert(ino, InodeIo::Transport { opens: 1 });
-                Route::Transport
+                transport
             }
         }
     }
 
     /// The release of one open of `ino`; the last one closes its backing id.
     pub(crate) fn release(&self, ino: u64) {
-        let mut inodes = self.inodes.lock();
-        let last = match inodes.get_mut(&ino) {
+        let Some(entry) = self.inodes.lock().get(&ino).cloned() else {
+            return;
+        };
+        let mut e = entry.lock();
+        let last = match &mut e.io {
             Some(InodeIo::Direct { opens, .. } | InodeIo::Transport { opens }) => {
                 *opens = opens.saturating_sub(1);
                 *opens == 0
             }
             None => false,
         };
-        if last {
+        if !last {
+            return;
+        }
+        e.gone = true;
+        // Dropping the backing id tells the kernel.
+        e.io = None;
+        drop(e);
+        self.remove_if_same(ino, &entry);
+    }
+
+    /// Drop `ino`'s entry from the map if it is still `entry`.
+    fn remove_if_same(&self, ino: u64, entry: &Arc<Mutex<InodeEntry>>) {
+        let mut inodes = self.inodes.lock();
+        if inodes.get(&ino).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             inodes.remove(&ino);
         }
     }
