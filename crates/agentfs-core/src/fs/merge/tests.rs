@@ -475,3 +475,90 @@ fn a_branch_without_a_live_parent_or_base_is_refused() {
     core.snapshot_delete(s.id).unwrap();
     assert!(core.branch_commit(child, CommitOptions::default()).is_err());
 }
+
+/// Commit time on a tree of `AGENTFS_COMMIT_FILES` files (default 100,000,
+/// in directories of 1,000) with 5 changes in the child: once with a parent
+/// that did not change (the fast path), once with 5 changes in the parent
+/// too (the three-way merge). Prints figures; asserts nothing about time.
+/// Run: `cargo test --release -p agentfs-core commit_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn commit_speed() {
+    use std::time::Instant;
+    let files: usize = std::env::var("AGENTFS_COMMIT_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let core = core();
+    let main = core.default_branch();
+    let ctx = Ctx::root();
+    let t0 = Instant::now();
+    let mut dirs = Vec::new();
+    for i in 0..files {
+        if i % 1000 == 0 {
+            let d = core
+                .mkdir(
+                    &ctx,
+                    main,
+                    NodeId::ROOT,
+                    n(&format!("d{}", i / 1000)),
+                    0o755,
+                    0,
+                )
+                .unwrap()
+                .node;
+            dirs.push(d);
+        }
+        let (_, fh) = core
+            .create(
+                &ctx,
+                main,
+                *dirs.last().unwrap(),
+                n(&format!("f{i}")),
+                0o644,
+                0,
+                RW,
+                false,
+            )
+            .unwrap();
+        core.write(&ctx, fh, 0, b"x").unwrap();
+        core.release(fh).unwrap();
+    }
+    let built = t0.elapsed();
+    let mut figures = Vec::new();
+    for (round, parent_changes) in [(0, false), (1, true)] {
+        let s = core
+            .snapshot_create(main, Some(format!("base{round}")))
+            .unwrap();
+        let child = core.branch_create(s.id, None).unwrap().id;
+        for k in 0..5 {
+            let i = k * (files / 5) + round;
+            put(&core, child, &format!("d{}/f{i}", i / 1000), b"child");
+            if parent_changes {
+                let j = i + 1;
+                put(&core, main, &format!("d{}/f{j}", j / 1000), b"parent");
+            }
+        }
+        let t = Instant::now();
+        let r = core.branch_commit(child, CommitOptions::default()).unwrap();
+        let took = t.elapsed();
+        assert!(r.committed && r.fast_path != parent_changes, "{r:?}");
+        assert_eq!(r.child_changes, 5);
+        figures.push(format!(
+            "{} {:.3} ms ({} child, {} parent changes)",
+            if r.fast_path {
+                "fast path"
+            } else {
+                "three-way"
+            },
+            took.as_secs_f64() * 1000.0,
+            r.child_changes,
+            r.parent_changes
+        ));
+    }
+    println!(
+        "commit_speed: {files} files (built in {:.1} s): {}",
+        built.as_secs_f64(),
+        figures.join("; ")
+    );
+}
