@@ -428,17 +428,22 @@ fn export(
     Ok(ExitCode::SUCCESS)
 }
 
-/// What changed from snapshot `base` to branch `branch`, by the daemon's `diff`.
+/// What changed from snapshot `base` to branch `branch`, by the daemon's
+/// `diff`, every page of it.
 fn diff_items(conn: &mut Client, base: &str, branch: &str) -> Result<Vec<export::Item>> {
-    let command: Command =
-        serde_json::from_value(serde_json::json!({"op": "diff", "a": base, "b": branch}))
-            .context("this CLI has no diff command to ask the daemon")?;
-    let reply = serde_json::to_value(conn.call(command)?)?;
-    let value = &reply["value"];
-    let changes = if value.is_array() {
-        value
-    } else {
-        &value["changes"]
-    };
-    export::items_from_json(changes)
+    let mut items = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let command: Command = serde_json::from_value(
+            serde_json::json!({"op": "diff", "a": base, "b": branch, "offset": offset}),
+        )
+        .context("this CLI has no diff command to ask the daemon")?;
+        let reply = serde_json::to_value(conn.call(command)?)?;
+        let value = &reply["value"];
+        items.extend(export::items_from_json(&value["changes"])?);
+        match value["next"].as_u64() {
+            Some(next) if next > offset => offset = next,
+            _ => return Ok(items),
+        }
+    }
 }
