@@ -538,6 +538,93 @@ for what, op in [("listdir", lambda: os.listdir(".")), ("read", lambda: open("f"
     }
 }
 
+/// `sh -c SCRIPT` as nobody (uid and gid 65534, no groups); its output.
+fn as_nobody_sh(script: &str) -> std::process::Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/bin/sh", "-c", script]);
+    common::run_with_timeout(&mut cmd, CMD_TIMEOUT)
+}
+
+#[test]
+fn a_snapshot_keeps_the_permissions_it_had_for_other_users() {
+    if !common::is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        assert!(
+            std::env::var("AGENTFS_REQUIRE_FUSE").as_deref() != Ok("1"),
+            "this test needs root and /usr/bin/setpriv"
+        );
+        println!("SKIP: needs root and setpriv to act as a second user");
+        return;
+    }
+    let Some(m) = Mount::start() else { return };
+    // Let nobody walk to the mount (the test's temp dir is private to root).
+    fs::set_permissions(
+        m.path().parent().unwrap(),
+        fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    fs::write(m.join("public.txt"), b"public\n").unwrap();
+    fs::write(m.join("private.txt"), b"private\n").unwrap();
+    fs::set_permissions(m.join("private.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(m.join("secret")).unwrap();
+    fs::write(m.join("secret/key"), b"k\n").unwrap();
+    fs::set_permissions(m.join("secret"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(m.join("mine.txt"), b"nobody's\n").unwrap();
+    std::os::unix::fs::chown(m.join("mine.txt"), Some(65534), Some(65534)).unwrap();
+    m.snapshot("perms");
+    // The branch opens everything up afterwards; the snapshot must not.
+    fs::set_permissions(m.join("private.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(m.join("secret"), fs::Permissions::from_mode(0o755)).unwrap();
+
+    let s = snap_dir(&m, "perms");
+    let q = |p: &str| common::shq(&s.join(p));
+    // (what, script, must succeed)
+    let checks = [
+        (
+            "list the snapshots",
+            format!("ls {}", common::shq(&m.join(".agentfs/snapshots"))),
+            true,
+        ),
+        (
+            "read a 0644 file",
+            format!("grep -qx public {}", q("public.txt")),
+            true,
+        ),
+        (
+            "read a file that was 0600",
+            format!("cat {}", q("private.txt")),
+            false,
+        ),
+        (
+            "list a directory that was 0700",
+            format!("ls {}", q("secret")),
+            false,
+        ),
+        (
+            "read inside a directory that was 0700",
+            format!("cat {}", q("secret/key")),
+            false,
+        ),
+        ("read its own file", format!("cat {}", q("mine.txt")), true),
+    ];
+    for (what, script, should_work) in &checks {
+        let out = as_nobody_sh(&format!("{script} >/dev/null 2>&1"));
+        assert_eq!(
+            out.status.success(),
+            *should_work,
+            "as nobody: {what} ({script})"
+        );
+    }
+    // Its own file, which its mode lets it write: the snapshot says EROFS.
+    let out = as_nobody_sh(&format!("echo x >> {}", q("mine.txt")));
+    assert!(!out.status.success(), "nobody wrote into a snapshot");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Read-only file system"), "stderr: {err}");
+    // As the branch now says, nobody reads what was private.
+    let out = as_nobody_sh(&format!("cat {}", common::shq(&m.join("private.txt"))));
+    assert!(out.status.success(), "the branch's 0644 file is readable");
+}
+
 /// A read-only mapping of a file, unmapped on drop.
 struct Mmap {
     ptr: *mut libc::c_void,
