@@ -14,7 +14,7 @@ mod durable;
 mod file;
 mod merge;
 mod namespace;
-mod overlay;
+pub(crate) mod overlay;
 mod perm;
 mod snapshot_views;
 pub(crate) mod tree;
@@ -170,7 +170,10 @@ pub(crate) struct SnapshotState {
     name: String,
     branch: BranchId,
     created: SystemTime,
-    tree: Tree,
+    /// Never changed, except that an overlay's lower directory read in any
+    /// tree is read in this one too (`overlay`): that changes what is known
+    /// of it, not what it holds. Taken after every branch tree lock.
+    tree: RwLock<Tree>,
 }
 
 #[derive(Default)]

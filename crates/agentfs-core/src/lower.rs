@@ -86,6 +86,10 @@ pub struct Lower {
     path: PathBuf,
     /// Read-only descriptors of lower files, by relative path. Leaf lock.
     files: Mutex<HashMap<Vec<u8>, Arc<File>>>,
+    /// Held while FsCore reads a lower directory into its trees, and while a
+    /// branch is made (so no tree misses a read): taken before every other
+    /// lock of FsCore.
+    pub(crate) loading: Mutex<()>,
 }
 
 impl std::fmt::Debug for Lower {
@@ -128,6 +132,7 @@ impl Lower {
             root,
             path: path.to_path_buf(),
             files: Mutex::new(HashMap::new()),
+            loading: Mutex::new(()),
         })
     }
 

@@ -513,3 +513,86 @@ fn a_heavy_workload_leaves_the_lower_directory_as_it_was() {
         "the lower directory changed"
     );
 }
+
+/// Reading a lower directory in one branch reads it in every tree where it
+/// was unread, with the same nodes: a diff against a snapshot taken before
+/// shows only real changes, node ids agree across branches, and a replay of
+/// the journal (after a crash) gives the same trees.
+#[test]
+fn reading_a_lower_directory_is_no_change_in_any_tree() {
+    use agentfs_core::{DiffKind, ViewRef};
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let objects = Arc::new(MemBackstore::new());
+    let (o, _) = mount(&objects, MemStore::new(), lower.path());
+    let main = o.main();
+    let base = o
+        .core
+        .snapshot_create(main, Some("base".into()))
+        .unwrap()
+        .id;
+    let feature = o
+        .core
+        .branch_create(base, Some("feature".into()))
+        .unwrap()
+        .id;
+
+    // Only reads in feature, which reads the root and src: no change anywhere.
+    assert_eq!(o.read(feature, "src/deep/er/leaf.txt").unwrap(), b"leaf");
+    assert!(o
+        .core
+        .diff(ViewRef::Snapshot(base), ViewRef::Branch(feature))
+        .unwrap()
+        .is_empty());
+    assert!(o
+        .core
+        .diff(ViewRef::Snapshot(base), ViewRef::Branch(main))
+        .unwrap()
+        .is_empty());
+    let leaf = |o: &Overlay, b| o.resolve(b, "src/deep/er/leaf.txt").unwrap().node;
+    assert_eq!(leaf(&o, main), leaf(&o, feature));
+
+    // One edit in main: the diff names exactly it.
+    o.write_at(main, "docs/b.md", 0, b"B");
+    let changes = o
+        .core
+        .diff(ViewRef::Snapshot(base), ViewRef::Branch(main))
+        .unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].path, "docs/b.md");
+    assert_eq!(changes[0].change, DiffKind::Modified);
+    assert!(o
+        .core
+        .diff(ViewRef::Snapshot(base), ViewRef::Branch(feature))
+        .unwrap()
+        .is_empty());
+
+    // A branch made from the snapshot later shares what was read.
+    let later = o.core.branch_create(base, Some("later".into())).unwrap().id;
+    assert_eq!(leaf(&o, later), leaf(&o, main));
+
+    // After a crash, the journal gives the same nodes in every tree.
+    o.core.sync_all().unwrap();
+    let ids = (
+        leaf(&o, main),
+        o.resolve(feature, "docs/b.md").unwrap().node,
+    );
+    let image = o.store.image(None);
+    let _keep = Arc::clone(&o.objects);
+    std::mem::forget(o);
+    let (o, _) = mount(&objects, image, lower.path());
+    let feature = o.core.find_branch("feature").unwrap();
+    let later = o.core.find_branch("later").unwrap();
+    assert_eq!(leaf(&o, o.main()), ids.0);
+    assert_eq!(leaf(&o, feature), ids.0);
+    assert_eq!(leaf(&o, later), ids.0);
+    assert_eq!(o.resolve(feature, "docs/b.md").unwrap().node, ids.1);
+    assert_eq!(o.read(feature, "docs/b.md").unwrap(), b"b");
+    assert_eq!(o.read(o.main(), "docs/b.md").unwrap(), b"B");
+    let base = o.core.find_snapshot("base").unwrap();
+    let changes = o
+        .core
+        .diff(ViewRef::Snapshot(base), ViewRef::Branch(o.main()))
+        .unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+}

@@ -605,7 +605,7 @@ impl FsCore {
             ViewRef::Snapshot(s) => reg
                 .snapshots
                 .get(&s)
-                .map(|s| s.tree.clone())
+                .map(|s| s.tree.read().clone())
                 .ok_or_else(|| FsError::UnknownView(s.to_string())),
         }
     }

@@ -261,7 +261,7 @@ impl FsCore {
                     name: s.name,
                     branch: s.branch,
                     created: s.created,
-                    tree: s.tree,
+                    tree: RwLock::new(s.tree),
                 }),
             );
         }
@@ -298,7 +298,7 @@ impl FsCore {
                     name: s.name.clone(),
                     branch: s.branch,
                     created: s.created,
-                    tree: s.tree.clone(),
+                    tree: s.tree.read().clone(),
                 },
             );
         }
@@ -362,7 +362,7 @@ impl FsCore {
                     name: s.name.clone(),
                     branch: s.branch,
                     created: s.created,
-                    tree: s.tree.clone(),
+                    tree: s.tree.read().clone(),
                 },
             );
         }

@@ -73,7 +73,7 @@ impl FsCore {
         exclusive: bool,
     ) -> FsResult<(Attr, HandleId)> {
         let p = (mode & !umask & 0o7777) as u16;
-        self.ensure_loaded(&*self.branch(b)?, &[parent])?;
+        self.ensure_loaded(&self.branch(b)?, &[parent])?;
         let created = self.write_tree(b, |t| {
             let existing = super::namespace::entry(t, parent, name.as_bytes())?;
             match existing {

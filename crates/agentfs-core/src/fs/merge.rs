@@ -548,7 +548,8 @@ impl FsCore {
                     base.branch, c.id
                 ))
             })?;
-            (c, base_id, base.tree.clone(), p)
+            let base_tree = base.tree.read().clone();
+            (c, base_id, base_tree, p)
         };
         if p.id == c.id {
             return Err(FsError::Invalid);

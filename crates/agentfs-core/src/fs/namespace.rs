@@ -372,7 +372,7 @@ impl FsCore {
         } else {
             0
         };
-        self.ensure_loaded(&*self.branch(b)?, &[parent])?;
+        self.ensure_loaded(&self.branch(b)?, &[parent])?;
         let id = self.write_tree(b, |t| {
             self.make_node(ctx, t, parent, name.as_bytes(), kind, p, rdev, body)
         })?;
@@ -389,7 +389,7 @@ impl FsCore {
         umask: u32,
     ) -> FsResult<Attr> {
         let p = (mode & !umask & 0o7777) as u16;
-        self.ensure_loaded(&*self.branch(b)?, &[parent])?;
+        self.ensure_loaded(&self.branch(b)?, &[parent])?;
         let id = self.write_tree(b, |t| {
             let body = Body::Dir {
                 entries: imbl::OrdMap::new(),
@@ -424,7 +424,7 @@ impl FsCore {
         if target.len() > 4095 {
             return Err(FsError::NameTooLong);
         }
-        self.ensure_loaded(&*self.branch(b)?, &[parent])?;
+        self.ensure_loaded(&self.branch(b)?, &[parent])?;
         let id = self.write_tree(b, |t| {
             let body = Body::Symlink(Arc::from(target));
             self.make_node(
@@ -450,7 +450,7 @@ impl FsCore {
         new_name: &OsStr,
     ) -> FsResult<Attr> {
         let name = new_name.as_bytes();
-        self.ensure_loaded(&*self.branch(b)?, &[new_parent])?;
+        self.ensure_loaded(&self.branch(b)?, &[new_parent])?;
         self.write_tree(b, |t| {
             check_name(name)?;
             let n = node(t, id)?;
@@ -535,7 +535,7 @@ impl FsCore {
             b".." => return Err(FsError::NotEmpty),
             _ => {}
         }
-        self.ensure_child_loaded(&*self.branch(b)?, parent, name)?;
+        self.ensure_child_loaded(&self.branch(b)?, parent, name)?;
         self.write_tree(b, |t| {
             may_modify_dir(ctx, t, parent)?;
             let victim = entry(t, parent, name)?.ok_or(FsError::NotFound)?;

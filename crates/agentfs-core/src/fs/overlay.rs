@@ -35,6 +35,57 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+/// The entries of one lower directory as read: what [`FsCore::load_dir`]
+/// puts into every tree where that directory is still unread, and what its
+/// journal record holds.
+pub(crate) struct Loaded {
+    pub(crate) dir: NodeId,
+    pub(crate) path: Arc<[u8]>,
+    pub(crate) entries: imbl::OrdMap<Vec<u8>, NodeId>,
+    pub(crate) children: Vec<(Vec<u8>, NodeId, Arc<Node>)>,
+    pub(crate) subdirs: u32,
+}
+
+/// The directory node each distinct unread node became, so trees that
+/// shared one node share its successor too.
+#[derive(Default)]
+pub(crate) struct Shared(Vec<(Arc<Node>, Arc<Node>)>);
+
+impl Loaded {
+    /// Put the entries into `t` if its node `dir` is the unread lower
+    /// directory at `path`; answers whether it was.
+    pub(crate) fn apply(&self, t: &mut super::tree::Tree, shared: &mut Shared) -> bool {
+        let Some(old) = t.get(self.dir).cloned() else {
+            return false;
+        };
+        if old.unloaded().map(|p| &p[..]) != Some(&self.path[..]) {
+            return false;
+        }
+        let new = match shared.0.iter().find(|(o, _)| Arc::ptr_eq(o, &old)) {
+            Some((_, n)) => Arc::clone(n),
+            None => {
+                let mut d = Node::clone(&old);
+                if let Body::Dir { parent, .. } = d.body {
+                    d.body = Body::Dir {
+                        entries: self.entries.clone(),
+                        parent,
+                        lower: None,
+                    };
+                }
+                d.meta.nlink = 2 + self.subdirs;
+                let n = Arc::new(d);
+                shared.0.push((old, Arc::clone(&n)));
+                n
+            }
+        };
+        for (_, child, node) in &self.children {
+            t.insert_arc(*child, Arc::clone(node));
+        }
+        t.insert_arc(self.dir, new);
+        true
+    }
+}
+
 /// Bytes copied per step when a copy-up cannot reflink.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -139,10 +190,18 @@ impl FsCore {
         Ok(result)
     }
 
-    /// Read the entries of lower directory `id` of `branch` into its tree,
-    /// unless they are read already. No lock is held while the lower
-    /// directory is read; a racing load of the same directory wins once.
-    pub(super) fn load_dir(&self, branch: &BranchState, id: NodeId) -> FsResult<()> {
+    /// Read the entries of lower directory `id` into `branch`'s tree, unless
+    /// they are read already, and into every other tree (branch, snapshot,
+    /// snapshot view) where `id` is that same unread lower directory, with
+    /// the same node ids and nodes: reading is not a change, so diff and
+    /// merge see none. One journal record ([`record::load`]) says so for all
+    /// of them. No lock is held while the lower directory is read; reads are
+    /// serialised by `Lower::loading`, and every tree is changed under its
+    /// own lock, all held at once (in checkpoint's order, under the
+    /// journal's gate), so the journal replays exactly this.
+    pub(super) fn load_dir(&self, branch: &Arc<BranchState>, id: NodeId) -> FsResult<()> {
+        let lower = self.lower_dir()?;
+        let _serial = lower.loading.lock();
         let path = {
             let t = branch.tree.read();
             match t.get(id).and_then(|n| n.unloaded()) {
@@ -150,41 +209,54 @@ impl FsCore {
                 None => return Ok(()),
             }
         };
-        let listing = self.lower_dir()?.list(&path)?;
-        let nodes: Vec<(Vec<u8>, NodeId, Node)> = listing
-            .into_iter()
-            .map(|e| {
-                let child = self.new_node_id();
-                let node = self.lower_node(&path, id, e.clone());
-                (e.name, child, node)
-            })
-            .collect();
-        Self::commit_load(branch, |t| {
-            let Some(mut d) = t.edit(id) else {
-                return Ok(());
-            };
-            if !d.unloaded().is_some_and(|p| Arc::ptr_eq(p, &path)) {
-                return Ok(());
-            }
-            let mut entries = imbl::OrdMap::new();
-            let mut subdirs = 0u32;
-            for (name, child, node) in nodes {
-                subdirs += u32::from(node.meta.kind == FileKind::Directory);
-                entries.insert(name, child);
-                t.insert(child, node);
-            }
-            d.body = match d.body {
-                Body::Dir { parent, .. } => Body::Dir {
-                    entries,
-                    parent,
-                    lower: None,
-                },
-                other => other,
-            };
-            d.meta.nlink = 2 + subdirs;
-            t.insert(id, d);
-            Ok(())
-        })?;
+        let listing = lower.list(&path)?;
+        let mut loaded = Loaded {
+            dir: id,
+            path: Arc::clone(&path),
+            entries: imbl::OrdMap::new(),
+            children: Vec::with_capacity(listing.len()),
+            subdirs: 0,
+        };
+        for e in listing {
+            let child = self.new_node_id();
+            let node = Arc::new(self.lower_node(&path, id, e.clone()));
+            loaded.subdirs += u32::from(node.meta.kind == FileKind::Directory);
+            loaded.entries.insert(e.name.clone(), child);
+            loaded.children.push((e.name, child, node));
+        }
+
+        let (mut branches, snapshots) = {
+            let reg = self.registry.read();
+            let branches: Vec<Arc<BranchState>> = reg
+                .branches
+                .values()
+                .chain(reg.snapshot_views.values())
+                .cloned()
+                .collect();
+            let snapshots: Vec<Arc<super::SnapshotState>> =
+                reg.snapshots.values().cloned().collect();
+            (branches, snapshots)
+        };
+        if !branches.iter().any(|b| Arc::ptr_eq(b, branch)) {
+            branches.push(Arc::clone(branch)); // A deleted branch's open handle.
+        }
+        branches.sort_by_key(|b| b.id);
+        let _gate = self.journal.get().map(|j| j.gate.read());
+        let mut trees: Vec<_> = branches.iter().map(|b| b.tree.write()).collect();
+        let mut frozen: Vec<_> = snapshots.iter().map(|s| s.tree.write()).collect();
+        let mut shared = Shared::default();
+        for t in trees.iter_mut() {
+            loaded.apply(t, &mut shared);
+        }
+        for t in frozen.iter_mut() {
+            loaded.apply(t, &mut shared);
+        }
+        if let Some(j) = self.journal.get() {
+            j.append(&super::record::load(&loaded));
+        }
+        drop(frozen);
+        drop(trees);
+        drop(_gate);
         self.maybe_checkpoint();
         Ok(())
     }
@@ -215,7 +287,7 @@ impl FsCore {
     }
 
     /// Have the entries of every lower directory among `ids` read.
-    pub(super) fn ensure_loaded(&self, branch: &BranchState, ids: &[NodeId]) -> FsResult<()> {
+    pub(super) fn ensure_loaded(&self, branch: &Arc<BranchState>, ids: &[NodeId]) -> FsResult<()> {
         for &id in ids {
             let unloaded = branch
                 .tree
@@ -233,7 +305,7 @@ impl FsCore {
     /// lower directory, read (for operations that need a directory empty).
     pub(super) fn ensure_child_loaded(
         &self,
-        branch: &BranchState,
+        branch: &Arc<BranchState>,
         parent: NodeId,
         name: &[u8],
     ) -> FsResult<()> {

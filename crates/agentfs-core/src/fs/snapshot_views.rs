@@ -89,7 +89,7 @@ impl FsCore {
                 from: Some(s),
                 created: snap.created,
                 snapshot_lock: Mutex::new(()),
-                tree: RwLock::new(snap.tree.clone()),
+                tree: RwLock::new(snap.tree.read().clone()),
                 epoch: AtomicU64::new(self.new_epoch()),
                 open: Mutex::new(HashMap::new()),
                 kernel_refs: Mutex::new(HashMap::new()),

@@ -155,7 +155,7 @@ impl FsCore {
             name: name.unwrap_or_else(|| format!("snap-{}", id.0)),
             branch: b,
             created: SystemTime::now(),
-            tree: frozen,
+            tree: parking_lot::RwLock::new(frozen),
         });
         if let (Some(j), Some(tag)) = (&branch.journal, tag) {
             j.append(&super::record::snapshot_create(
@@ -330,7 +330,10 @@ impl FsCore {
         let id = BranchId(reg.next_branch + 1);
         drop(reg);
         let name = name.unwrap_or_else(|| format!("branch-{}", id.0));
-        let state = self.new_branch_state(&name, Some(from), snap.tree.clone());
+        // A lower directory read while the branch is being made must be read
+        // in it too (the journal replays it so): none is read meanwhile.
+        let _loading = self.lower.get().map(|l| l.loading.lock());
+        let state = self.new_branch_state(&name, Some(from), snap.tree.read().clone());
         // Names are checked and taken under two registry locks; undo a race loser.
         let dup = self
             .registry
@@ -467,7 +470,7 @@ impl FsCore {
 
     /// Names in the root directory of branch `b`.
     pub fn root_names(&self, b: BranchId) -> FsResult<Vec<Vec<u8>>> {
-        self.ensure_loaded(&*self.branch(b)?, &[NodeId::ROOT])?;
+        self.ensure_loaded(&self.branch(b)?, &[NodeId::ROOT])?;
         self.read_tree(b, |t| {
             let root = super::node(t, NodeId::ROOT)?;
             Ok(root

@@ -21,6 +21,8 @@ const SNAPSHOT_CREATE: u8 = 3;
 const SNAPSHOT_DELETE: u8 = 4;
 const BRANCH_CREATE: u8 = 5;
 const BRANCH_DELETE: u8 = 6;
+/// A lower directory read into every tree where it was unread (format 2).
+const LOAD: u8 = 7;
 
 const CHANGE_REMOVE: u8 = 0;
 const CHANGE_PUT: u8 = 1;
@@ -163,6 +165,24 @@ pub(crate) fn branch_create(
     enc.str(name);
     enc.opt_u64(from.map(|s| s.0));
     enc.time(created);
+    enc.buf
+}
+
+/// The entries of a lower directory read into every tree where it was
+/// unread (`FsCore::load_dir`): replayed onto every branch and snapshot
+/// tree where it is unread at that point, which is where it was applied.
+pub(crate) fn load(l: &crate::fs::overlay::Loaded) -> Vec<u8> {
+    let mut enc = Enc::default();
+    enc.u8(LOAD);
+    enc.u64(l.dir.0);
+    enc.bytes(&l.path);
+    enc.u32(l.subdirs);
+    enc.u32(l.children.len() as u32);
+    for (name, id, node) in &l.children {
+        enc.bytes(name);
+        enc.u64(id.0);
+        enc.node(node);
+    }
     enc.buf
 }
 
@@ -345,6 +365,34 @@ pub(crate) fn apply(
         }
         BRANCH_DELETE => {
             state.branches.remove(&BranchId(dec.u64()?));
+        }
+        LOAD => {
+            let dir = NodeId(dec.u64()?);
+            let path: Arc<[u8]> = dec.bytes()?.into();
+            let subdirs = dec.u32()?;
+            let n = dec.count(13)?;
+            let mut loaded = crate::fs::overlay::Loaded {
+                dir,
+                path,
+                entries: imbl::OrdMap::new(),
+                children: Vec::with_capacity(n),
+                subdirs,
+            };
+            for _ in 0..n {
+                let name = dec.bytes()?;
+                let id = NodeId(dec.u64()?);
+                state.next_node = state.next_node.max(id.0.saturating_add(1));
+                let node = Arc::new(dec.node(contents)?);
+                loaded.entries.insert(name.clone(), id);
+                loaded.children.push((name, id, node));
+            }
+            let mut shared = crate::fs::overlay::Shared::default();
+            for r in state.branches.values_mut() {
+                loaded.apply(&mut r.tree, &mut shared);
+            }
+            for r in state.snapshots.values_mut() {
+                loaded.apply(&mut r.tree, &mut shared);
+            }
         }
         _ => return Err(PersistError::Corrupt("unknown record type".into())),
     }
