@@ -101,6 +101,15 @@ enum Cmd {
     },
     /// Show the daemon's state
     Status,
+    /// What changed from A to B (each a branch or a snapshot, by name or
+    /// id): added, deleted, modified, renamed and type-changed paths, sorted
+    /// by path; `--json` prints {"a", "b", "changes": [..]}
+    Diff {
+        /// The first view (e.g. the snapshot a branch was made from)
+        a: String,
+        /// The second view
+        b: String,
+    },
     /// Apply a branch's changes since its branch point onto its parent branch,
     /// atomically; refused (exit status 1) with the list of conflicts when the
     /// parent changed the same paths
@@ -189,6 +198,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             base,
         } => return export(conn, &mount, &branch, &to, dry_run, base, cli.json),
         Cmd::Status => (Verb::Show, Command::Status),
+        Cmd::Diff { a, b } => return diff(&mut conn, a, b, cli.json),
         Cmd::BranchCommit {
             branch,
             theirs,
@@ -234,6 +244,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             return Ok(ExitCode::FAILURE);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diff A B`: every page of the daemon's answer, printed as one.
+fn diff(conn: &mut Client, a: String, b: String, json: bool) -> Result<ExitCode> {
+    let mut changes = Vec::new();
+    let mut offset = 0;
+    let (ida, idb) = loop {
+        let command = Command::Diff {
+            a: a.clone(),
+            b: b.clone(),
+            offset,
+        };
+        let Reply::Diff(page) = conn.call(command)? else {
+            bail!("the daemon answered diff with another reply");
+        };
+        changes.extend(page.changes);
+        match page.next {
+            Some(next) if next > offset => offset = next,
+            _ => break (page.a, page.b),
+        }
+    };
+    if json {
+        let doc = serde_json::json!({ "a": ida, "b": idb, "changes": changes });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render::diff_lines(&changes));
     }
     Ok(ExitCode::SUCCESS)
 }

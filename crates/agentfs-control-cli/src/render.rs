@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use agentfs_control::{BindingView, BranchView, CommitView, Reply, SnapshotView, StatusView};
+use agentfs_control::{
+    BindingView, BranchView, CommitView, DiffEntryView, Reply, SnapshotView, StatusView,
+};
 
 /// Branch id -> branch name, when the CLI could learn it; used to show
 /// `b1 "main"` where a reply carries only the id.
@@ -63,7 +65,37 @@ pub fn render(verb: Verb, reply: &Reply, names: &BranchNames) -> String {
         Reply::Deleted { id } => format!("deleted {} {id}\n", kind_of_id(id)),
         Reply::Status(status) => status_report(status, names),
         Reply::Commit(c) => commit_report(c),
+        Reply::Diff(d) => diff_lines(&d.changes),
     }
+}
+
+/// A diff as one line per change: `A path`, `D path`, `M path (data, mode)`,
+/// `R old -> new`, `T path (file -> dir)`.
+pub fn diff_lines(changes: &[DiffEntryView]) -> String {
+    let mut out = String::new();
+    for c in changes {
+        let what = if c.what.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", c.what.join(", "))
+        };
+        let line = match c.change.as_str() {
+            "added" => format!("A {}", c.path),
+            "deleted" => format!("D {}", c.path),
+            "modified" => format!("M {}{what}", c.path),
+            "renamed" => format!("R {} -> {}{what}", c.from.as_deref().unwrap_or("?"), c.path),
+            "type_changed" => format!(
+                "T {} ({} -> {})",
+                c.path,
+                c.old_type.as_deref().unwrap_or("?"),
+                c.entry_type
+            ),
+            other => format!("? {} ({other})", c.path),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// What a `branch-commit` did: one line, then the conflicting paths if any.

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use agentfs_control::{
     control_file_path, BindingView, BranchView, Command, ControlError, ControlHandler,
-    ControlServer, Endpoint, PeerCred, Reply, SnapshotView, StatusView, PROTOCOL_VERSION,
+    ControlServer, DiffEntryView, DiffView, Endpoint, PeerCred, Reply, SnapshotView, StatusView,
+    PROTOCOL_VERSION,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_agentfs-control-cli");
@@ -127,6 +128,32 @@ impl ControlHandler for Fake {
                 deleted: false,
                 millis: 0.1,
             })),
+            // Two pages of one change each, to exercise paging.
+            Command::Diff { a, b, offset } => {
+                let change = |change: &str, path: &str, what: &[&str]| DiffEntryView {
+                    change: change.into(),
+                    path: path.into(),
+                    from: (change == "renamed").then(|| "old\\xff".into()),
+                    entry_type: "file".into(),
+                    old_type: None,
+                    what: what.iter().map(|w| w.to_string()).collect(),
+                };
+                let (changes, next) = match offset {
+                    0 => (vec![change("renamed", "new", &[])], Some(1)),
+                    _ => (vec![change("modified", "z", &["data", "mode"])], None),
+                };
+                Ok(Reply::Diff(DiffView {
+                    a,
+                    b,
+                    total: 2,
+                    offset,
+                    changes,
+                    next,
+                    changed_nodes: 3,
+                    nodes_read: 5,
+                    millis: 0.1,
+                }))
+            }
         }
     }
 }
@@ -482,4 +509,29 @@ fn branch_commit_refused_lists_conflicts_and_fails() {
     // --theirs and --ours together are a usage error.
     let o = m.run(&["branch-commit", "feature", "--theirs", "--ours"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn diff_reads_every_page_and_prints_one_line_per_change() {
+    let m = Mount::new();
+    let out = ok(&m.run(&["diff", "s1", "b2"]));
+    assert_eq!(out, "R old\\xff -> new\nM z (data, mode)\n");
+    let offsets: Vec<u64> = m
+        .commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Diff { offset, .. } => Some(offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offsets, vec![0, 1]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&m.run(&["--json", "diff", "s1", "b2"]))).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"a": "s1", "b": "b2", "changes": [
+            {"change": "renamed", "path": "new", "from": "old\\xff", "type": "file"},
+            {"change": "modified", "path": "z", "type": "file", "what": ["data", "mode"]},
+        ]})
+    );
 }

@@ -27,7 +27,7 @@ pub use endpoint::{
 pub use frame::FrameError;
 pub use protocol::{
     BindingView, BranchView, Command, CommitResolve, CommitView, ConflictView, ControlError,
-    ErrorKind, Reply, Request, Response, SnapshotView, StatusView, WireResponse,
-    MAX_ERROR_MESSAGE_CHARS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    DiffEntryView, DiffView, ErrorKind, Reply, Request, Response, SnapshotView, StatusView,
+    WireResponse, MAX_ERROR_MESSAGE_CHARS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 pub use server::{ControlHandler, ControlServer, PeerCred, ServerConfig};

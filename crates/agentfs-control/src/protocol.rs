@@ -131,6 +131,15 @@ pub enum Command {
         #[serde(default)]
         delete: bool,
     },
+    /// What changed from view `a` to view `b` (each a branch or snapshot,
+    /// by name or id), sorted by path. A long answer comes in pages: ask
+    /// again with `offset` set to the previous reply's `next`.
+    Diff {
+        a: String,
+        b: String,
+        #[serde(default)]
+        offset: u64,
+    },
 }
 
 /// Which side wins a path both the branch and its parent changed.
@@ -158,6 +167,7 @@ impl Command {
             Command::BranchUnbind { .. } => "branch-unbind",
             Command::Status => "status",
             Command::BranchCommit { .. } => "branch-commit",
+            Command::Diff { .. } => "diff",
         }
     }
 }
@@ -266,6 +276,53 @@ pub struct CommitView {
     pub millis: f64,
 }
 
+/// One changed path of a diff.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DiffEntryView {
+    /// `added`, `deleted`, `modified`, `renamed` or `type_changed`.
+    pub change: String,
+    /// Path from the root, `/`-separated, no leading `/`: in the second view
+    /// (the first for `deleted`). UTF-8 as is; other bytes as `\xNN`, a
+    /// backslash as `\\`.
+    pub path: String,
+    /// `renamed`: the path in the first view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `file`, `dir`, `symlink`, `fifo`, `char_device`, `block_device` or `socket`.
+    #[serde(rename = "type")]
+    pub entry_type: String,
+    /// `type_changed`: the type in the first view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_type: Option<String>,
+    /// `modified`, `renamed`: what changed (`data`, `mode`, `owner`,
+    /// `target`, `xattrs`, `times`, `replaced`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub what: Vec<String>,
+}
+
+/// One page of a diff.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DiffView {
+    /// The first view's id (`b<N>` or `s<N>`).
+    pub a: String,
+    /// The second view's id.
+    pub b: String,
+    /// Changes in the whole diff.
+    pub total: u64,
+    /// Index of this page's first change.
+    pub offset: u64,
+    pub changes: Vec<DiffEntryView>,
+    /// The offset to ask for the next page; `None` on the last page.
+    pub next: Option<u64>,
+    /// Node ids whose node differs (the work the diff did follows this, not
+    /// the tree size).
+    pub changed_nodes: u64,
+    /// Nodes the diff read.
+    pub nodes_read: u64,
+    /// How long the diff took in the daemon, in milliseconds.
+    pub millis: f64,
+}
+
 /// A successful answer. Serialized adjacently tagged:
 /// `{"reply": "branch", "value": {..}}`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -280,6 +337,7 @@ pub enum Reply {
     Deleted { id: String },
     Status(StatusView),
     Commit(CommitView),
+    Diff(DiffView),
 }
 
 /// Why a request failed, as a client can act on it.
@@ -501,6 +559,11 @@ mod tests {
                 resolve: Some(CommitResolve::Theirs),
                 delete: true,
             },
+            Command::Diff {
+                a: "base".into(),
+                b: "b2".into(),
+                offset: 0,
+            },
         ]
     }
 
@@ -557,6 +620,34 @@ mod tests {
                 resolve: None,
                 deleted: false,
                 millis: 0.5,
+            }),
+            Reply::Diff(DiffView {
+                a: "s1".into(),
+                b: "b2".into(),
+                total: 3,
+                offset: 1,
+                changes: vec![
+                    DiffEntryView {
+                        change: "renamed".into(),
+                        path: "new".into(),
+                        from: Some("old".into()),
+                        entry_type: "file".into(),
+                        old_type: None,
+                        what: vec!["data".into()],
+                    },
+                    DiffEntryView {
+                        change: "type_changed".into(),
+                        path: "x\\xff".into(),
+                        from: None,
+                        entry_type: "dir".into(),
+                        old_type: Some("file".into()),
+                        what: vec![],
+                    },
+                ],
+                next: None,
+                changed_nodes: 4,
+                nodes_read: 9,
+                millis: 0.1,
             }),
         ]
     }

@@ -106,6 +106,7 @@ fn valid_requests() -> Vec<Value> {
         json!({"version": 1, "command": {"op": "branch-bind-private", "branch": "b2", "pid": 43}}),
         json!({"version": 1, "command": {"op": "branch-unbind", "pid": 42}}),
         json!({"version": 1, "command": {"op": "status"}}),
+        json!({"version": 1, "command": {"op": "diff", "a": "base", "b": "b2", "offset": 0}}),
     ]
 }
 
@@ -228,6 +229,8 @@ fn every_command_with_wrong_field_types() {
         ("branch-bind-private", "branch", Ty::Str),
         ("branch-bind-private", "pid", Ty::Pid),
         ("branch-unbind", "pid", Ty::Pid),
+        ("diff", "a", Ty::Str),
+        ("diff", "b", Ty::Str),
     ];
     let base = |op: &str| -> Value {
         valid_requests()

@@ -14,11 +14,12 @@
 
 use agentfs_control::{
     BindingView, BranchView, Command, CommitResolve, CommitView, ConflictView, ControlError,
-    ControlHandler, ErrorKind, PeerCred, Reply, SnapshotView, StatusView, PROTOCOL_VERSION,
+    ControlHandler, DiffEntryView, DiffView, ErrorKind, PeerCred, Reply, SnapshotView, StatusView,
+    PROTOCOL_VERSION,
 };
 use agentfs_core::{
-    BranchId, BranchInfo, CommitOptions, CommitReport, FsCore, FsError, NodeId, Resolve,
-    SnapshotInfo,
+    BranchId, BranchInfo, CommitOptions, CommitReport, DiffAspect, DiffChange, DiffKind, EntryType,
+    FsCore, FsError, NodeId, Resolve, SnapshotInfo, ViewRef,
 };
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,6 +147,43 @@ impl CoreControl {
             }
         }
         Ok(Reply::Commit(commit_view(&report, resolve, millis)))
+    }
+
+    /// One page of the diff from view `a` to view `b` (see [`DIFF_PAGE_BYTES`]).
+    fn diff(&self, a: &str, b: &str, offset: u64) -> Result<Reply, ControlError> {
+        let core = &self.core;
+        let va = core.find_view(a).map_err(control_error)?;
+        let vb = core.find_view(b).map_err(control_error)?;
+        let started = std::time::Instant::now();
+        let (changes, stats) = core.diff_with_stats(va, vb).map_err(control_error)?;
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(changes.len());
+        let mut budget = DIFF_PAGE_BYTES;
+        let mut page = Vec::new();
+        for c in &changes[start..] {
+            let v = diff_entry_view(c);
+            // JSON escapes a byte as at most 6 bytes (`\u00XX`).
+            let cost = 160 + 6 * (v.path.len() + v.from.as_ref().map_or(0, String::len));
+            if !page.is_empty() && cost > budget {
+                break;
+            }
+            budget = budget.saturating_sub(cost);
+            page.push(v);
+        }
+        let end = start + page.len();
+        Ok(Reply::Diff(DiffView {
+            a: view_id(va),
+            b: view_id(vb),
+            total: changes.len() as u64,
+            offset: start as u64,
+            changes: page,
+            next: (end < changes.len()).then_some(end as u64),
+            changed_nodes: stats.changed_nodes as u64,
+            nodes_read: stats.nodes_read as u64,
+            millis,
+        }))
     }
 
     fn require_owner(&self, peer: &PeerCred, what: &str) -> Result<(), ControlError> {
@@ -295,6 +333,7 @@ impl CoreControl {
                 resolve,
                 delete,
             } => self.commit(peer, &branch, resolve, delete),
+            Command::Diff { a, b, offset } => self.diff(&a, &b, offset),
         }
     }
 }
@@ -327,6 +366,67 @@ pub fn control_error(err: FsError) -> ControlError {
 }
 
 /// Seconds since the Unix epoch, with sub-second precision.
+/// Bytes of changes one diff reply carries at most, well under the protocol's
+/// message limit ([`agentfs_control::MAX_MESSAGE_BYTES`]); the rest come in
+/// further pages.
+const DIFF_PAGE_BYTES: usize = 512 << 10;
+
+/// `b<N>` or `s<N>`.
+fn view_id(v: ViewRef) -> String {
+    match v {
+        ViewRef::Branch(b) => b.to_string(),
+        ViewRef::Snapshot(s) => s.to_string(),
+    }
+}
+
+fn change_name(k: DiffKind) -> &'static str {
+    match k {
+        DiffKind::Added => "added",
+        DiffKind::Deleted => "deleted",
+        DiffKind::Modified => "modified",
+        DiffKind::Renamed => "renamed",
+        DiffKind::TypeChanged => "type_changed",
+    }
+}
+
+fn type_name(t: EntryType) -> String {
+    match t {
+        EntryType::File => "file",
+        EntryType::Dir => "dir",
+        EntryType::Symlink => "symlink",
+        EntryType::Fifo => "fifo",
+        EntryType::CharDevice => "char_device",
+        EntryType::BlockDevice => "block_device",
+        EntryType::Socket => "socket",
+    }
+    .to_string()
+}
+
+fn aspect_name(a: DiffAspect) -> String {
+    match a {
+        DiffAspect::Data => "data",
+        DiffAspect::Mode => "mode",
+        DiffAspect::Owner => "owner",
+        DiffAspect::Target => "target",
+        DiffAspect::Xattrs => "xattrs",
+        DiffAspect::Times => "times",
+        DiffAspect::Replaced => "replaced",
+    }
+    .to_string()
+}
+
+/// A core diff change as the protocol shows it.
+pub fn diff_entry_view(c: &DiffChange) -> DiffEntryView {
+    DiffEntryView {
+        change: change_name(c.change).to_string(),
+        path: c.path.clone(),
+        from: c.from.clone(),
+        entry_type: type_name(c.entry_type),
+        old_type: c.old_type.map(type_name),
+        what: c.what.iter().map(|w| aspect_name(*w)).collect(),
+    }
+}
+
 fn unix_seconds(t: SystemTime) -> f64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs_f64(),
