@@ -41,7 +41,7 @@ status mount=default_mount: build
 # against its committed baseline. Needs root and /dev/fuse.
 
 # The whole suite, as CI runs it (about 20-30 min on 2 cores).
-test: test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-crash-short test-fuse-stress-short test-pjdfstest
+test: test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-crash-short test-fuse-stress-short test-pjdfstest test-walkthrough-branches
 
 # Format, lint, build, and every cargo test (the mount tests among them) on both data paths.
 test-unit:
@@ -51,6 +51,11 @@ test-unit:
     cargo nextest run --workspace --no-fail-fast
     # The mount tests again with file data through the transport instead of passthrough.
     AGENTFS_PASSTHROUGH=off cargo nextest run -p agentfs-fuse --no-fail-fast
+
+# The branch workflow of issue 6 on a real mount over a git checkout (--lower), each data path (under a minute): three branches edited from three bound shells at once, diff against the base, branch-commit, export to the checkout, git diff shows exactly that branch's edits, the other branches deleted and their space reclaimed.
+test-walkthrough-branches:
+    bash scripts/walkthrough-issue6.sh
+    AGENTFS_PASSTHROUGH=off bash scripts/walkthrough-issue6.sh
 
 # The control plane against a real mount: the Rust test, then the README walk-through script on each data path.
 test-fuse-control-plane:
