@@ -264,7 +264,13 @@ impl FsCore {
     /// The node for lower entry `e` of the lower directory at `dir`, a child
     /// of node `parent`.
     fn lower_node(&self, dir: &[u8], parent: NodeId, e: LowerEntry) -> Node {
-        let meta = meta_of(&e.stat);
+        let mut meta = meta_of(&e.stat);
+        // Its name, for diff (`Meta::hint`): a lower file changed later
+        // leaves this directory untouched.
+        meta.hint = Some(super::tree::NameHint {
+            parent,
+            name: e.name.clone(),
+        });
         let path: Arc<[u8]> = lower::join(dir, &e.name).into();
         let body = match meta.kind {
             FileKind::Directory => Body::Dir {

@@ -559,3 +559,32 @@ fn diff_speed_at_a_million_files() {
         println!("  {}", line(c));
     }
 }
+
+/// On an overlay, a lower file written in a branch (copied up) is named by
+/// its hint, without a walk, and directories read on one side only are read
+/// on both, so they are no change.
+#[test]
+fn overlay_copy_up_is_found_without_a_walk() {
+    let lower_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(lower_dir.path().join("src/deep")).unwrap();
+    std::fs::write(lower_dir.path().join("src/deep/a.rs"), b"fn a() {}\n").unwrap();
+    std::fs::write(lower_dir.path().join("src/b.rs"), b"fn b() {}\n").unwrap();
+    let core = FsCore::open_persisted(
+        Arc::new(MemBackstore::new()) as Arc<dyn Backstore>,
+        Arc::new(MemStore::new()) as Arc<dyn MetaStore>,
+        config(),
+    )
+    .unwrap()
+    .0;
+    let lower = Arc::new(crate::Lower::open(lower_dir.path()).unwrap());
+    core.attach_lower(Arc::clone(&lower)).unwrap();
+    let (snap, w) = fork(&core);
+    put(&core, w, "src/deep/a.rs", b"fn a() { changed }\n");
+    chmod(&core, w, "src/b.rs", 0o600);
+    let (changes, st) = core.diff_with_stats(snap, ViewRef::Branch(w)).unwrap();
+    assert_eq!(
+        changes.iter().map(line).collect::<Vec<_>>(),
+        vec!["M src/b.rs [Mode]", "M src/deep/a.rs [Data]"]
+    );
+    assert_eq!(st.tree_walks, 0, "{st:?}");
+}
