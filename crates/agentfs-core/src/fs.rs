@@ -24,6 +24,7 @@ mod xattr;
 pub use diff::{DiffAspect, DiffChange, DiffKind, DiffStats, EntryType, ViewRef};
 pub use durable::RecoveryReport;
 pub use merge::{Change, CommitOptions, CommitReport, Conflict, Resolve};
+pub use overlay::ImportReport;
 pub use views::{BranchInfo, CoreStats, SnapshotInfo};
 
 use crate::attr::{Attr, DirEntry, FileKind};

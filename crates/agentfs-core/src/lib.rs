@@ -30,6 +30,7 @@ pub use backstore::{Backstore, BackstoreUsage};
 pub use binding::{BindingInfo, ProcFs, ProcessInfo, ProcessTable};
 pub use creds::Ctx;
 pub use error::{FsError, FsResult};
+pub use fs::ImportReport;
 pub use fs::{
     BranchInfo, Change, CommitOptions, CommitReport, Conflict, CoreConfig, CoreStats, FsCore,
     OpenFlags, RecoveryReport, RenameFlags, Resolve, SnapshotInfo, XattrSet,

@@ -596,3 +596,39 @@ fn reading_a_lower_directory_is_no_change_in_any_tree() {
         .unwrap();
     assert_eq!(changes.len(), 1, "{changes:?}");
 }
+
+/// `--lower-isolation copy`: after the import nothing comes from the lower
+/// directory, so changing it changes nothing in AgentFS.
+#[test]
+fn import_makes_the_overlay_point_in_time() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let objects = Arc::new(MemBackstore::new());
+    let (o, fresh) = mount(&objects, MemStore::new(), lower.path());
+    assert!(fresh);
+    let report = o.core.import_lower().unwrap();
+    // Every non-empty file: README, main.rs, lib.rs, leaf.txt, a.md, b.md.
+    assert_eq!((report.files, report.dirs), (6, 5), "{report:?}");
+    assert_eq!(o.objects(), 6);
+    let snap = o.core.snapshot_create(o.main(), None).unwrap().id;
+    let feature = o.core.branch_create(snap, None).unwrap().id;
+
+    std::fs::write(lower.path().join("src/main.rs"), b"changed underneath\n").unwrap();
+    std::fs::write(lower.path().join("docs/new.md"), b"new").unwrap();
+    std::fs::remove_file(lower.path().join("src/deep/er/leaf.txt")).unwrap();
+    for b in [o.main(), feature] {
+        assert_eq!(o.read(b, "src/main.rs").unwrap(), b"fn main() {}\n");
+        assert_eq!(o.read(b, "src/deep/er/leaf.txt").unwrap(), b"leaf");
+        assert_eq!(o.names(b, "docs"), strs(&["a.md", "b.md"]));
+    }
+    // A second import is refused: branches share the tree now.
+    assert!(matches!(o.core.import_lower(), Err(FsError::Busy(_))));
+    // And it survives a crash.
+    o.core.sync_all().unwrap();
+    let image = o.store.image(None);
+    let _keep = Arc::clone(&o.objects);
+    std::mem::forget(o);
+    let (o, _) = mount(&objects, image, lower.path());
+    assert_eq!(o.read(o.main(), "src/main.rs").unwrap(), b"fn main() {}\n");
+    assert_eq!(o.read(o.main(), "src/lib.rs").unwrap(), vec![7u8; 300_000]);
+}

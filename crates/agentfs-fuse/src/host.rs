@@ -21,9 +21,10 @@ use anyhow::Context;
 pub fn run(mut cli: cli::Cli) -> anyhow::Result<()> {
     if let Some(lower) = &cli.lower {
         // Before the daemon leaves the working directory.
-        cli.lower = Some(std::path::absolute(lower).with_context(|| {
-            format!("cannot make the lower path {} absolute", lower.display())
-        })?);
+        cli.lower =
+            Some(std::path::absolute(lower).with_context(|| {
+                format!("cannot make the lower path {} absolute", lower.display())
+            })?);
     }
     let euid = nix::unistd::geteuid().as_raw();
     let mountpoint = preflight::check(&cli.mountpoint, euid)?;

@@ -235,3 +235,35 @@ fn a_backstore_of_an_overlay_needs_its_lower_directory() {
     let msg = failure(&out, "--lower on a used backstore");
     assert!(msg.contains("new backstore"), "{msg}");
 }
+
+#[test]
+fn lower_isolation_copy_is_point_in_time() {
+    let lower_dir = tempfile::tempdir().unwrap();
+    let lower = std::fs::canonicalize(lower_dir.path()).unwrap();
+    make_checkout(&lower);
+    let lower_arg = lower.to_str().unwrap().to_string();
+    let Some(mut m) = Mount::start_with(&["--lower", &lower_arg, "--lower-isolation", "copy"])
+    else {
+        return;
+    };
+    let mnt = m.path().to_path_buf();
+    std::fs::write(lower.join("README.md"), "changed underneath\n").unwrap();
+    std::fs::write(lower.join("docs/new.txt"), "new\n").unwrap();
+    std::fs::remove_file(lower.join("src/fs/f1.txt")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("README.md")).unwrap(),
+        "# project\n"
+    );
+    assert!(!mnt.join("docs/new.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("src/fs/f1.txt")).unwrap(),
+        "file 1\nfile 1\n"
+    );
+    m.remount();
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("README.md")).unwrap(),
+        "# project\n"
+    );
+    // git sees the checkout as it was at the first mount: nothing changed.
+    assert_eq!(git(&mnt, &["status", "--porcelain"]), "");
+}

@@ -460,3 +460,92 @@ fn copy_plain(src: &File, dst: &File, from: u64, size: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// What [`FsCore::import_lower`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Lower directories read.
+    pub dirs: u64,
+    /// Lower files copied (or reflinked) into the backstore.
+    pub files: u64,
+    /// Bytes of those files.
+    pub bytes: u64,
+}
+
+impl FsCore {
+    /// `--lower-isolation copy`: read every lower directory of the default
+    /// branch and copy every lower file into the backstore (a reflink where
+    /// the filesystems allow), so that no tree names anything in the lower
+    /// directory any more and every later snapshot and branch is
+    /// point-in-time whatever happens to it. Meant for a new overlay (only
+    /// the default branch, no snapshot): refused with `Busy` otherwise, since
+    /// lower files already shared with snapshots could not be made
+    /// point-in-time after the fact.
+    pub fn import_lower(&self) -> FsResult<ImportReport> {
+        {
+            let reg = self.registry.read();
+            if reg.branches.len() != 1 || !reg.snapshots.is_empty() {
+                return Err(FsError::Busy(
+                    "--lower-isolation copy needs a new overlay (no snapshot, no other branch)"
+                        .into(),
+                ));
+            }
+        }
+        let branch = self.branch(self.default_branch)?;
+        let mut report = ImportReport::default();
+        let mut queue = vec![NodeId::ROOT];
+        while let Some(dir) = queue.pop() {
+            let unread = branch
+                .tree
+                .read()
+                .get(dir)
+                .is_some_and(|n| n.unloaded().is_some());
+            if unread {
+                self.load_dir(&branch, dir)?;
+                report.dirs += 1;
+            }
+            let t = branch.tree.read();
+            if let Some(entries) = t.get(dir).and_then(|n| n.entries()) {
+                for child in entries.values() {
+                    if t.get(*child).is_some_and(|c| c.entries().is_some()) {
+                        queue.push(*child);
+                    }
+                }
+            }
+        }
+        let lower_files: Vec<(NodeId, Arc<Content>, u64)> = {
+            let t = branch.tree.read();
+            t.iter()
+                .filter_map(|(id, n)| {
+                    let c = n.content().filter(|c| c.lower.is_some())?;
+                    Some((id, Arc::clone(c), n.meta.size))
+                })
+                .collect()
+        };
+        let epoch = branch.epoch();
+        let mut copies = Vec::with_capacity(lower_files.len());
+        for (id, old, size) in lower_files {
+            let copy = Content::new(self.copy_object(&old, size)?, epoch, &self.reaper);
+            self.note_object_changed(&copy);
+            report.files += 1;
+            report.bytes += size;
+            copies.push((id, old, copy));
+        }
+        Self::write_branch_tree(&branch, |t| {
+            for (id, old, copy) in &copies {
+                let Some(mut n) = t.edit(*id) else { continue };
+                if let Body::File { content: Some(c) } = &mut n.body {
+                    if Arc::ptr_eq(c, old) {
+                        *c = Arc::clone(copy);
+                        t.insert(*id, n);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        drop(copies);
+        self.reap();
+        self.make_durable(true)?;
+        Ok(report)
+    }
+}

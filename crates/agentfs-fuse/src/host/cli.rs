@@ -86,12 +86,28 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub lower: Option<PathBuf>,
 
+    /// What branches see when the lower directory changes underneath:
+    /// `shared` reads it in place (unread directories and unwritten files
+    /// follow it, see specs/overlay.md); `copy` copies (reflinks where
+    /// possible) every lower file into the backstore at the first mount, so
+    /// every branch and snapshot is point-in-time. Only at a backstore's
+    /// first mount.
+    #[arg(long, value_enum, default_value_t = LowerIsolation::Shared, requires = "lower")]
+    pub lower_isolation: LowerIsolation,
+
     /// Name of the branch unbound processes see.
     #[arg(long, value_name = "NAME", default_value = "main")]
     pub default_branch: String,
 
     /// Directory to mount at.
     pub mountpoint: PathBuf,
+}
+
+/// `--lower-isolation` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LowerIsolation {
+    Shared,
+    Copy,
 }
 
 /// `--passthrough` values.
@@ -157,6 +173,7 @@ mod tests {
         assert_eq!(cli.op_timeout_ms, 30_000);
         assert_eq!(cli.fault_slow_backstore, None);
         assert_eq!(cli.lower, None);
+        assert_eq!(cli.lower_isolation, LowerIsolation::Shared);
         assert_eq!(cli.default_branch, "main");
         assert_eq!(cli.log_level, LogLevel::Info);
         assert!(cli.inline_meta);
@@ -177,6 +194,8 @@ mod tests {
             "off",
             "--lower",
             "/src",
+            "--lower-isolation",
+            "copy",
             "/m",
         ])
         .unwrap();
@@ -187,6 +206,10 @@ mod tests {
         assert_eq!(cli.default_branch, "trunk");
         assert!(!cli.inline_meta);
         assert_eq!(cli.lower, Some(PathBuf::from("/src")));
+        assert_eq!(cli.lower_isolation, LowerIsolation::Copy);
+        assert!(
+            Cli::try_parse_from(["agentfs-fuse-host", "--lower-isolation", "copy", "/m"]).is_err()
+        );
         assert!(
             Cli::try_parse_from(["agentfs-fuse-host", "--inline-meta", "maybe", "/m"]).is_err()
         );

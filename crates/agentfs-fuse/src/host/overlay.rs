@@ -5,12 +5,14 @@
 //! through AgentFS at its own path, its original content read underneath).
 //!
 //! The backstore remembers which lower directory it was made over, in the
-//! file `lower-dir` (its canonical path, one line): a later mount of the same
+//! file `lower-dir` (its canonical path on the first line, `copy` on the
+//! second if `--lower-isolation copy` imported it): a later mount of the same
 //! backstore must pass the same `--lower` (or none is accepted if none was
 //! ever given). A different one is refused rather than silently mixing two
 //! checkouts: the trees name lower files by their path relative to the lower
 //! root, and would resolve them in the other directory (specs/overlay.md).
 
+use super::cli::LowerIsolation;
 use agentfs_core::{FsCore, Lower};
 use anyhow::{anyhow, bail, Context};
 use std::path::{Path, PathBuf};
@@ -19,10 +21,15 @@ use std::sync::Arc;
 /// The file in the backstore that names the lower directory.
 const MARKER: &str = "lower-dir";
 
-/// What the backstore says about its lower directory.
-fn recorded(backstore: &Path) -> anyhow::Result<Option<PathBuf>> {
+/// What the backstore says about its lower directory: its path, and whether
+/// it was imported (`--lower-isolation copy`).
+fn recorded(backstore: &Path) -> anyhow::Result<Option<(PathBuf, bool)>> {
     match std::fs::read_to_string(backstore.join(MARKER)) {
-        Ok(s) => Ok(Some(PathBuf::from(s.trim_end_matches('\n')))),
+        Ok(s) => {
+            let mut lines = s.lines();
+            let path = PathBuf::from(lines.next().unwrap_or_default());
+            Ok(Some((path, lines.next() == Some("copy"))))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).context("cannot read the backstore's lower-dir file"),
     }
@@ -30,10 +37,15 @@ fn recorded(backstore: &Path) -> anyhow::Result<Option<PathBuf>> {
 
 /// Attach the lower directory `lower` (from `--lower`) to `core`, checking
 /// it against what the backstore recorded. Called before mounting.
-pub fn attach(core: &FsCore, lower: Option<&Path>, backstore: &Path) -> anyhow::Result<()> {
+pub fn attach(
+    core: &FsCore,
+    lower: Option<&Path>,
+    isolation: LowerIsolation,
+    backstore: &Path,
+) -> anyhow::Result<()> {
     let before = recorded(backstore)?;
     let Some(lower) = lower else {
-        if let Some(dir) = before {
+        if let Some((dir, _)) = before {
             bail!(
                 "the backstore {} is an overlay of {}: mount it with --lower {}",
                 backstore.display(),
@@ -59,7 +71,13 @@ pub fn attach(core: &FsCore, lower: Option<&Path>, backstore: &Path) -> anyhow::
             canonical.display()
         );
     }
-    if let Some(dir) = &before {
+    if let Some((dir, imported)) = &before {
+        if isolation == LowerIsolation::Copy && !imported {
+            bail!(
+                "--lower-isolation copy applies at a backstore's first mount only; {} was mounted before without it",
+                backstore.display()
+            );
+        }
         if dir != &canonical {
             bail!(
                 "the backstore {} is an overlay of {}, not of {} (to move a checkout, edit {})",
@@ -83,9 +101,26 @@ pub fn attach(core: &FsCore, lower: Option<&Path>, backstore: &Path) -> anyhow::
                 backstore.display()
             );
         }
+        let copy = isolation == LowerIsolation::Copy;
+        if copy {
+            let started = std::time::Instant::now();
+            let report = core
+                .import_lower()
+                .map_err(|e| anyhow!("cannot copy the lower directory into the backstore: {e}"))?;
+            tracing::info!(
+                dirs = report.dirs,
+                files = report.files,
+                bytes = report.bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "overlay: lower directory copied (--lower-isolation copy)"
+            );
+        }
         let tmp = backstore.join(format!("{MARKER}.tmp"));
         let mut text = canonical.as_os_str().as_encoded_bytes().to_vec();
         text.push(b'\n');
+        if copy {
+            text.extend_from_slice(b"copy\n");
+        }
         std::fs::write(&tmp, text).context("cannot record the lower directory")?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, backstore.join(MARKER))
