@@ -538,6 +538,48 @@ for what, op in [("listdir", lambda: os.listdir(".")), ("read", lambda: open("f"
     }
 }
 
+/// The daemon's final count of `metric`, from the log it writes at unmount.
+fn final_count(log: &str, metric: &str) -> u64 {
+    let key = format!("metric=\"{metric}\" value=");
+    log.lines()
+        .filter(|l| l.contains("final count"))
+        .find_map(|l| l.split_once(&key).map(|(_, v)| v.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn snapshot_reads_pass_through_when_the_kernel_allows_it() {
+    let Some(mut m) = Mount::start() else { return };
+    const LEN: usize = 16 << 20;
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 253) as u8).collect();
+    fs::write(m.join("f"), &data).unwrap();
+    m.snapshot("base");
+    fs::write(m.join("f"), b"changed").unwrap();
+    let direct = m.status()["data_path"] == "passthrough";
+    assert!(fs::read(snap_dir(&m, "base").join("f")).unwrap() == data);
+
+    let mut daemon = m.take_daemon();
+    assert!(common::force_unmount(m.path()), "unmount");
+    let status = common::wait_timeout(&mut daemon, CMD_TIMEOUT).expect("daemon exits");
+    assert!(status.success(), "daemon: {status}");
+    let log = m.daemon_stderr();
+    let reads = final_count(&log, "fuse.requests.read");
+    println!("snapshot read of 16 MiB, passthrough {direct}: {reads} read requests");
+    // 16 MiB in requests of at most 1 MiB is 16 reads at least when the
+    // daemon serves them; passthrough leaves the daemon (almost) none.
+    if direct {
+        assert!(
+            reads < 8,
+            "{reads} reads reached the daemon with passthrough"
+        );
+    } else {
+        assert!(
+            reads >= 16,
+            "only {reads} reads counted through the transport"
+        );
+    }
+}
+
 /// `sh -c SCRIPT` as nobody (uid and gid 65534, no groups); its output.
 fn as_nobody_sh(script: &str) -> std::process::Output {
     let mut cmd = Command::new("setpriv");
