@@ -538,6 +538,30 @@ for what, op in [("listdir", lambda: os.listdir(".")), ("read", lambda: open("f"
     }
 }
 
+#[test]
+fn browsing_leaves_no_trace_across_a_remount_or_a_crash() {
+    let Some(mut m) = Mount::start() else { return };
+    fs::write(m.join("f"), b"old").unwrap();
+    m.snapshot("base");
+    fs::write(m.join("f"), b"new").unwrap();
+    assert_eq!(fs::read(snap_dir(&m, "base").join("f")).unwrap(), b"old");
+    let branches = |m: &Mount| m.cli_json(&["branch-list"]).as_array().unwrap().len();
+    assert_eq!(branches(&m), 1);
+
+    m.remount();
+    assert_eq!(branches(&m), 1, "a browsed snapshot came back as a branch");
+    assert_eq!(fs::read(snap_dir(&m, "base").join("f")).unwrap(), b"old");
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"new");
+
+    m.crash_and_remount();
+    assert_eq!(branches(&m), 1, "a browsed snapshot came back as a branch");
+    assert_eq!(fs::read(snap_dir(&m, "base").join("f")).unwrap(), b"old");
+    assert_eq!(
+        names(&m.join(".agentfs/snapshots")),
+        ["base"].into_iter().map(String::from).collect()
+    );
+}
+
 /// The daemon's final count of `metric`, from the log it writes at unmount.
 fn final_count(log: &str, metric: &str) -> u64 {
     let key = format!("metric=\"{metric}\" value=");
