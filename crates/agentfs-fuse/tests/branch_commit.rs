@@ -8,7 +8,7 @@ mod common;
 
 use std::fs;
 
-use common::{shq, Mount};
+use common::shq;
 
 #[test]
 fn commit_is_seen_at_once_refused_on_conflict_and_persists() {
