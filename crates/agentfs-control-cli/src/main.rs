@@ -109,6 +109,10 @@ enum Cmd {
         a: String,
         /// The second view
         b: String,
+        /// Also print, on stderr, the work the daemon did: changes, changed
+        /// nodes, nodes read, its time in milliseconds
+        #[arg(long)]
+        stats: bool,
     },
     /// Apply a branch's changes since its branch point onto its parent branch,
     /// atomically; refused (exit status 1) with the list of conflicts when the
@@ -198,7 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             base,
         } => return export(conn, &mount, &branch, &to, dry_run, base, cli.json),
         Cmd::Status => (Verb::Show, Command::Status),
-        Cmd::Diff { a, b } => return diff(&mut conn, a, b, cli.json),
+        Cmd::Diff { a, b, stats } => return diff(&mut conn, a, b, cli.json, stats),
         Cmd::BranchCommit {
             branch,
             theirs,
@@ -249,10 +253,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `diff A B`: every page of the daemon's answer, printed as one.
-fn diff(conn: &mut Client, a: String, b: String, json: bool) -> Result<ExitCode> {
+fn diff(conn: &mut Client, a: String, b: String, json: bool, stats: bool) -> Result<ExitCode> {
     let mut changes = Vec::new();
     let mut offset = 0;
-    let (ida, idb) = loop {
+    let (mut pages, mut millis) = (0, 0.0);
+    let (ida, idb, work) = loop {
         let command = Command::Diff {
             a: a.clone(),
             b: b.clone(),
@@ -262,9 +267,11 @@ fn diff(conn: &mut Client, a: String, b: String, json: bool) -> Result<ExitCode>
             bail!("the daemon answered diff with another reply");
         };
         changes.extend(page.changes);
+        pages += 1;
+        millis += page.millis;
         match page.next {
             Some(next) if next > offset => offset = next,
-            _ => break (page.a, page.b),
+            _ => break (page.a, page.b, (page.changed_nodes, page.nodes_read)),
         }
     };
     if json {
@@ -272,6 +279,14 @@ fn diff(conn: &mut Client, a: String, b: String, json: bool) -> Result<ExitCode>
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render::diff_lines(&changes));
+    }
+    if stats {
+        eprintln!(
+            "diff {ida} {idb}: {} change(s) in {pages} page(s), {} changed node(s), {} node(s) read, daemon {millis:.3} ms",
+            changes.len(),
+            work.0,
+            work.1
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
