@@ -79,3 +79,59 @@ fn commit_is_seen_at_once_refused_on_conflict_and_persists() {
     assert_eq!(fs::read_to_string(m.join("dir/new")).unwrap(), "new\n");
     assert!(!m.join("dir/a").exists());
 }
+
+/// A process of the branch keeps a file open for writing across the commit
+/// (through passthrough where the kernel allows it: it then writes the
+/// backing file without asking the daemon). The parent gets the bytes as of
+/// the commit; the writes after it stay in the branch.
+const WRITER: &str = r#"
+import os, sys, time
+path, ready, go = sys.argv[1:4]
+fd = os.open(path, os.O_RDWR)
+os.pwrite(fd, b"A1-before-commit", 0)
+with open(ready, "w") as f:
+    f.write(str(os.getpid()))
+while not os.path.exists(go):
+    time.sleep(0.01)
+os.pwrite(fd, b"A2-after--commit", 0)
+os.close(fd)
+"#;
+
+#[test]
+fn a_writer_open_across_the_commit_never_writes_the_parent() {
+    let m = mount_or_skip!();
+    fs::write(m.join("f"), "0000000000000000").unwrap();
+    m.snapshot("base");
+    m.branch("base", "feat");
+    let dir = m.scratch();
+    fs::create_dir_all(&dir).unwrap();
+    let (ready, go) = (dir.join("ready"), dir.join("go"));
+    let writer = common::spawn_py_in(
+        &m,
+        Some("feat"),
+        WRITER,
+        &[
+            m.join("f").to_str().unwrap(),
+            ready.to_str().unwrap(),
+            go.to_str().unwrap(),
+        ],
+        Some(ready.clone()),
+    );
+    assert!(
+        common::wait_until(common::CMD_TIMEOUT, || ready.exists()),
+        "the writer never got ready"
+    );
+    let r = m.cli_json(&["branch-commit", "feat"]);
+    assert_eq!(r["committed"], true, "{r}");
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "A1-before-commit");
+    fs::write(&go, "go").unwrap();
+    let out = writer.wait_output(common::CMD_TIMEOUT);
+    common::assert_success(&out, "writer");
+    assert_eq!(
+        fs::read_to_string(m.join("f")).unwrap(),
+        "A1-before-commit",
+        "a write in the branch after the commit reached the parent"
+    );
+    let in_branch = m.in_branch_ok("feat", &format!("cat {}", shq(&m.join("f"))));
+    assert_eq!(in_branch, "A2-after--commit");
+}
