@@ -175,7 +175,6 @@ enum Found {
 
 /// The merge of one parent tree with the child's changes.
 struct Merge<'a> {
-    base: &'a Tree,
     parent: &'a Tree,
     child: &'a Tree,
     draft: Tree,
@@ -584,13 +583,16 @@ impl FsCore {
             self.backstore.sync_all()?;
         }
 
+        // The parent as the merge saw it, to name conflicts after the lock
+        // is released (naming may walk the tree).
+        let mut seen_parent = Tree::default();
+        let mut found = Vec::new();
         report.committed = {
             let mut guard = p.tree.write();
             let parent: &Tree = &guard;
             let dp = changes(&base_tree, parent);
             report.parent_changes = dp.len();
             let mut m = Merge {
-                base: &base_tree,
                 parent,
                 child: &frozen,
                 draft: if dp.is_empty() {
@@ -651,8 +653,12 @@ impl FsCore {
             if !m.found.is_empty() && m.resolve.is_some() && !cycle {
                 m.drop_unreachable();
             }
-            report.conflicts = name_conflicts(&m.found, [parent, &frozen, m.base]);
-            if cycle || (!m.found.is_empty() && m.resolve.is_none()) {
+            let refused = cycle || (!m.found.is_empty() && m.resolve.is_none());
+            if !m.found.is_empty() {
+                seen_parent = parent.clone();
+                found = std::mem::take(&mut m.found);
+            }
+            if refused {
                 false
             } else {
                 let Merge {
@@ -673,6 +679,7 @@ impl FsCore {
                 true
             }
         };
+        report.conflicts = name_conflicts(&found, [&seen_parent, &frozen, &base_tree]);
         if !report.committed {
             return Ok(report);
         }
@@ -680,8 +687,11 @@ impl FsCore {
         self.make_durable(false)?;
         self.maybe_checkpoint();
         if options.delete {
-            self.branch_delete(c.id, false)?;
-            report.deleted_child = true;
+            // Checked before the commit; a process bound since keeps it.
+            match self.branch_delete(c.id, false) {
+                Ok(()) => report.deleted_child = true,
+                Err(e) => tracing::warn!(branch = %c.id, error = %e, "committed, but not deleted"),
+            }
         }
         Ok(report)
     }
