@@ -78,7 +78,8 @@ impl std::fmt::Display for Change {
 /// One path both sides changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
-    /// Path from the branch root (lossy UTF-8), `/`-separated, no leading `/`.
+    /// Path from the branch root, `/`-separated, no leading `/` (`.` for the
+    /// root); UTF-8 as is, other bytes as `\xNN`, a backslash as `\\` (as `diff` writes it).
     pub path: String,
     pub child: Change,
     pub parent: Change,
@@ -420,7 +421,7 @@ fn text(path: &[u8]) -> String {
     if path.is_empty() {
         ".".into()
     } else {
-        String::from_utf8_lossy(path).into_owned()
+        super::diff::path_text(path)
     }
 }
 
