@@ -212,6 +212,25 @@ fn a_backstore_of_an_overlay_needs_its_lower_directory() {
     assert!(none.contains(&format!("--lower {lower_arg}")), "{none}");
     let wrong = refused(&["--lower", other.to_str().unwrap()]);
     assert!(wrong.contains("is an overlay of"), "{wrong}");
+    // A mountpoint inside the lower directory: reading it would enter the mount.
+    let inner = lower.join("sub");
+    std::fs::create_dir(&inner).unwrap();
+    let fresh = root.join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let out = run_with_timeout(
+        Command::new(common::host_bin())
+            .args(["--lower", &lower_arg, "--backstore"])
+            .arg(&fresh)
+            .arg("--foreground")
+            .arg(&inner),
+        CMD_TIMEOUT,
+    );
+    if common::is_fuse_mounted(&inner) {
+        common::force_unmount(&inner);
+        panic!("mounted inside the lower directory");
+    }
+    let msg = failure(&out, "mountpoint inside the lower directory");
+    assert!(msg.contains("inside the lower directory"), "{msg}");
     // A backstore with files of its own cannot become an overlay.
     let plain = root.join("plain");
     std::fs::create_dir(&plain).unwrap();

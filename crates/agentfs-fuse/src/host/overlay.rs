@@ -42,6 +42,7 @@ pub fn attach(
     lower: Option<&Path>,
     isolation: LowerIsolation,
     backstore: &Path,
+    mountpoint: &Path,
 ) -> anyhow::Result<()> {
     let before = recorded(backstore)?;
     let Some(lower) = lower else {
@@ -68,6 +69,14 @@ pub fn attach(
         bail!(
             "the backstore {} is inside the lower directory {}: the lower directory is never written, put the backstore elsewhere",
             backstore.display(),
+            canonical.display()
+        );
+    }
+    if mountpoint != canonical && mountpoint.starts_with(&canonical) {
+        // Reading the lower directory would walk into the mount itself.
+        bail!(
+            "the mountpoint {} is inside the lower directory {}: mount at the lower directory itself or outside it",
+            mountpoint.display(),
             canonical.display()
         );
     }

@@ -85,7 +85,13 @@ pub fn serve(
     )
     .map_err(|e| anyhow!("cannot load the backstore {}: {e}", backstore.display()))?;
     tracing::info!(?recovery, "metadata loaded");
-    super::overlay::attach(&core, cli.lower.as_deref(), cli.lower_isolation, &backstore)?;
+    super::overlay::attach(
+        &core,
+        cli.lower.as_deref(),
+        cli.lower_isolation,
+        &backstore,
+        mountpoint,
+    )?;
     core.set_checkpoint_threshold(cli.checkpoint_journal_kib.saturating_mul(1024));
     let core = Arc::new(core);
     let transport = InProcessTransport::try_new(
