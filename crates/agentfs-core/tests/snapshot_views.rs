@@ -188,6 +188,8 @@ fn views_are_in_no_list_and_go_with_their_snapshot() {
     assert!(e.core.snapshot_create(view, None).is_err());
     assert!(e.core.branch_delete(view, true).is_err());
     assert_eq!(e.core.snapshot_list()[0].children, Vec::<BranchId>::new());
+    let base = e.core.find_snapshot("base").unwrap();
+    assert_eq!(e.core.snapshot_names(), [(base, "base".to_string())]);
 
     // A handle open across the delete keeps reading what it opened.
     let f = e.resolve(view, "d/f").unwrap().node;
@@ -195,6 +197,7 @@ fn views_are_in_no_list_and_go_with_their_snapshot() {
     let s = e.core.find_snapshot("base").unwrap();
     e.core.snapshot_delete(s).unwrap();
     assert!(!e.core.tree_exists(view));
+    assert!(e.core.snapshot_names().is_empty());
     assert!(matches!(
         e.core.getattr(view, NodeId::ROOT),
         Err(FsError::Stale)

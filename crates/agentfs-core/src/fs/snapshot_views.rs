@@ -115,6 +115,21 @@ impl FsCore {
     pub fn is_read_only(&self, b: BranchId) -> bool {
         b.viewed_snapshot().is_some()
     }
+
+    /// Every snapshot's id and name, in id order: what a listing of
+    /// snapshots by path needs, without the child branches `snapshot_list`
+    /// finds for each (a walk of every branch per snapshot).
+    pub fn snapshot_names(&self) -> Vec<(SnapshotId, String)> {
+        let mut all: Vec<(SnapshotId, String)> = self
+            .registry
+            .read()
+            .snapshots
+            .values()
+            .map(|s| (s.id, s.name.clone()))
+            .collect();
+        all.sort();
+        all
+    }
 }
 
 #[cfg(test)]

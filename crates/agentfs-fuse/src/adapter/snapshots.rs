@@ -56,11 +56,11 @@ fn entries(core: &FsCore) -> Vec<(u64, FileType, String)> {
         (inode::SNAPSHOTS_DIR_INO, FileType::Directory, ".".into()),
         (inode::AGENTFS_DIR_INO, FileType::Directory, "..".into()),
     ];
-    for s in core.snapshot_list() {
+    for (id, name) in core.snapshot_names() {
         // A snapshot whose id does not fit an inode number is left out (its
         // lookup is EIO) rather than failing the whole listing.
-        if let Ok(ino) = inode::view_root(BranchId::snapshot_view(s.id)) {
-            all.push((ino, FileType::Directory, s.name));
+        if let Ok(ino) = inode::view_root(BranchId::snapshot_view(id)) {
+            all.push((ino, FileType::Directory, name));
         }
     }
     all
@@ -107,13 +107,13 @@ impl AgentFs {
                 (1, ".".into(), tri!(call, reply, own(Ino::SnapshotsDir))),
                 (2, "..".into(), tri!(call, reply, own(Ino::AgentfsDir))),
             ];
-            for s in core.snapshot_list() {
+            for (id, name) in core.snapshot_names() {
                 // A snapshot deleted since the list was taken is left out.
-                let Ok(attr) = view_of(core, s.id).and_then(|v| root_attr(core, v)) else {
+                let Ok(attr) = view_of(core, id).and_then(|v| root_attr(core, v)) else {
                     continue;
                 };
                 let cookie = all.len() as u64 + 1;
-                all.push((cookie, s.name.into(), attr));
+                all.push((cookie, name.into(), attr));
             }
             let zero = Duration::ZERO;
             for (cookie, name, attr) in all.into_iter().filter(|e| e.0 > offset) {
