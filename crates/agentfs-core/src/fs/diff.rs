@@ -133,6 +133,12 @@ pub struct DiffStats {
     pub bytes_compared: u64,
 }
 
+/// Largest file whose two content objects a diff compares byte by byte;
+/// a larger one whose object was copied is reported as `data` changed even
+/// if no byte differs (reading two huge files would make the diff cost the
+/// file size).
+const COMPARE_MAX: u64 = 64 << 20;
+
 /// Reads part of a content object at an offset.
 type ReadAt<'f> = &'f dyn Fn(&Content, &mut [u8], u64) -> std::io::Result<usize>;
 
@@ -624,8 +630,7 @@ impl FsCore {
         let (ta, tb) = (self.view_tree(a)?, self.view_tree(b)?);
         let compared = std::cell::Cell::new(0u64);
         let same = |x: &Arc<Content>, y: &Arc<Content>, len: u64| {
-            let equal = self.same_bytes(x, y, len, &compared);
-            equal.unwrap_or(false)
+            len <= COMPARE_MAX && self.same_bytes(x, y, len, &compared).unwrap_or(false)
         };
         let (changes, mut st) = diff_trees(&ta, &tb, &same);
         st.bytes_compared = compared.get();
