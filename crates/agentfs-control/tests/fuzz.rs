@@ -107,6 +107,7 @@ fn valid_requests() -> Vec<Value> {
         json!({"version": 1, "command": {"op": "branch-unbind", "pid": 42}}),
         json!({"version": 1, "command": {"op": "status"}}),
         json!({"version": 1, "command": {"op": "diff", "a": "base", "b": "b2", "offset": 0}}),
+        json!({"version": 1, "command": {"op": "branch-commit", "branch": "b2", "resolve": "theirs", "delete": true}}),
     ]
 }
 
@@ -231,6 +232,7 @@ fn every_command_with_wrong_field_types() {
         ("branch-unbind", "pid", Ty::Pid),
         ("diff", "a", Ty::Str),
         ("diff", "b", Ty::Str),
+        ("branch-commit", "branch", Ty::Str),
     ];
     let base = |op: &str| -> Value {
         valid_requests()

@@ -58,6 +58,7 @@ fn harmless_requests() -> Vec<Value> {
         json!({"version": 1, "command": {"op": "branch-delete", "branch": "nope-zz9", "force": true}}),
         json!({"version": 1, "command": {"op": "branch-bind", "branch": "nope-zz9", "pid": 3_999_999_999u32}}),
         json!({"version": 1, "command": {"op": "branch-unbind", "pid": 3_999_999_999u32}}),
+        json!({"version": 1, "command": {"op": "branch-commit", "branch": "nope-zz9"}}),
     ]
 }
 
