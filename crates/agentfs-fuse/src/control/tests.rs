@@ -343,3 +343,42 @@ fn views_use_display_ids_and_unix_seconds() {
     assert_eq!((v.id.as_str(), v.from.as_deref()), ("b3", Some("s2")));
     assert_eq!((v.open_handles, v.bound_processes), (4, 5));
 }
+
+#[test]
+fn branch_commit_is_for_the_owner_and_answers_a_commit_reply() {
+    let (h, _) = setup();
+    let s = snapshot(&h, peer(10, OWNER), "base").unwrap();
+    let b = branch(&h, peer(10, OWNER), &s.id, "work").unwrap();
+    let commit = |who: PeerCred, resolve| {
+        h.handle(
+            &who,
+            Command::BranchCommit {
+                branch: b.id.clone(),
+                resolve,
+                delete: false,
+            },
+        )
+    };
+    let err = commit(peer(20, OTHER), None).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::PermissionDenied, "{err}");
+    let Reply::Commit(v) = commit(peer(10, OWNER), None).unwrap() else {
+        panic!("not a commit reply");
+    };
+    assert!(v.committed && v.fast_path, "{v:?}");
+    assert_eq!(
+        (v.branch.as_str(), v.base.as_str()),
+        (b.id.as_str(), s.id.as_str())
+    );
+    assert!(v.conflicts.is_empty() && v.resolve.is_none());
+    let missing = h
+        .handle(
+            &peer(1, 0),
+            Command::BranchCommit {
+                branch: "nope".into(),
+                resolve: Some(CommitResolve::Ours),
+                delete: true,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::NotFound);
+}
