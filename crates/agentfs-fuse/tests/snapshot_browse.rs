@@ -562,6 +562,40 @@ fn browsing_leaves_no_trace_across_a_remount_or_a_crash() {
     );
 }
 
+#[test]
+fn a_snapshot_of_an_overlay_reads_lower_files_it_never_read_before() {
+    let lower = tempfile::Builder::new()
+        .prefix("agentfs-browse-lower-")
+        .tempdir()
+        .unwrap();
+    build_tree(lower.path());
+    let Some(m) = Mount::start_with(&["--lower", lower.path().to_str().unwrap()]) else {
+        return;
+    };
+    // Nothing below the root has been read when the snapshot is taken.
+    m.snapshot("base");
+    change_tree(m.path());
+    let s = snap_dir(&m, "base");
+    run(
+        Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(lower.path())
+            .arg(&s),
+        "diff -r lower snapshot",
+    );
+    assert_eq!(find(&s), find(lower.path()));
+    assert_erofs(
+        "write a lower file in a snapshot",
+        fs::write(s.join("src/a.txt"), b"x"),
+    );
+    assert_erofs("unlink in a snapshot", fs::remove_file(s.join("empty")));
+    // The branch changed; the lower directory did not.
+    assert_eq!(fs::read(m.join("src/a.txt")).unwrap(), b"two, longer\n");
+    assert_eq!(fs::read(lower.path().join("src/a.txt")).unwrap(), b"one\n");
+    assert!(lower.path().join("src/deep/er/b.txt").exists());
+}
+
 /// The daemon's final count of `metric`, from the log it writes at unmount.
 fn final_count(log: &str, metric: &str) -> u64 {
     let key = format!("metric=\"{metric}\" value=");
