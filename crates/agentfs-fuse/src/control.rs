@@ -333,7 +333,11 @@ impl CoreControl {
                 resolve,
                 delete,
             } => self.commit(peer, &branch, resolve, delete),
-            Command::Diff { a, b, offset } => self.diff(&a, &b, offset),
+            Command::Diff { a, b, offset } => {
+                // A diff names paths in directories other users may not read.
+                self.require_owner(peer, "diff branches and snapshots")?;
+                self.diff(&a, &b, offset)
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //! its `.agentfs/branches/<name>/` path (write, chmod, delete, create,
 //! rename, type change, symlink) come back from `diff --json` exactly, in
 //! path order, the same after a remount; the text form is one line per
-//! change; unknown views are refused with one line.
+//! change; unknown views are refused with one line; another user may not
+//! diff (a diff names paths in directories it may not read).
 
 mod common;
 
@@ -82,4 +83,41 @@ fn diff_of_a_branch_against_its_snapshot() {
     // Name hints and ids are persisted: the same answer after a remount.
     m.remount();
     assert_eq!(m.cli_json(&["diff", "base", "feat"]), expected);
+}
+
+#[test]
+fn only_the_owner_or_root_may_diff() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        assert!(
+            std::env::var("AGENTFS_REQUIRE_FUSE").as_deref() != Ok("1"),
+            "this test needs root and /usr/bin/setpriv"
+        );
+        println!("SKIP: needs root and setpriv to act as a second user");
+        return;
+    }
+    let m = mount_or_skip!();
+    fs::set_permissions(
+        m.path().parent().unwrap(),
+        fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    m.snapshot("base");
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(common::cli_bin())
+            .arg("--mount")
+            .arg(m.path())
+            .args(args);
+        common::run_with_timeout(&mut cmd, std::time::Duration::from_secs(30))
+    };
+    // The mount answers nobody (so the refusal below is diff's own)...
+    common::assert_success(&as_nobody(&["snapshot-list"]), "snapshot-list as nobody");
+    // ...but not a diff.
+    let out = as_nobody(&["diff", "base", "main"]);
+    let line = common::assert_one_line_failure(&out, "diff as nobody");
+    assert!(line.contains("permission denied"), "{line}");
+    // Root may.
+    assert_eq!(m.cli_json(&["diff", "base", "main"])["changes"], json!([]));
 }
