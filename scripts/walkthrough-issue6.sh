@@ -179,6 +179,16 @@ git -C "$checkout" diff | tee "$work/git-diff.txt"
     fail "git diff is not the three added justfile lines"
 pass "git status and git diff show exactly the feature branch's edits"
 
+say "7b. export refactor (a rename, a deletion) onto a second clone"
+t git clone -q --no-hardlinks "$repo" "$work/checkout2"
+cli export refactor --to "$work/checkout2"
+git -C "$work/checkout2" status --porcelain --untracked-files=all | tee "$work/status2.txt"
+expected2=$' D scripts/bootstrap.sh\n D specs/limits.md\n?? build-output.bin\n?? specs/limits-and-sizes.md'
+[ "$(sort "$work/status2.txt")" = "$(printf '%s\n' "$expected2" | sort)" ] ||
+    fail "git status differs from refactor's edits" "$(cat "$work/status2.txt")"
+cmp -s "$work/checkout2/specs/limits-and-sizes.md" "$checkout/specs/limits.md" || fail "the renamed file's content changed"
+pass "export applies deletions and renames: git status shows exactly refactor's edits"
+
 say "8. delete the other branches: their space comes back"
 show "agentfs-control-cli status"
 cli status

@@ -61,6 +61,8 @@ pub struct Item {
     pub path: Vec<u8>,
     /// `Renamed`: the old path.
     pub from: Option<Vec<u8>>,
+    /// `Modified`, `Renamed`: what changed besides the name (`data`, `mode`, ...).
+    pub what: Vec<String>,
 }
 
 /// A diff path's bytes: the text with `\xNN` and `\\` escapes undone.
@@ -107,6 +109,14 @@ pub fn items_from_json(changes: &serde_json::Value) -> Result<Vec<Item>> {
                 kind,
                 path: unescape(path),
                 from: c["from"].as_str().map(unescape),
+                what: c["what"]
+                    .as_array()
+                    .map(|w| {
+                        w.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         })
         .collect()
@@ -185,7 +195,10 @@ pub fn plan(items: &[Item], src: &Path) -> Result<Vec<Step>> {
                 let from = item.from.clone().context("a rename without its old path")?;
                 relative(&from)?;
                 renames.push((from, item.path.clone()));
-                writes.insert(item.path.clone());
+                // Renamed as it was: the host rename is all it takes.
+                if !item.what.is_empty() {
+                    writes.insert(item.path.clone());
+                }
             }
         }
     }
@@ -392,6 +405,7 @@ mod tests {
             kind,
             path: path.as_bytes().to_vec(),
             from: None,
+            what: Vec::new(),
         }
     }
 
@@ -427,6 +441,7 @@ mod tests {
         fs::write(d.join("edit"), "before").unwrap();
         fs::write(d.join("was-file"), "x").unwrap();
         fs::write(d.join("moved-from"), "m").unwrap();
+        fs::write(d.join("edited-from"), "old").unwrap();
         // The branch.
         fs::create_dir_all(s.join("new-dir/sub")).unwrap();
         fs::write(s.join("new-dir/sub/n"), "new").unwrap();
@@ -435,6 +450,7 @@ mod tests {
         std::os::unix::fs::symlink("edit", s.join("link")).unwrap();
         fs::create_dir(s.join("was-file")).unwrap();
         fs::write(s.join("moved-to"), "m").unwrap();
+        fs::write(s.join("edited-to"), "new").unwrap();
         let items = vec![
             item(Kind::Deleted, "old-dir"),
             item(Kind::Deleted, "gone"),
@@ -448,13 +464,24 @@ mod tests {
                 kind: Kind::Renamed,
                 path: b"moved-to".to_vec(),
                 from: Some(b"moved-from".to_vec()),
+                what: Vec::new(),
+            },
+            Item {
+                kind: Kind::Renamed,
+                path: b"edited-to".to_vec(),
+                from: Some(b"edited-from".to_vec()),
+                what: vec!["data".into()],
             },
         ];
         let steps = plan(&items, s).unwrap();
         // A dry run is the plan: nothing written yet.
         assert!(d.join("gone").exists() && !d.join("new-dir").exists());
         let sum = apply(&steps, s, d).unwrap();
-        assert_eq!(sum.renamed, 1, "{steps:?}");
+        assert_eq!(sum.renamed, 2, "{steps:?}");
+        // Renamed and changed: renamed, then written; renamed only: not written.
+        assert_eq!(fs::read_to_string(d.join("edited-to")).unwrap(), "new");
+        assert!(!d.join("edited-from").exists());
+        assert!(!steps.contains(&Step::File(b"moved-to".to_vec(), 0o644)));
         assert!(!d.join("old-dir").exists() && !d.join("gone").exists());
         assert_eq!(fs::read_to_string(d.join("new-dir/sub/n")).unwrap(), "new");
         assert_eq!(fs::read_to_string(d.join("edit")).unwrap(), "after");
