@@ -74,6 +74,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A git checkout of this repository at $1: a clone, or (when this copy is not a
+# git repository) its sources committed into a new one.
+make_checkout() {
+    if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+        t git clone -q --no-hardlinks "$repo" "$1"
+    else
+        mkdir "$1"
+        cp -a "$repo/README.md" "$repo/justfile" "$repo/crates" "$repo/specs" "$repo/scripts" "$1/"
+        git -C "$1" init -q
+        git -C "$1" add -A
+        git -C "$1" -c user.email=walkthrough@agentfs.invalid -c user.name=walkthrough commit -q -m sources
+    fi
+}
+
 # The CLI's --json reply payload, field by field.
 cli() { t agentfs-control-cli --mount "$mnt" "$@"; }
 field() { python3 -c 'import json,sys
@@ -85,9 +99,7 @@ for k in sys.argv[1:]:
 print(json.dumps(v) if isinstance(v,(dict,list)) else v)' "$@"; }
 
 say "1. a git checkout (a clone of this repository), and AgentFS mounted over it"
-t git clone -q --no-hardlinks "$repo" "$checkout"
-git -C "$checkout" config user.email walkthrough@agentfs.invalid
-git -C "$checkout" config user.name walkthrough
+make_checkout "$checkout"
 files=$(git -C "$checkout" ls-files | wc -l)
 show "agentfs-fuse-host --backstore $store --lower $checkout $mnt"
 start=$(date +%s.%N)
@@ -180,7 +192,7 @@ git -C "$checkout" diff | tee "$work/git-diff.txt"
 pass "git status and git diff show exactly the feature branch's edits"
 
 say "7b. export refactor (a rename, a deletion) onto a second clone"
-t git clone -q --no-hardlinks "$repo" "$work/checkout2"
+make_checkout "$work/checkout2"
 cli export refactor --to "$work/checkout2"
 git -C "$work/checkout2" status --porcelain --untracked-files=all | tee "$work/status2.txt"
 expected2=$' D scripts/bootstrap.sh\n D specs/limits.md\n?? build-output.bin\n?? specs/limits-and-sizes.md'
