@@ -134,3 +134,8 @@ test-fuse-stress-short *ARGS:
 # pjdfstest on ext4 (reference), AgentFS main and a snapshot branch, each data path; checks specs/pjdfstest.baseline.json; logs/pjdfstest-<UTC time>/ (ARGS e.g. --update-baseline, --no-link-max, a test-name pattern).
 test-pjdfstest *ARGS:
     bash scripts/test-pjdfstest.sh {{ ARGS }}
+
+# Diff cost: 1,000,000 files in the core (release, ignored test: diff of 10 changes vs one walk of the tree), then diff through a real mount of FILES files (default 100,000; 1,000,000 takes ~5 min to make) with 10 changes: daemon and CLI times, with find (and diff -rq up to 100,000 files) as baselines in the same run.
+bench-diff FILES="100000":
+    cargo test --release -p agentfs-core --lib diff_speed_at_a_million_files -- --ignored --nocapture
+    CONTENT= bash scripts/bench-diff.sh {{ FILES }}
