@@ -286,3 +286,62 @@ fn lower_isolation_copy_is_point_in_time() {
     // git sees the checkout as it was at the first mount: nothing changed.
     assert_eq!(git(&mnt, &["status", "--porcelain"]), "");
 }
+
+/// The branch cycle on an overlay: a branch edits one file, `diff` against the
+/// base names exactly it (directories read in one tree are read in all, so
+/// reading is no change), `branch-commit` brings it to main, and git in main
+/// sees exactly that edit; the lower checkout is untouched.
+#[test]
+fn diff_and_commit_on_an_overlay_name_only_real_changes() {
+    let lower_dir = tempfile::tempdir().unwrap();
+    let lower = std::fs::canonicalize(lower_dir.path()).unwrap();
+    make_checkout(&lower);
+    let before = fingerprint(&lower);
+    let lower_arg = lower.to_str().unwrap().to_string();
+    let Some(m) = Mount::start_with(&["--lower", &lower_arg]) else {
+        return;
+    };
+    let mnt = m.path().to_path_buf();
+    m.snapshot("base");
+    m.branch("base", "feature");
+    // Read every directory and file in main (git status would also rewrite
+    // .git/index, a real change).
+    let out = run_with_timeout(
+        Command::new("sh").arg("-c").arg(format!(
+            "find {} -type f -exec cat {{}} + | wc -c",
+            common::shq(&mnt)
+        )),
+        CMD_TIMEOUT,
+    );
+    assert_success(&out, "find | cat in main");
+    let edited = "src/fs/f4.txt";
+    m.in_branch_ok(
+        "feature",
+        &format!("echo feature >> {}", common::shq(&mnt.join(edited))),
+    );
+    let paths = |a: &str, b: &str| -> Vec<String> {
+        let v = m.cli_json(&["diff", a, b]);
+        v["changes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("diff reply: {v}"))
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["change"].as_str().unwrap(),
+                    c["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(paths("base", "main"), Vec::<String>::new());
+    assert_eq!(paths("base", "feature"), vec![format!("modified {edited}")]);
+    m.cli_ok(&["branch-commit", "feature"]);
+    assert_eq!(
+        git(&mnt, &["status", "--porcelain"]),
+        format!(" M {edited}\n")
+    );
+    assert!(git(&mnt, &["diff"]).contains("+feature"));
+    drop(m);
+    assert_eq!(fingerprint(&lower), before, "the lower checkout changed");
+}
