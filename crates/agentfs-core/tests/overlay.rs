@@ -46,6 +46,10 @@ fn make_lower(dir: &Path) {
     std::fs::write(dir.join("empty"), b"").unwrap();
     std::fs::set_permissions(dir.join("README"), std::fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::symlink("src/main.rs", dir.join("link")).unwrap();
+    let fifo = std::ffi::CString::new(dir.join("docs/pipe").into_os_string().into_encoded_bytes())
+        .unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
 }
 
 /// Every path of `dir` with its type, mode, size, mtime and bytes.
@@ -63,8 +67,10 @@ fn fingerprint(dir: &Path) -> BTreeMap<String, String> {
                 String::new()
             } else if m.file_type().is_symlink() {
                 std::fs::read_link(&p).unwrap().display().to_string()
-            } else {
+            } else if m.is_file() {
                 format!("{:?}", std::fs::read(&p).unwrap())
+            } else {
+                String::new() // A FIFO: attributes only.
             };
             let line = format!(
                 "{:o} {} {} {}.{} {body}",
@@ -218,6 +224,8 @@ fn reads_come_from_the_lower_directory_with_its_attributes() {
     let link = o.resolve(b, "link").unwrap();
     assert_eq!(link.kind, FileKind::Symlink);
     assert_eq!(o.core.readlink(b, link.node).unwrap(), b"src/main.rs");
+    let pipe = o.resolve(b, "docs/pipe").unwrap();
+    assert_eq!((pipe.kind, pipe.perm), (FileKind::NamedPipe, 0o640));
     let src = o.resolve(b, "src").unwrap();
     assert_eq!(src.kind, FileKind::Directory);
     assert_eq!(src.nlink, 3, "src holds one subdirectory");
@@ -316,6 +324,7 @@ fn unlink_hides_and_rmdir_mkdir_makes_an_opaque_directory() {
     assert!(matches!(o.rmdir(b, "src/deep"), Err(FsError::NotEmpty)));
     o.unlink(b, "docs/a.md").unwrap();
     o.unlink(b, "docs/b.md").unwrap();
+    o.unlink(b, "docs/pipe").unwrap();
     o.rmdir(b, "docs").unwrap();
     o.mkdir(b, "docs");
     assert!(o.names(b, "docs").is_empty(), "old lower entries came back");
@@ -619,7 +628,7 @@ fn import_makes_the_overlay_point_in_time() {
     for b in [o.main(), feature] {
         assert_eq!(o.read(b, "src/main.rs").unwrap(), b"fn main() {}\n");
         assert_eq!(o.read(b, "src/deep/er/leaf.txt").unwrap(), b"leaf");
-        assert_eq!(o.names(b, "docs"), strs(&["a.md", "b.md"]));
+        assert_eq!(o.names(b, "docs"), strs(&["a.md", "b.md", "pipe"]));
     }
     // A second import is refused: branches share the tree now.
     assert!(matches!(o.core.import_lower(), Err(FsError::Busy(_))));
