@@ -387,9 +387,11 @@ fn resolve(core: &FsCore, ino: Ino, pid: u32) -> FsResult<(BranchId, NodeId)> {
             Ok((inode::real_branch(b), n))
         }
         Ino::Node(..) => Err(FsError::Stale),
-        Ino::AgentfsDir | Ino::ControlFile | Ino::BranchesDir | Ino::SnapshotsDir => {
-            Err(FsError::ReadOnly)
-        }
+        Ino::AgentfsDir
+        | Ino::ControlFile
+        | Ino::BranchesDir
+        | Ino::SnapshotsDir
+        | Ino::ViewAgentfsDir(_) => Err(FsError::ReadOnly),
     }
 }
 

@@ -34,6 +34,14 @@
 //! bit 63       62             61..44
 //!     VIEW     SNAPSHOT       branch id (SNAPSHOT clear) or snapshot id (set)
 //! ```
+//!
+//! A view's root holds `.agentfs` too, and it cannot be ino 2: a directory
+//! inode has one dentry, and ino 2 is an ancestor of every view root
+//! (`.agentfs/branches/<name>`), so the kernel would answer ELOOP (in a
+//! `branch-exec` namespace, where a view root is the mount path, that made
+//! all of `.agentfs` unreachable). Each view root's `.agentfs` is therefore a
+//! directory of its own, in branch 0 above [`VIEW_AGENTFS_BASE`], holding
+//! `control`; `branch-exec` bind-mounts the real `.agentfs` over it.
 
 use agentfs_core::{BranchId, NodeId, SnapshotId};
 
@@ -61,6 +69,9 @@ pub const CONTROL_FILE_INO: u64 = 3;
 pub const BRANCHES_DIR_INO: u64 = 4;
 /// The virtual directory `.agentfs/snapshots`.
 pub const SNAPSHOTS_DIR_INO: u64 = 5;
+/// Node ids of branch 0 from here on are the `.agentfs` directories of view
+/// roots: `VIEW_AGENTFS_BASE | field`, `field` the view's branch field.
+pub const VIEW_AGENTFS_BASE: u64 = 1 << 40;
 
 /// Why an inode number could not be made or read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +103,10 @@ pub enum Ino {
     BranchesDir,
     /// The virtual directory `.agentfs/snapshots`: one entry per snapshot.
     SnapshotsDir,
+    /// The `.agentfs` directory in the root of a view (`.agentfs/branches/<b>`
+    /// or `.agentfs/snapshots/<s>`), by the view's branch field: holds
+    /// `control` only.
+    ViewAgentfsDir(u64),
 }
 
 impl Ino {
@@ -107,6 +122,16 @@ impl Ino {
             (0, 3) => Ok(Ino::ControlFile),
             (0, 4) => Ok(Ino::BranchesDir),
             (0, 5) => Ok(Ino::SnapshotsDir),
+            (0, n) if n & VIEW_AGENTFS_BASE != 0 => {
+                let field = n & !VIEW_AGENTFS_BASE;
+                if field >> (64 - NODE_BITS) != 0 {
+                    return Err(InodeError::Invalid(ino));
+                }
+                match Ino::decode(view_root_of_field(field)) {
+                    Ok(root) if root.is_view() => Ok(Ino::ViewAgentfsDir(field)),
+                    _ => Err(InodeError::Invalid(ino)),
+                }
+            }
             (0, _) | (_, 0) => Err(InodeError::Invalid(ino)),
             // A snapshot's nodes exist only in its view, and snapshot 0 is none.
             (b, _) if b & SNAPSHOT_FLAG != 0 && (b & VIEW_FLAG == 0 || b & MAX_SNAPSHOT == 0) => {
@@ -120,8 +145,24 @@ impl Ino {
     pub fn is_virtual(self) -> bool {
         matches!(
             self,
-            Ino::AgentfsDir | Ino::ControlFile | Ino::BranchesDir | Ino::SnapshotsDir
+            Ino::AgentfsDir
+                | Ino::ControlFile
+                | Ino::BranchesDir
+                | Ino::SnapshotsDir
+                | Ino::ViewAgentfsDir(_)
         )
+    }
+
+    /// The inode of `.agentfs` in this directory, if it is a tree's root:
+    /// ino 2 in the shared root, a view's own in a view root.
+    pub fn agentfs_dir(self) -> Option<u64> {
+        match self {
+            Ino::Root => Some(AGENTFS_DIR_INO),
+            Ino::Node(b, n) if b.0 & VIEW_FLAG != 0 && n == NodeId::ROOT => {
+                Some(VIEW_AGENTFS_BASE | b.0)
+            }
+            _ => None,
+        }
     }
 
     /// Whether this is the root of a tree: ino 1, or a branch's root reached
@@ -144,6 +185,11 @@ impl Ino {
     pub fn is_snapshot(self) -> bool {
         matches!(self, Ino::Node(b, _) if b.0 & SNAPSHOT_FLAG != 0)
     }
+}
+
+/// The root inode of the view whose branch field is `field`.
+pub fn view_root_of_field(field: u64) -> u64 {
+    (field << NODE_BITS) | NodeId::ROOT.0
 }
 
 /// The branch FsCore knows for an inode's branch field: without the view
@@ -317,6 +363,53 @@ mod tests {
     }
 
     #[test]
+    fn every_view_root_has_an_agentfs_dir_of_its_own() {
+        assert_eq!(Ino::Root.agentfs_dir(), Some(AGENTFS_DIR_INO));
+        let views = [
+            BranchId(3),
+            BranchId(MAX_BRANCH),
+            BranchId::snapshot_view(SnapshotId(3)),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for b in views {
+            let root = Ino::decode(view_root(b).unwrap()).unwrap();
+            let dir = root.agentfs_dir().unwrap();
+            assert!(dir != AGENTFS_DIR_INO && seen.insert(dir));
+            assert!(dir >> NODE_BITS == 0, "in branch 0");
+            let Ok(Ino::ViewAgentfsDir(field)) = Ino::decode(dir) else {
+                panic!("{dir:#x} does not decode to a view's .agentfs");
+            };
+            assert_eq!(view_root_of_field(field), view_root(b).unwrap());
+        }
+        // Only roots of trees hold .agentfs.
+        let child = encode_in(
+            Ino::decode(view_root(BranchId(3)).unwrap()).unwrap(),
+            BranchId(3),
+            NodeId(9),
+        )
+        .unwrap();
+        assert_eq!(Ino::decode(child).unwrap().agentfs_dir(), None);
+        assert_eq!(
+            Ino::decode(encode(BranchId(3), NodeId(9)).unwrap())
+                .unwrap()
+                .agentfs_dir(),
+            None
+        );
+        // A field that is no view root is no inode.
+        for field in [
+            0,
+            3,
+            SNAPSHOT_FLAG | 3,
+            VIEW_FLAG | SNAPSHOT_FLAG,
+            1 << 20,
+            1 << 39,
+        ] {
+            let ino = VIEW_AGENTFS_BASE | field;
+            assert_eq!(Ino::decode(ino), Err(InodeError::Invalid(ino)));
+        }
+    }
+
+    #[test]
     fn virtual_nodes_live_in_branch_0() {
         assert_eq!(Ino::decode(AGENTFS_DIR_INO), Ok(Ino::AgentfsDir));
         assert_eq!(Ino::decode(CONTROL_FILE_INO), Ok(Ino::ControlFile));
@@ -326,6 +419,7 @@ mod tests {
         assert_eq!(Ino::decode(SNAPSHOTS_DIR_INO), Ok(Ino::SnapshotsDir));
         assert!(Ino::SnapshotsDir.is_virtual());
         assert_eq!(Ino::decode(6), Err(InodeError::Invalid(6)));
+        assert!(Ino::ViewAgentfsDir(VIEW_FLAG | 3).is_virtual());
         assert_eq!(Ino::decode(0), Err(InodeError::Invalid(0)));
         // Node 0 of a real branch is no node either.
         assert_eq!(

@@ -43,7 +43,7 @@ impl AgentFs {
         let call = self.call(Op::Opendir, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         match target {
-            Ino::AgentfsDir | Ino::BranchesDir | Ino::SnapshotsDir => {
+            Ino::AgentfsDir | Ino::BranchesDir | Ino::SnapshotsDir | Ino::ViewAgentfsDir(_) => {
                 return reply.opened(FileHandle(0), FopenFlags::empty())
             }
             Ino::ControlFile => return call.fail(FsError::NotDir, reply),
@@ -66,8 +66,11 @@ impl AgentFs {
         mut reply: ReplyDirectory,
     ) {
         let call = self.call(Op::Readdir, ino.0, req);
-        if ino.0 == inode::AGENTFS_DIR_INO {
-            for (e_ino, cookie, kind, name) in self.virt.entries(offset) {
+        let agentfs = Ino::decode(ino.0)
+            .ok()
+            .filter(|d| matches!(d, Ino::AgentfsDir | Ino::ViewAgentfsDir(_)));
+        if let Some(dir) = agentfs {
+            for (e_ino, cookie, kind, name) in self.virt.entries_of(dir, offset) {
                 if reply.add(INodeNo(e_ino), cookie, kind, name) {
                     break;
                 }
@@ -140,19 +143,27 @@ impl AgentFs {
         if target == Ino::SnapshotsDir {
             return self.readdirplus_snapshots(call, offset, reply);
         }
-        if matches!(target, Ino::AgentfsDir | Ino::BranchesDir) {
+        if matches!(
+            target,
+            Ino::AgentfsDir | Ino::BranchesDir | Ino::ViewAgentfsDir(_)
+        ) {
             // Few entries that change rarely: their attributes, uncached, like
             // their lookups.
             let (virt, twins) = (Arc::clone(&self.virt), Arc::clone(&self.twins));
             let zero = std::time::Duration::ZERO;
             return self.submit_meta(call, move |core, call| {
                 let mut entries: Vec<(u64, std::ffi::OsString, fuser::FileAttr)> = Vec::new();
-                if target == Ino::AgentfsDir {
-                    for (e_ino, cookie, _, name) in virt.entries(0) {
+                if target != Ino::BranchesDir {
+                    for (e_ino, cookie, _, name) in virt.entries_of(target, 0) {
                         let attr = match Ino::decode(e_ino) {
                             Ok(Ino::Root) => {
                                 let b = core.branch_of(call.pid);
                                 let root = core.getattr(b, agentfs_core::NodeId::ROOT);
+                                file_attr(e_ino, &tri!(call, reply, root))
+                            }
+                            // `..` of a view's own `.agentfs`: the view's root.
+                            Ok(Ino::Node(b, n)) => {
+                                let root = core.getattr(inode::real_branch(b), n);
                                 file_attr(e_ino, &tri!(call, reply, root))
                             }
                             Ok(t) => tri!(call, reply, virt.attr(t).ok_or(FsError::NotFound)),
@@ -251,7 +262,7 @@ impl AgentFs {
         reply: ReplyEmpty,
     ) {
         let call = self.call(Op::Releasedir, ino.0, req);
-        if ino.0 == inode::AGENTFS_DIR_INO || ino.0 == inode::SNAPSHOTS_DIR_INO {
+        if Ino::decode(ino.0).is_ok_and(Ino::is_virtual) {
             return reply.ok();
         }
         self.submit_meta(call, move |core, call| {
@@ -265,7 +276,7 @@ impl AgentFs {
     /// there is nothing narrower to flush.
     pub(super) fn do_fsyncdir(&self, req: &Request, ino: INodeNo, reply: ReplyEmpty) {
         let call = self.call(Op::Fsyncdir, ino.0, req);
-        if ino.0 == inode::AGENTFS_DIR_INO || ino.0 == inode::SNAPSHOTS_DIR_INO {
+        if Ino::decode(ino.0).is_ok_and(Ino::is_virtual) {
             return reply.ok();
         }
         self.submit_data(call, reply, move |core, call, reply| {

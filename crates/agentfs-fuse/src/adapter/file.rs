@@ -33,7 +33,7 @@ impl AgentFs {
                 return call.fail(FsError::ReadOnly, reply);
             }
             Ino::ControlFile => return reply.opened(VIRTUAL_FH, FopenFlags::empty()),
-            Ino::AgentfsDir | Ino::BranchesDir | Ino::SnapshotsDir => {
+            Ino::AgentfsDir | Ino::BranchesDir | Ino::SnapshotsDir | Ino::ViewAgentfsDir(_) => {
                 return call.fail(FsError::IsDir, reply)
             }
             Ino::Root | Ino::Node(..) => {}

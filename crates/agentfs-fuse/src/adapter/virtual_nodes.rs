@@ -8,6 +8,13 @@
 //! anywhere in the mount can find the daemon's socket. The entries of
 //! `branches` and `snapshots` are FsCore's to answer (see `namespace.rs` and
 //! `snapshots.rs`).
+//!
+//! The root of a view (`.agentfs/branches/<b>`, `.agentfs/snapshots/<s>`) has
+//! an `.agentfs` of its own, holding `control` only: it cannot be the real
+//! one, an ancestor of the view (see [`crate::inode`]). In a `branch-exec`
+//! namespace, where the view is the mount path, the real `.agentfs` is
+//! bind-mounted over it, so `control`, `branches` and `snapshots` are all
+//! there.
 
 use crate::attr::BLKSIZE;
 use crate::inode::{
@@ -53,6 +60,10 @@ impl VirtualNodes {
             Ino::AgentfsDir => (AGENTFS_DIR_INO, FileType::Directory, 0o555, 4, 0),
             Ino::BranchesDir => (BRANCHES_DIR_INO, FileType::Directory, 0o555, 2, 0),
             Ino::SnapshotsDir => (SNAPSHOTS_DIR_INO, FileType::Directory, 0o555, 2, 0),
+            Ino::ViewAgentfsDir(field) => {
+                let ino = crate::inode::VIEW_AGENTFS_BASE | field;
+                (ino, FileType::Directory, 0o555, 2, 0)
+            }
             Ino::ControlFile => (
                 CONTROL_FILE_INO,
                 FileType::RegularFile,
@@ -85,11 +96,18 @@ impl VirtualNodes {
     /// FsCore must answer.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Option<Result<FileAttr, FsError>> {
         match parent {
-            p if p.is_root_dir() && name == AGENTFS_DIR_NAME => self.attr(Ino::AgentfsDir).map(Ok),
+            p if p.is_root_dir() && name == AGENTFS_DIR_NAME => {
+                let dir = p.agentfs_dir().and_then(|i| Ino::decode(i).ok())?;
+                self.attr(dir).map(Ok)
+            }
             Ino::AgentfsDir if name == CONTROL_FILE_NAME => self.attr(Ino::ControlFile).map(Ok),
             Ino::AgentfsDir if name == BRANCHES_DIR_NAME => self.attr(Ino::BranchesDir).map(Ok),
             Ino::AgentfsDir if name == SNAPSHOTS_DIR_NAME => self.attr(Ino::SnapshotsDir).map(Ok),
             Ino::AgentfsDir => Some(Err(FsError::NotFound)),
+            Ino::ViewAgentfsDir(_) if name == CONTROL_FILE_NAME => {
+                self.attr(Ino::ControlFile).map(Ok)
+            }
+            Ino::ViewAgentfsDir(_) => Some(Err(FsError::NotFound)),
             Ino::ControlFile => Some(Err(FsError::NotDir)),
             // Branch and snapshot names are FsCore's to answer.
             Ino::Root | Ino::Node(..) | Ino::BranchesDir | Ino::SnapshotsDir => None,
@@ -98,6 +116,39 @@ impl VirtualNodes {
 
     /// Entries of `.agentfs` after cookie `offset`: (ino, cookie, type, name).
     pub fn entries(&self, offset: u64) -> Vec<(u64, u64, FileType, &'static str)> {
+        self.entries_of(Ino::AgentfsDir, offset)
+    }
+
+    /// Entries of `.agentfs` (`dir` AgentfsDir) or of a view's own
+    /// `.agentfs` (`dir` ViewAgentfsDir) after cookie `offset`; none for
+    /// any other `dir`.
+    pub fn entries_of(&self, dir: Ino, offset: u64) -> Vec<(u64, u64, FileType, &'static str)> {
+        if let Ino::ViewAgentfsDir(field) = dir {
+            let all = [
+                (
+                    crate::inode::VIEW_AGENTFS_BASE | field,
+                    1,
+                    FileType::Directory,
+                    ".",
+                ),
+                (
+                    crate::inode::view_root_of_field(field),
+                    2,
+                    FileType::Directory,
+                    "..",
+                ),
+                (
+                    CONTROL_FILE_INO,
+                    3,
+                    FileType::RegularFile,
+                    CONTROL_FILE_NAME,
+                ),
+            ];
+            return all.into_iter().filter(|e| e.1 > offset).collect();
+        }
+        if dir != Ino::AgentfsDir {
+            return Vec::new();
+        }
         let all = [
             (AGENTFS_DIR_INO, 1, FileType::Directory, "."),
             (ROOT_INO, 2, FileType::Directory, ".."),
@@ -205,6 +256,32 @@ mod tests {
         let names: Vec<_> = v.entries(2).into_iter().map(|e| e.3).collect();
         assert_eq!(names, ["control", "branches", "snapshots"]);
         assert!(v.entries(5).is_empty());
+    }
+
+    #[test]
+    fn a_view_root_has_an_agentfs_of_its_own_with_control_only() {
+        use crate::inode::{view_root, VIEW_AGENTFS_BASE};
+        let v = nodes();
+        let b = agentfs_core::BranchId(3);
+        let root = Ino::decode(view_root(b).unwrap()).unwrap();
+        let dir = v.lookup(root, OsStr::new(".agentfs")).unwrap().unwrap();
+        assert_ne!(dir.ino, INodeNo(AGENTFS_DIR_INO));
+        let Ok(own @ Ino::ViewAgentfsDir(_)) = Ino::decode(dir.ino.0) else {
+            panic!("not a view's .agentfs: {:#x}", dir.ino.0)
+        };
+        assert_eq!(dir.ino.0 & VIEW_AGENTFS_BASE, VIEW_AGENTFS_BASE);
+        let control = v.lookup(own, OsStr::new("control")).unwrap().unwrap();
+        assert_eq!(control.ino, INodeNo(CONTROL_FILE_INO));
+        for other in ["branches", "snapshots", "x"] {
+            assert!(matches!(
+                v.lookup(own, OsStr::new(other)),
+                Some(Err(FsError::NotFound))
+            ));
+        }
+        let names: Vec<_> = v.entries_of(own, 0).into_iter().map(|e| e.3).collect();
+        assert_eq!(names, [".", "..", "control"]);
+        assert_eq!(v.entries_of(own, 0)[1].0, view_root(b).unwrap());
+        assert!(v.entries_of(Ino::BranchesDir, 0).is_empty());
     }
 
     #[test]
