@@ -15,6 +15,7 @@ mod export;
 mod render;
 
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -363,7 +364,9 @@ fn branch_exec(
 /// keeps the branch, and another branch's lookups at the mount root cannot
 /// disturb its working directory. Needs CAP_SYS_ADMIN; without it (or if any
 /// step fails) the process keeps the pid binding alone, which is still correct
-/// for everything it and its attached children do.
+/// for everything it and its attached children do. The mount's `.agentfs` is
+/// bind-mounted over the view's own, so snapshots, branches and the control
+/// file are reached by path inside as outside.
 fn enter_branch_view(mount: &Path, branch: &str) -> bool {
     use nix::mount::{mount as sys_mount, MsFlags};
     let mount = &mount.canonicalize().unwrap_or_else(|_| mount.to_path_buf());
@@ -384,13 +387,29 @@ fn enter_branch_view(mount: &Path, branch: &str) -> bool {
             )
         })
         .and_then(|()| {
+            // The mount's own `.agentfs`, taken before the view covers the
+            // mount path: bind-mounted over the view's `.agentfs` below, so
+            // `control`, `branches` and `snapshots` are there inside too.
+            let agentfs = agentfs_dir(mount);
             sys_mount(
                 Some(&view),
                 mount,
                 None::<&str>,
                 MsFlags::MS_BIND,
                 None::<&str>,
-            )
+            )?;
+            if let Some(dir) = agentfs {
+                let source = format!("/proc/self/fd/{}", dir.as_raw_fd());
+                let target = mount.join(".agentfs");
+                let _ = sys_mount(
+                    Some(source.as_str()),
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                );
+            }
+            Ok(())
         });
     if entered.is_err() {
         return false;
@@ -400,6 +419,16 @@ fn enter_branch_view(mount: &Path, branch: &str) -> bool {
         let _ = std::env::set_current_dir(&cwd);
     }
     true
+}
+
+/// `<mount>/.agentfs`, opened as a path only (no FUSE open), if it is there.
+fn agentfs_dir(mount: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY)
+        .open(mount.join(".agentfs"))
+        .ok()
 }
 
 fn display(path: &Path) -> String {

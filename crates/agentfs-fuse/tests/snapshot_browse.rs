@@ -596,6 +596,49 @@ fn a_snapshot_of_an_overlay_reads_lower_files_it_never_read_before() {
     assert!(lower.path().join("src/deep/er/b.txt").exists());
 }
 
+#[test]
+fn a_branch_exec_process_browses_snapshots_and_branches_by_path() {
+    let Some(m) = Mount::start() else { return };
+    fs::write(m.join("f"), b"old\n").unwrap();
+    m.snapshot("base");
+    m.branch("base", "feat");
+    fs::write(m.join("f"), b"new\n").unwrap();
+    // The real .agentfs dentries exist before the namespace is made.
+    assert_eq!(fs::read(snap_dir(&m, "base").join("f")).unwrap(), b"old\n");
+    let mnt = common::shq(m.path());
+    let script = format!(
+        "set -e; echo mine > {mnt}/f; \
+         cat {mnt}/f {mnt}/.agentfs/snapshots/base/f {mnt}/.agentfs/branches/main/f; \
+         ls {mnt}/.agentfs; ls {mnt}/.agentfs/snapshots; ls {mnt}/.agentfs/branches; \
+         ls -a {mnt}; \
+         if diff -r {mnt}/.agentfs/snapshots/base {mnt} >/dev/null; then echo same; else echo differ; fi; \
+         if echo x > {mnt}/.agentfs/snapshots/base/f; then echo wrote; fi 2>/dev/null; \
+         cd {mnt} && {cli} status >/dev/null && echo cli-ok",
+        cli = common::shq(&common::cli_bin()),
+    );
+    let out = m.in_branch_ok("feat", &script);
+    let expected = [
+        "mine",
+        "old",
+        "new", // the branch, the snapshot, main through its view
+        "branches",
+        "control",
+        "snapshots", // ls .agentfs
+        "base",
+        "feat",
+        "main", // the snapshots, then the branches
+        ".",
+        "..",
+        "f", // ls -a of the mount path: .agentfs stays hidden
+        "differ",
+        "cli-ok",
+    ];
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got, expected, "inside branch-exec:\n{out}");
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"new\n");
+    assert_eq!(fs::read(snap_dir(&m, "base").join("f")).unwrap(), b"old\n");
+}
+
 /// The daemon's final count of `metric`, from the log it writes at unmount.
 fn final_count(log: &str, metric: &str) -> u64 {
     let key = format!("metric=\"{metric}\" value=");
