@@ -118,13 +118,20 @@ pub struct CommitReport {
     pub changed_nodes: Vec<NodeId>,
     /// Whether the child was deleted after the commit.
     pub deleted_child: bool,
+    /// The snapshot of the child as committed (`<child>@committed`), the
+    /// base of its next commit; `None` with `delete`.
+    pub commit_point: Option<SnapshotId>,
 }
 
 /// A node's versions in the base and one side: `(base, side)`.
 type Pair = (Option<Arc<Node>>, Option<Arc<Node>>);
 
+/// The nodes `side` changed since `base`: those whose node is another one,
+/// unless it holds the same values (a tree replayed from the journal after a
+/// crash holds its own copies of nodes it shared before).
 fn changes(base: &Tree, side: &Tree) -> BTreeMap<NodeId, Pair> {
     base.changed_nodes(side)
+        .filter(|(_, b, s)| !matches!((b, s), (Some(b), Some(s)) if same_node(b, s)))
         .map(|(id, b, s)| (id, (b.cloned(), s.cloned())))
         .collect()
 }
@@ -132,9 +139,52 @@ fn changes(base: &Tree, side: &Tree) -> BTreeMap<NodeId, Pair> {
 fn same(a: &Option<Arc<Node>>, b: &Option<Arc<Node>>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (Some(a), Some(b)) => same_node(a, b),
         _ => false,
     }
+}
+
+/// Whether two nodes are the same node, or equal in every value a change
+/// can set (the name hint aside, which is no attribute).
+fn same_node(a: &Arc<Node>, b: &Arc<Node>) -> bool {
+    if Arc::ptr_eq(a, b) {
+        return true;
+    }
+    let (m, n) = (&a.meta, &b.meta);
+    let meta = m.kind == n.kind
+        && m.perm == n.perm
+        && m.nlink == n.nlink
+        && m.uid == n.uid
+        && m.gid == n.gid
+        && m.size == n.size
+        && m.rdev == n.rdev
+        && m.atime == n.atime
+        && m.mtime == n.mtime
+        && m.ctime == n.ctime
+        && m.crtime == n.crtime;
+    let body = match (&a.body, &b.body) {
+        (Body::File { content: x }, Body::File { content: y }) => match (x, y) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.id == y.id,
+            _ => false,
+        },
+        (
+            Body::Dir {
+                entries: xe,
+                parent: xp,
+                lower: xl,
+            },
+            Body::Dir {
+                entries: ye,
+                parent: yp,
+                lower: yl,
+            },
+        ) => xp == yp && xl == yl && xe == ye,
+        (Body::Symlink(x), Body::Symlink(y)) => x == y,
+        (Body::Special, Body::Special) => true,
+        _ => false,
+    };
+    meta && body && same_xattrs(&a.xattrs, &b.xattrs)
 }
 
 fn is_dir(n: &Option<Arc<Node>>) -> bool {
@@ -517,7 +567,60 @@ fn cache_changes(old: &Tree, new: &Tree, touched: &[NodeId], report: &mut Commit
     }
 }
 
+/// The name of the snapshot that records where branch `name` was last committed.
+fn commit_point_name(name: &str) -> String {
+    format!("{name}@committed")
+}
+
 impl FsCore {
+    /// Register `frozen` (journaled under `tag` by `freeze`) as the commit
+    /// point of branch `c`, in place of the previous one.
+    fn set_commit_point(
+        &self,
+        c: &BranchState,
+        name: String,
+        frozen: Tree,
+        tag: Option<u64>,
+    ) -> SnapshotId {
+        let journal = self.journal.get();
+        let mut reg = self.registry.write();
+        let old: Vec<SnapshotId> = reg
+            .snapshots
+            .values()
+            .filter(|s| s.branch == c.id && s.name == name)
+            .map(|s| s.id)
+            .collect();
+        let mut gone = Vec::new();
+        for id in old {
+            gone.push((reg.snapshots.remove(&id), reg.snapshot_views.remove(&id)));
+            if let Some(j) = journal {
+                j.append(&super::record::snapshot_delete(id));
+            }
+        }
+        reg.next_snapshot += 1;
+        let id = SnapshotId(reg.next_snapshot);
+        let state = Arc::new(super::SnapshotState {
+            id,
+            name,
+            branch: c.id,
+            created: SystemTime::now(),
+            tree: parking_lot::RwLock::new(frozen),
+        });
+        if let (Some(j), Some(tag)) = (journal, tag) {
+            j.append(&super::record::snapshot_create(
+                id,
+                &state.name,
+                c.id,
+                state.created,
+                tag,
+            ));
+        }
+        reg.snapshots.insert(id, state);
+        drop(reg);
+        drop(gone);
+        id
+    }
+
     /// Apply branch `child`'s changes since its branch point onto the branch
     /// its base snapshot was taken of, atomically. Refused (`committed:
     /// false`, with the conflicts) when both changed the same paths and
@@ -548,7 +651,17 @@ impl FsCore {
                     base.branch, c.id
                 ))
             })?;
-            let base_tree = base.tree.read().clone();
+            // Committed before and kept: its changes since then are what is new.
+            let point_name = commit_point_name(&c.name);
+            let (base_id, base_tree) = match reg
+                .snapshots
+                .values()
+                .filter(|s| s.branch == c.id && s.name == point_name)
+                .max_by_key(|s| s.id)
+            {
+                Some(point) => (point.id, point.tree.read().clone()),
+                None => (base_id, base.tree.read().clone()),
+            };
             (c, base_id, base_tree, p)
         };
         if p.id == c.id {
@@ -571,10 +684,27 @@ impl FsCore {
             ..CommitReport::default()
         };
 
+        // Where the child is committed is kept as a snapshot of it (its commit
+        // point), so that a later commit of the kept child counts only what
+        // it changed since; unless a snapshot of another branch has the name.
+        let point_name = commit_point_name(&c.name);
+        let keep_point = !options.delete
+            && !self
+                .registry
+                .read()
+                .snapshots
+                .values()
+                .any(|s| s.name == point_name && s.branch != c.id);
+        // No checkpoint between the point's frozen tree and its record.
+        let gate = if keep_point {
+            self.journal.get().map(|j| j.gate.read())
+        } else {
+            None
+        };
         // The child's side, safe to share: it copies before its next write.
-        let frozen = {
+        let (frozen, tag) = {
             let _serial = c.snapshot_lock.lock();
-            self.freeze(&c, false)?.0
+            self.freeze(&c, keep_point)?
         };
         let dc = changes(&base_tree, &frozen);
         report.child_changes = dc.len();
@@ -684,6 +814,10 @@ impl FsCore {
         if !report.committed {
             return Ok(report);
         }
+        if keep_point {
+            report.commit_point = Some(self.set_commit_point(&c, point_name, frozen, tag));
+        }
+        drop(gate);
         self.reap();
         self.make_durable(false)?;
         self.maybe_checkpoint();

@@ -400,6 +400,48 @@ fn after_a_commit_the_child_never_writes_the_parents_content() {
 }
 
 #[test]
+fn a_kept_branch_commits_again_only_what_it_changed_since() {
+    let core = core();
+    let (main, child) = forked(&core);
+    put(&core, child, "dir/a", b"first");
+    let r = commit(&core, child);
+    assert!(r.committed && r.fast_path, "{r:?}");
+    let point = r.commit_point.expect("a commit point");
+    // The child goes on; main changes elsewhere and where the child did before.
+    put(&core, child, "dir/a", b"second");
+    put(&core, child, "dir/b", b"child-b");
+    put(&core, main, "top", b"main-top");
+    let r = commit(&core, child);
+    assert!(r.committed && !r.fast_path, "{r:?}");
+    assert!(r.conflicts.is_empty(), "{r:?}");
+    assert_eq!(
+        r.base,
+        Some(point),
+        "the second commit compares with the first"
+    );
+    assert_eq!(r.child_changes, 2, "{r:?}");
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "second");
+    assert_eq!(text(&core, main, "dir/b").unwrap(), "child-b");
+    assert_eq!(text(&core, main, "top").unwrap(), "main-top");
+    // One commit point per branch, the latest.
+    let points: Vec<_> = core
+        .snapshot_list()
+        .into_iter()
+        .filter(|s| s.name == "child@committed")
+        .collect();
+    assert_eq!(points.len(), 1);
+    assert_eq!(Some(points[0].id), r.commit_point);
+    assert_eq!(points[0].branch, child);
+    // Main changing a path the child then changes is still a conflict.
+    put(&core, main, "dir/b", b"main-b");
+    put(&core, child, "dir/b", b"child-b2");
+    let r = commit(&core, child);
+    assert!(!r.committed, "{r:?}");
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    assert_eq!(r.conflicts[0].path, "dir/b");
+}
+
+#[test]
 fn delete_option_removes_the_child_and_refuses_when_busy() {
     let core = core();
     let (main, child) = forked(&core);
@@ -459,10 +501,21 @@ fn a_commit_survives_a_crash_and_a_clean_reopen() {
     core.checkpoint().unwrap();
     let image = store.image(None);
     drop(core);
-    let (core, _) = open(image);
+    let (core, store) = open(image);
     assert_eq!(text(&core, main, "dir/a").unwrap(), "committed");
     assert_eq!(text(&core, main, "newdir/f").unwrap(), "f");
     assert_eq!(text(&core, child, "dir/a").unwrap(), "child-later");
+    // The commit point survived too: committing again is no conflict.
+    let r = commit(&core, child);
+    assert!(r.committed && r.conflicts.is_empty(), "{r:?}");
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "child-later");
+    // And that second commit survives a crash as well.
+    let image = store.image(None);
+    std::mem::forget(core);
+    let (core, _) = open(image);
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "child-later");
+    let names: Vec<String> = core.snapshot_list().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["base", "child@committed"]);
 }
 
 #[test]
