@@ -639,6 +639,33 @@ fn a_branch_exec_process_browses_snapshots_and_branches_by_path() {
     assert_eq!(fs::read(snap_dir(&m, "base").join("f")).unwrap(), b"old\n");
 }
 
+#[test]
+fn a_reused_snapshot_name_never_shows_the_old_content() {
+    let Some(m) = Mount::start_with(&["--attr-ttl-ms", "600000"]) else {
+        return;
+    };
+    fs::create_dir_all(m.join("d/e")).unwrap();
+    let s = snap_dir(&m, "again");
+    for i in 0..20 {
+        let text = format!("version {i}\n");
+        // Another size every time, so a stale size would show too.
+        fs::write(m.join("d/e/f"), text.repeat(i + 1)).unwrap();
+        m.snapshot("again");
+        // Warm every cache on the way: names, attributes, pages.
+        let meta = fs::metadata(s.join("d/e/f")).unwrap();
+        assert_eq!(meta.len(), (text.len() * (i + 1)) as u64, "round {i}");
+        assert_eq!(
+            fs::read_to_string(s.join("d/e/f")).unwrap(),
+            text.repeat(i + 1),
+            "round {i}"
+        );
+        assert!(names(&s.join("d/e")).contains("f"));
+        m.cli_ok(&["snapshot-delete", "again"]);
+        let e = err_of("the deleted snapshot", fs::metadata(s.join("d/e/f")));
+        assert_eq!(e, libc::ENOENT, "round {i}");
+    }
+}
+
 /// The daemon's final count of `metric`, from the log it writes at unmount.
 fn final_count(log: &str, metric: &str) -> u64 {
     let key = format!("metric=\"{metric}\" value=");
