@@ -345,3 +345,37 @@ fn diff_and_commit_on_an_overlay_name_only_real_changes() {
     drop(m);
     assert_eq!(fingerprint(&lower), before, "the lower checkout changed");
 }
+
+/// A reader already open on a file that still comes from the lower directory
+/// sees what a writer then writes through another descriptor (the write
+/// copies the file up; the reader must not stay on the lower file).
+#[test]
+fn a_reader_open_before_the_copy_up_sees_the_write() {
+    let lower_dir = tempfile::tempdir().unwrap();
+    let lower = std::fs::canonicalize(lower_dir.path()).unwrap();
+    std::fs::write(lower.join("f"), "lower bytes\n").unwrap();
+    let lower_arg = lower.to_str().unwrap().to_string();
+    let Some(m) = Mount::start_with(&["--lower", &lower_arg]) else {
+        return;
+    };
+    use std::os::unix::fs::FileExt;
+    let reader = std::fs::File::open(m.join("f")).unwrap();
+    let mut buf = [0u8; 64];
+    let n = reader.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"lower bytes\n");
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("f"))
+        .unwrap();
+    writer.write_all_at(b"UPPER", 0).unwrap();
+    writer.sync_all().unwrap();
+    let n = reader.read_at(&mut buf, 0).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"UPPER bytes\n",
+        "the open reader missed the write"
+    );
+    drop((reader, writer));
+    drop(m);
+    assert_eq!(std::fs::read(lower.join("f")).unwrap(), b"lower bytes\n");
+}

@@ -129,11 +129,11 @@ impl FsCore {
             Some(self.content_for_write(branch, h.node))
         } else {
             // A snapshot view's objects are never written again by anyone
-            // (`snapshot_views`): the kernel may read them directly.
-            // A lower file is never written by anyone either.
-            let direct = |c: &&Arc<Content>| {
-                c.epoch() == branch.epoch() || branch.read_only() || c.lower.is_some()
-            };
+            // (`snapshot_views`): the kernel may read them directly. A lower
+            // file (overlay) is not handed over in a branch: a writer copies
+            // it up, and readers already open must see what it writes, which
+            // a descriptor of the lower file would not show them.
+            let direct = |c: &&Arc<Content>| c.epoch() == branch.epoch() || branch.read_only();
             let t = branch.tree.read();
             let n = super::node(&t, h.node);
             n.map(|n| n.content().filter(direct).cloned()).transpose()
