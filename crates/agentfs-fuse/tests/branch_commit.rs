@@ -135,3 +135,48 @@ fn a_writer_open_across_the_commit_never_writes_the_parent() {
     let in_branch = m.in_branch_ok("feat", &format!("cat {}", shq(&m.join("f"))));
     assert_eq!(in_branch, "A2-after--commit");
 }
+
+/// Branches of branches (each from a snapshot of the one above), three
+/// levels deep, committed up one level at a time; a kept branch committed
+/// again after more work applies only what is new.
+#[test]
+fn three_levels_commit_up_and_a_kept_branch_commits_again() {
+    let m = mount_or_skip!();
+    fs::write(m.join("f"), "0\n").unwrap();
+    let mut parent = "main".to_string();
+    for level in 1..=3 {
+        let snap = format!("at-{level}");
+        m.cli_ok(&["snapshot-create", "--branch", &parent, "--name", &snap]);
+        let name = format!("level{level}");
+        m.branch(&snap, &name);
+        m.in_branch_ok(
+            &name,
+            &format!("echo {level} > {}", shq(&m.join(&format!("from-{level}")))),
+        );
+        parent = name;
+    }
+    m.in_branch_ok("level3", &format!("echo 3 > {}", shq(&m.join("f"))));
+    for (child, into) in [
+        ("level3", "level2"),
+        ("level2", "level1"),
+        ("level1", "main"),
+    ] {
+        let r = m.cli_json(&["branch-commit", child]);
+        assert_eq!(r["committed"], true, "{child}: {r}");
+        let into_id = m.cli_json(&["branch-list"]);
+        let into_id = common::find_named(&into_id, into).unwrap()["id"].clone();
+        assert_eq!(r["parent"], into_id, "{child} commits into {into}");
+    }
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "3\n");
+    for level in 1..=3 {
+        assert!(m.join(&format!("from-{level}")).exists(), "level {level}");
+    }
+    // More work in level1, and in main elsewhere: the second commit is clean.
+    m.in_branch_ok("level1", &format!("echo again > {}", shq(&m.join("f"))));
+    fs::write(m.join("main-only"), "m\n").unwrap();
+    let r = m.cli_json(&["branch-commit", "level1"]);
+    assert_eq!(r["committed"], true, "{r}");
+    assert_eq!(r["conflicts"].as_array().map(Vec::len), Some(0), "{r}");
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "again\n");
+    assert_eq!(fs::read_to_string(m.join("main-only")).unwrap(), "m\n");
+}
