@@ -172,6 +172,9 @@ in_branch typo '! test -e docs/notes' || fail "typo sees feature's commit"
 pass "the other branches do not see it"
 
 say "6. export feature onto the checkout"
+if cli export feature --to "$mnt/docs" >/dev/null 2>"$work/err.txt"; then fail "export into the mount was not refused"; fi
+grep -q "inside the mount" "$work/err.txt" || fail "export into the mount: unclear error" "$(cat "$work/err.txt")"
+pass "export refuses a directory inside the mount"
 show "agentfs-control-cli export feature --to $checkout --dry-run"
 cli export feature --to "$checkout" --dry-run
 [ -z "$(git -C "$checkout" status --porcelain)" ] || fail "the dry run changed the checkout"

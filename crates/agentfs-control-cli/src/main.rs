@@ -461,6 +461,15 @@ fn export(
     if !to.is_dir() {
         bail!("{} is not a directory", to.display());
     }
+    // Inside the mount, DIR is a branch (the caller's), not the host directory.
+    let (canon_to, canon_mount) = (to.canonicalize()?, mount.canonicalize()?);
+    if canon_to.starts_with(&canon_mount) {
+        bail!(
+            "{} is inside the mount {}: export writes a host directory (to bring a branch's changes into another branch, use branch-commit)",
+            to.display(),
+            mount.display()
+        );
+    }
     let src = mount.join(".agentfs").join("branches").join(&view.name);
     if !src.is_dir() {
         bail!(
