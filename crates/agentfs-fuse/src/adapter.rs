@@ -119,6 +119,8 @@ pub struct AgentFs {
     deadlines: Option<Arc<Deadlines>>,
     /// Each branch's share of the data lane.
     fair: Arc<crate::fair::FairShare>,
+    /// Data buffers of reads and writes through the transport.
+    buffers: Arc<crate::buffers::Buffers>,
 }
 
 impl AgentFs {
@@ -131,6 +133,9 @@ impl AgentFs {
         let virt = VirtualNodes::new(config.control_file, config.owner_uid, config.owner_gid);
         AgentFs {
             fair: crate::fair::FairShare::new(Arc::clone(&transport)),
+            // One per data worker and FUSE thread is the steady state; a
+            // burst beyond it is unmapped again.
+            buffers: crate::buffers::Buffers::new(MAX_WRITE as usize, 16),
             transport,
             metrics: Arc::new(Metrics::new()),
             ttl: config.attr_ttl,

@@ -17,6 +17,7 @@
 
 pub mod adapter;
 pub mod attr;
+pub mod buffers;
 pub mod control;
 pub mod deadline;
 pub mod fair;

@@ -244,6 +244,16 @@ impl FsCore {
     }
 
     pub fn read(&self, fh: HandleId, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; size as usize];
+        let n = self.read_into(fh, offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// [`FsCore::read`] into the caller's buffer (up to its length): how many
+    /// bytes of it now hold the file's data. Holes read as zeros whatever
+    /// the buffer held, so a reused buffer needs no clearing.
+    pub fn read_into(&self, fh: HandleId, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
         let (h, flags) = self.file_handle(fh)?;
         if !flags.read {
             return Err(FsError::BadHandle);
@@ -258,12 +268,12 @@ impl FsCore {
         };
         let len = self.data_size(&h, len, content.as_ref());
         if offset >= len {
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        let n = (len - offset).min(u64::from(size)) as usize;
-        let mut buf = vec![0u8; n];
+        let n = usize::try_from(len - offset).map_or(buf.len(), |left| left.min(buf.len()));
+        let buf = &mut buf[..n];
+        let mut done = 0;
         if let Some(c) = content {
-            let mut done = 0;
             while done < n {
                 let got = self.content_read_at(&c, &mut buf[done..], offset + done as u64)?;
                 if got == 0 {
@@ -272,7 +282,8 @@ impl FsCore {
                 done += got;
             }
         }
-        Ok(buf)
+        buf[done..].fill(0);
+        Ok(n)
     }
 
     pub fn write(&self, ctx: &Ctx, fh: HandleId, offset: u64, data: &[u8]) -> FsResult<u32> {

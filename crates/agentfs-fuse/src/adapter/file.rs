@@ -163,9 +163,15 @@ impl AgentFs {
         if ino.0 == inode::CONTROL_FILE_INO {
             return reply.data(self.virt.read(offset, size));
         }
+        let buffers = Arc::clone(&self.buffers);
         self.submit_data(call, reply, move |core, call, reply| {
-            let data = tri!(call, reply, core.read(HandleId(fh.0), offset, size));
-            reply.data(&data);
+            let mut buf = buffers.take(size as usize);
+            let n = tri!(
+                call,
+                reply,
+                core.read_into(HandleId(fh.0), offset, &mut buf)
+            );
+            reply.data(&buf[..n]);
         });
     }
 
@@ -182,7 +188,8 @@ impl AgentFs {
         if ino.0 == inode::CONTROL_FILE_INO {
             return call.fail(FsError::BadHandle, reply);
         }
-        let (ctx, data) = (ctx(req), data.to_vec());
+        // Off fuser's request buffer before the job changes threads.
+        let (ctx, data) = (ctx(req), self.buffers.copy_of(data));
         let twins = Arc::clone(&self.twins);
         self.submit_data(call, reply, move |core, call, reply| {
             let written = tri!(call, reply, core.write(&ctx, HandleId(fh.0), offset, &data));
