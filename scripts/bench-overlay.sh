@@ -70,7 +70,7 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 unmount() {
     fusermount3 -u "$mnt"
     # The daemon checkpoints, then releases the backstore lock.
-    for _ in $(seq 100); do pgrep -f "agentfs-fuse-host.*$work" >/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1200); do pgrep -f "agentfs-fuse-host.*$work" >/dev/null || break; sleep 0.1; done
 }
 
 echo "== $(date -u +%FT%TZ) $(uname -r), $(nproc) cores, lower and backstore on $(df -T "$repo" | awk 'NR==2{print $2}')/$(df -T "$work" | awk 'NR==2{print $2}')"
