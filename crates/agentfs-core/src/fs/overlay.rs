@@ -294,6 +294,9 @@ impl FsCore {
 
     /// Have the entries of every lower directory among `ids` read.
     pub(super) fn ensure_loaded(&self, branch: &Arc<BranchState>, ids: &[NodeId]) -> FsResult<()> {
+        if self.lower.get().is_none() {
+            return Ok(()); // Not an overlay: no tree names a lower directory.
+        }
         for &id in ids {
             let unloaded = branch
                 .tree
@@ -315,6 +318,9 @@ impl FsCore {
         parent: NodeId,
         name: &[u8],
     ) -> FsResult<()> {
+        if self.lower.get().is_none() {
+            return Ok(());
+        }
         self.ensure_loaded(branch, &[parent])?;
         let child = branch
             .tree
