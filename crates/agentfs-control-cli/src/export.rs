@@ -206,8 +206,9 @@ pub fn plan(items: &[Item], src: &Path) -> Result<Vec<Step>> {
     removes.sort_by_key(|p| std::cmp::Reverse(depth(p)));
     removes.dedup();
     let mut steps: Vec<Step> = removes.into_iter().map(Step::Remove).collect();
-    // Outer renames first: an inner one then names its directory's new place.
-    renames.sort_by_key(|(from, _)| depth(from));
+    // Placed shallowest target first (`apply` first moves every source
+    // aside, deepest first): an inner target's directory is then in place.
+    renames.sort_by_key(|(_, to)| depth(to));
     steps.extend(renames.into_iter().map(|(a, b)| Step::Rename(a, b)));
     let mut writes: Vec<Vec<u8>> = writes.into_iter().collect();
     writes.sort_by_key(|p| depth(p));
@@ -329,13 +330,40 @@ pub struct Summary {
 /// Carry out `steps`, reading from `src`, writing under `dst`.
 pub fn apply(steps: &[Step], src: &Path, dst: &Path) -> Result<Summary> {
     let mut sum = Summary::default();
+    // Every rename's source is moved aside first, deepest first, while all
+    // old paths (the base's) still lead to it: a rename's target may be
+    // another rename's source (`mv b c; mv a b`, a swap), a deleted
+    // directory may have held it (`mv d/f f; rm -r d`), and an inner rename
+    // names its directory's old place.
+    let mut aside: Vec<(usize, PathBuf)> = Vec::new();
+    let mut sources: Vec<(usize, &Vec<u8>)> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Step::Rename(from, _) => Some((i, from)),
+            _ => None,
+        })
+        .collect();
+    sources.sort_by_key(|(_, from)| std::cmp::Reverse(depth(from)));
+    for (i, from) in sources {
+        let Ok(a) = under(dst, from, false) else {
+            continue;
+        };
+        if fs::symlink_metadata(&a).is_ok() {
+            let tmp = dst.join(format!(".agentfs-export.{}.rename{i}", std::process::id()));
+            fs::rename(&a, &tmp).with_context(|| {
+                format!("cannot move {} aside to {}", a.display(), tmp.display())
+            })?;
+            aside.push((i, tmp));
+        }
+    }
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
     let mut note = |p: &Path| {
         if let Some(parent) = p.parent() {
             touched.insert(parent.to_path_buf());
         }
     };
-    for step in steps {
+    for (i, step) in steps.iter().enumerate() {
         match step {
             Step::Remove(rel) => {
                 let at = under(dst, rel, false);
@@ -346,13 +374,14 @@ pub fn apply(steps: &[Step], src: &Path, dst: &Path) -> Result<Summary> {
                 sum.removed += 1;
             }
             Step::Rename(from, to) => {
-                let (a, b) = (under(dst, from, false)?, under(dst, to, true)?);
-                if fs::symlink_metadata(&a).is_ok() {
+                if let Some((_, a)) = aside.iter().find(|(j, _)| *j == i) {
+                    let b = under(dst, to, true)?;
                     remove_any(&b).with_context(|| format!("cannot replace {}", b.display()))?;
-                    fs::rename(&a, &b).with_context(|| {
+                    fs::rename(a, &b).with_context(|| {
                         format!("cannot rename {} to {}", a.display(), b.display())
                     })?;
-                    note(&a);
+                    note(a);
+                    note(&dst.join(relative(from)?));
                     note(&b);
                     sum.renamed += 1;
                 }
@@ -499,6 +528,101 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains("agentfs-export"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    fn renamed(from: &str, to: &str) -> Item {
+        Item {
+            kind: Kind::Renamed,
+            path: to.as_bytes().to_vec(),
+            from: Some(from.as_bytes().to_vec()),
+            what: Vec::new(),
+        }
+    }
+
+    /// Review of issue 6: renames are applied one by one in the diff's path
+    /// order, each removing what its target names first, so a rename whose
+    /// target is another rename's source destroys that source.
+    #[test]
+    fn review_renames_that_reuse_each_others_names_lose_nothing() {
+        // `mv b c; mv a b` (diff order: b from a, c from b) and a swap.
+        for (host, items, want) in [
+            (
+                vec![("a", "A"), ("b", "B")],
+                vec![renamed("a", "b"), renamed("b", "c")],
+                vec![("b", "A"), ("c", "B")],
+            ),
+            (
+                vec![("a", "A"), ("b", "B")],
+                vec![renamed("b", "a"), renamed("a", "b")],
+                vec![("a", "B"), ("b", "A")],
+            ),
+        ] {
+            let src = tempfile::tempdir().unwrap();
+            let dst = tempfile::tempdir().unwrap();
+            for (name, body) in &host {
+                fs::write(dst.path().join(name), body).unwrap();
+            }
+            for (name, body) in &want {
+                fs::write(src.path().join(name), body).unwrap();
+            }
+            let steps = plan(&items, src.path()).unwrap();
+            apply(&steps, src.path(), dst.path()).unwrap();
+            let mut got: Vec<(String, String)> = fs::read_dir(dst.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    (name, fs::read_to_string(&p).unwrap())
+                })
+                .collect();
+            got.sort();
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            assert_eq!(got, want, "{steps:?}");
+        }
+    }
+
+    /// Review of issue 6: `mv d/f f; rm -r d` is a deletion of `d` and a
+    /// rename of `d/f`; deletions went first and took the renamed file with
+    /// them.
+    #[test]
+    fn review_a_file_moved_out_of_a_deleted_directory_is_kept() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::create_dir(dst.path().join("d")).unwrap();
+        fs::write(dst.path().join("d/f"), "F").unwrap();
+        fs::write(dst.path().join("d/g"), "G").unwrap();
+        fs::write(src.path().join("f"), "F").unwrap();
+        let items = vec![
+            item(Kind::Deleted, "d"),
+            item(Kind::Deleted, "d/g"),
+            renamed("d/f", "f"),
+        ];
+        let steps = plan(&items, src.path()).unwrap();
+        apply(&steps, src.path(), dst.path()).unwrap();
+        assert!(!dst.path().join("d").exists());
+        assert_eq!(fs::read_to_string(dst.path().join("f")).unwrap(), "F");
+    }
+
+    /// Review of issue 6: a rename's old path is its path in the base, so a
+    /// file renamed inside a renamed directory names the directory's old
+    /// place, which the outer rename already moved away.
+    #[test]
+    fn review_a_rename_inside_a_renamed_directory_is_applied() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::create_dir(dst.path().join("d")).unwrap();
+        fs::write(dst.path().join("d/f"), "F").unwrap();
+        fs::create_dir(src.path().join("e")).unwrap();
+        fs::write(src.path().join("e/g"), "F").unwrap();
+        let items = vec![renamed("d", "e"), renamed("d/f", "e/g")];
+        let steps = plan(&items, src.path()).unwrap();
+        apply(&steps, src.path(), dst.path()).unwrap();
+        assert!(!dst.path().join("d").exists());
+        assert!(!dst.path().join("e/f").exists());
+        assert_eq!(fs::read_to_string(dst.path().join("e/g")).unwrap(), "F");
     }
 
     #[test]
