@@ -321,12 +321,25 @@ impl Merge<'_> {
             *entries = merged;
         }
         node.meta.nlink = u32::try_from(i64::from(p.meta.nlink) + links).unwrap_or(2);
-        if (c.meta.perm, c.meta.uid, c.meta.gid) != (b.meta.perm, b.meta.uid, b.meta.gid) {
+        // Mode and owner, and xattrs: the child's change is taken unless the
+        // parent changed them to something else too (a conflict).
+        let owner = |n: &Node| (n.meta.perm, n.meta.uid, n.meta.gid);
+        let both_owner = owner(p) != owner(b) && owner(p) != owner(c);
+        let both_xattrs = !same_xattrs(&b.xattrs, &p.xattrs) && !same_xattrs(&p.xattrs, &c.xattrs);
+        let child_wins = if (owner(c) != owner(b) && both_owner)
+            || (!same_xattrs(&b.xattrs, &c.xattrs) && both_xattrs)
+        {
+            let found = Found::Node(id, Change::Modified, Change::Modified);
+            self.conflict(found) == Some(Resolve::Theirs)
+        } else {
+            true
+        };
+        if child_wins && owner(c) != owner(b) {
             node.meta.perm = c.meta.perm;
             node.meta.uid = c.meta.uid;
             node.meta.gid = c.meta.gid;
         }
-        if !same_xattrs(&b.xattrs, &c.xattrs) {
+        if child_wins && !same_xattrs(&b.xattrs, &c.xattrs) {
             node.xattrs = c.xattrs.clone();
         }
         node.meta.mtime = node.meta.mtime.max(c.meta.mtime);
@@ -626,6 +639,9 @@ impl FsCore {
     /// false`, with the conflicts) when both changed the same paths and
     /// `options.resolve` is `None`.
     pub fn branch_commit(&self, child: BranchId, options: CommitOptions) -> FsResult<CommitReport> {
+        // An overlay's lower directory read while the trees are compared
+        // would be read in some of them only: none is read meanwhile.
+        let _loading = self.lower.get().map(|l| l.loading.lock());
         let (c, base_id, base_tree, p) = {
             let reg = self.registry.read();
             let c = reg

@@ -615,3 +615,60 @@ fn commit_speed() {
         figures.join("; ")
     );
 }
+
+/// Review of issue 6: a directory both sides changed is merged name by
+/// name, and its mode, owner and xattrs were taken from the child whenever
+/// the child changed them, even when the parent had changed them too: the
+/// parent's chmod or setxattr was dropped without a conflict.
+#[test]
+fn review_mode_or_xattrs_of_a_directory_changed_on_both_sides_conflict() {
+    for what in ["mode", "xattr"] {
+        let core = core();
+        let (main, child) = forked(&core);
+        let ctx = Ctx::root();
+        for (b, mode, value) in [(child, 0o700, &b"child"[..]), (main, 0o750, &b"parent"[..])] {
+            let dir = find(&core, b, "dir").unwrap();
+            if what == "mode" {
+                let set = crate::SetAttr {
+                    mode: Some(mode),
+                    ..crate::SetAttr::default()
+                };
+                core.setattr(&ctx, b, dir, &set).unwrap();
+            } else {
+                core.setxattr(&ctx, b, dir, n("user.k"), value, crate::XattrSet::Any)
+                    .unwrap();
+            }
+        }
+        // Disjoint names too, so the directory is merged name by name.
+        put(&core, child, "dir/c", b"c");
+        put(&core, main, "dir/p", b"p");
+        let r = commit(&core, child);
+        assert!(!r.committed, "{what}: {r:?}");
+        assert_eq!(
+            r.conflicts,
+            vec![Conflict {
+                path: "dir".into(),
+                child: Change::Modified,
+                parent: Change::Modified,
+            }],
+            "{what}"
+        );
+        // Resolved with --ours: the parent keeps its value, both names merge.
+        let options = CommitOptions {
+            resolve: Some(Resolve::Ours),
+            delete: false,
+        };
+        let r = core.branch_commit(child, options).unwrap();
+        assert!(r.committed, "{what}: {r:?}");
+        let dir = find(&core, main, "dir").unwrap();
+        if what == "mode" {
+            let attr = core.getattr(main, dir).unwrap();
+            assert_eq!(attr.perm & 0o7777, 0o750, "{what}");
+        } else {
+            let v = core.getxattr(&ctx, main, dir, n("user.k")).unwrap();
+            assert_eq!(v, b"parent", "{what}");
+        }
+        assert_eq!(text(&core, main, "dir/c").unwrap(), "c");
+        assert_eq!(text(&core, main, "dir/p").unwrap(), "p");
+    }
+}
