@@ -236,6 +236,9 @@ struct Merge<'a> {
     /// Files the parent deleted that the child's side won back: they get
     /// their child's name again.
     restore: HashSet<NodeId>,
+    /// Files the child deleted that the parent's side won back (`--ours`):
+    /// they get their parent's name again.
+    keep: HashSet<NodeId>,
 }
 
 impl Merge<'_> {
@@ -352,10 +355,13 @@ impl Merge<'_> {
     /// Give each file in `restore` its name in the child, where the merged
     /// tree still has that directory and the name is free.
     fn restore_names(&mut self) {
-        if self.restore.is_empty() {
+        if self.restore.is_empty() && self.keep.is_empty() {
             return;
         }
-        let paths = paths_in(self.child, &self.restore);
+        let mut paths: Vec<_> = paths_in(self.child, &self.restore).into_iter().collect();
+        if !self.keep.is_empty() {
+            paths.extend(paths_in(self.parent, &self.keep));
+        }
         for (id, path) in paths {
             let (dir_path, name) = match path.iter().rposition(|&c| c == b'/') {
                 Some(i) => (&path[..i], &path[i + 1..]),
@@ -751,6 +757,7 @@ impl FsCore {
                 found: Vec::new(),
                 touched: Vec::new(),
                 restore: HashSet::new(),
+                keep: HashSet::new(),
             };
             if dp.is_empty() {
                 report.fast_path = true;
@@ -786,11 +793,17 @@ impl FsCore {
                         continue;
                     }
                     let found = Found::Node(id, change_of(b, c_n), change_of(b, p_n));
-                    if m.conflict(found) == Some(Resolve::Theirs) {
+                    let resolve = m.conflict(found);
+                    if resolve == Some(Resolve::Theirs) {
                         m.put(id, c_n, &p);
                         if p_n.is_none() && c_n.as_ref().is_some_and(|c| c.entries().is_none()) {
                             m.restore.insert(id);
                         }
+                    } else if resolve == Some(Resolve::Ours)
+                        && c_n.is_none()
+                        && p_n.as_ref().is_some_and(|p| p.entries().is_none())
+                    {
+                        m.keep.insert(id);
                     }
                 }
                 m.restore_names();

@@ -299,6 +299,35 @@ fn delete_against_modify_is_a_conflict_both_ways() {
     assert_eq!(text(&core, main, "top").unwrap(), "changed");
 }
 
+/// Found by the stress run's commit episodes (scripts/stress/fstress.py): with
+/// `--ours`, a file the child deleted and the parent modified vanished from
+/// the parent (the child's directory without the name was taken, then the
+/// unreachable file dropped), though the parent's side had won.
+#[test]
+fn delete_against_modify_resolved_ours_keeps_the_parents_file() {
+    for parent_dir_changed in [false, true] {
+        let core = core();
+        let (main, child) = forked(&core);
+        rm(&core, child, "dir/a");
+        put(&core, main, "dir/a", b"changed");
+        put(&core, child, "top", b"changed");
+        rm(&core, main, "top");
+        if parent_dir_changed {
+            put(&core, main, "dir/from-parent", b"p");
+        }
+        let ours = CommitOptions {
+            resolve: Some(Resolve::Ours),
+            delete: false,
+        };
+        let r = core.branch_commit(child, ours).unwrap();
+        assert!(r.committed, "{r:?}");
+        assert_eq!(r.conflicts.len(), 2, "{r:?}");
+        assert_eq!(text(&core, main, "dir/a").as_deref(), Some("changed"));
+        assert!(find(&core, main, "top").is_none());
+        assert_eq!(text(&core, main, "dir/b").as_deref(), Some("b0"));
+    }
+}
+
 #[test]
 fn renames_in_the_child_are_committed() {
     let core = core();
