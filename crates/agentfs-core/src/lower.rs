@@ -87,8 +87,8 @@ pub struct Lower {
     /// Read-only descriptors of lower files, by relative path. Leaf lock.
     files: Mutex<HashMap<Vec<u8>, Arc<File>>>,
     /// Held while FsCore reads a lower directory into its trees, and while a
-    /// branch is made (so no tree misses a read): taken before every other
-    /// lock of FsCore.
+    /// snapshot, a branch or a commit is made (so no tree misses a read):
+    /// taken before every other lock of FsCore.
     pub(crate) loading: Mutex<()>,
 }
 

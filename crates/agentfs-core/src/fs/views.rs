@@ -136,6 +136,9 @@ impl FsCore {
                 return Err(FsError::NameTaken(n.clone()));
             }
         }
+        // An overlay's lower directory read between freezing the tree and
+        // registering the snapshot would miss the snapshot: none is read meanwhile.
+        let _loading = self.lower.get().map(|l| l.loading.lock());
         // No checkpoint between this snapshot's two journal records.
         let _gate = self.journal.get().map(|j| j.gate.read());
         let _serial = branch.snapshot_lock.lock();
