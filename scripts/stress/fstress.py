@@ -587,9 +587,11 @@ class Stress:
             try:
                 if r < a.p_control:
                     self.control(rng, w)
-                elif r < a.p_control + a.p_helper:
+                elif r < a.p_control + a.p_commit:
+                    self.commit_episode(rng, w, names)
+                elif r < a.p_control + a.p_commit + a.p_helper:
                     self.helper_batch(rng, w, names)
-                elif r < a.p_control + a.p_helper + a.p_held:
+                elif r < a.p_control + a.p_commit + a.p_helper + a.p_held:
                     self.held_op(rng, w)
                 else:
                     self.file_op(rng, w, names)
@@ -778,6 +780,12 @@ class Stress:
                         files, dirs, s["files"], s["dirs"])
         for d in diffs:
             self.error(d)
+        # The same snapshot browsed by path (read-only, .agentfs/snapshots/<name>/).
+        files, dirs = scan(os.path.join(self.mount, ".agentfs", "snapshots", name), False)
+        for d in compare("snapshot %s (of %s at %.1fs) by path" % (name, s["branch"], s["t"]),
+                         files, dirs, s["files"], s["dirs"]):
+            self.error(d)
+        self.count("snapshot-browse")
         with self.ctl:
             s["verified"] += 1
         self.count("snapshot-verify")
@@ -818,6 +826,290 @@ class Stress:
             if old:
                 self.cli("branch-delete", old)
                 self.count("branch-delete")
+
+    # -- branch-commit episodes
+
+    def episode_ops(self, rng, names, pm, cm, corigin, cwritten, base):
+        """Restricted op lists for a commit episode on one worker's subtree:
+        parent ops (create, write, append, unlink) applied to model `pm`, then
+        child ops (create, write, append, unlink, rename to a new name, mkdir)
+        applied to `cm`, tracking each child file's origin (its base path) so
+        that the three-way result is exact. Excluded (left unspecified by the
+        spec or ambiguous): a child rename of a file the parent changed, a
+        delete on both sides, rmdir and directory renames."""
+        pops, cops = [], []
+        for _ in range(rng.randrange(0, 6)):
+            files = sorted(pm.files)
+            k = rng.choice(["create", "write", "append", "unlink"] if files else ["create"])
+            if k == "create":
+                d = rng.choice([""] + sorted(pm.dirs))
+                op = {"k": k, "p": os.path.join(d, "f%d" % next(names)), "seed": rng.getrandbits(48),
+                      "n": rng.randrange(0, 16384)}
+            elif k == "unlink":
+                op = {"k": k, "p": rng.choice(files)}
+            else:
+                p = rng.choice(files)
+                if len(pm.files[p]) > BIG:
+                    op = {"k": "truncate", "p": p, "size": rng.randrange(0, 4096)}
+                elif k == "write":
+                    op = {"k": k, "p": p, "off": rng.randrange(0, len(pm.files[p]) + 4096),
+                          "seed": rng.getrandbits(48), "n": rng.randrange(1, 16384)}
+                else:
+                    op = {"k": k, "p": p, "seed": rng.getrandbits(48), "n": rng.randrange(1, 8192)}
+            pm.apply(op)
+            pops.append(op)
+
+        def pstatus(p):
+            if p not in pm.files:
+                return "deleted"
+            return "unchanged" if pm.files[p] == base.files[p] else "modified"
+
+        for _ in range(rng.randrange(1, 8)):
+            files = sorted(cm.files)
+            k = rng.choice(["create", "write", "append", "unlink", "rename", "mkdir"] if files else ["create", "mkdir"])
+            if k in ("create", "mkdir"):
+                d = rng.choice([""] + [x for x in sorted(cm.dirs) if x.count("/") < 2])
+                q = os.path.join(d, "%s%d" % ("f" if k == "create" else "d", next(names)))
+                if k == "create":
+                    op = {"k": k, "p": q, "seed": rng.getrandbits(48), "n": rng.randrange(0, 16384)}
+                    corigin[q] = None
+                else:
+                    op = {"k": k, "p": q}
+            else:
+                p = rng.choice(files)
+                o = corigin[p]
+                if k == "unlink":
+                    if o is not None and pstatus(o) == "deleted":
+                        continue  # deleted on both sides: left out
+                    op = {"k": k, "p": p}
+                    del corigin[p]
+                elif k == "rename":
+                    if o is not None and pstatus(o) != "unchanged":
+                        continue  # a move of a file the parent changed: left out
+                    d = rng.choice([""] + sorted(cm.dirs))
+                    q = os.path.join(d, "f%d" % next(names))
+                    op = {"k": k, "p": p, "q": q}
+                    corigin[q] = corigin.pop(p)
+                else:
+                    if len(cm.files[p]) > BIG:
+                        op = {"k": "truncate", "p": p, "size": rng.randrange(0, 4096)}
+                    elif k == "write":
+                        op = {"k": k, "p": p, "off": rng.randrange(0, len(cm.files[p]) + 4096),
+                              "seed": rng.getrandbits(48), "n": rng.randrange(1, 16384)}
+                    else:
+                        op = {"k": k, "p": p, "seed": rng.getrandbits(48), "n": rng.randrange(1, 8192)}
+                    if o is not None:
+                        cwritten.add(o)
+            cm.apply(op)
+            cops.append(op)
+        return pops, cops
+
+    @staticmethod
+    def predict_commit(base, pm, cm, corigin, cwritten, resolve):
+        """(conflicts {path: (child, parent)}, merged Model or None if refused)."""
+        where = {o: q for q, o in corigin.items() if o is not None}
+        conflicts = {}
+        merged = Model()
+        merged.dirs = set(pm.dirs) | set(cm.dirs)
+        for p, d in pm.files.items():
+            if p not in base.files:
+                merged.files[p] = d  # added in the parent
+        for q, o in corigin.items():
+            if o is None:
+                merged.files[q] = cm.files[q]  # added in the branch
+        for p in base.files:
+            if p not in pm.files:
+                ps = "deleted"
+            else:
+                ps = "unchanged" if pm.files[p] == base.files[p] else "modified"
+            q = where.get(p)
+            if q is None:
+                cs = "deleted"
+            elif q != p:
+                cs = "moved"
+            else:
+                cs = "modified" if p in cwritten else "unchanged"
+            if cs == "unchanged":
+                if ps != "deleted":
+                    merged.files[p] = pm.files[p]
+            elif ps == "unchanged":
+                if cs != "deleted":
+                    merged.files[q] = cm.files[q]
+            else:
+                conflicts[p] = (cs, ps)
+                if resolve == "theirs":
+                    if cs != "deleted":
+                        merged.files[q] = cm.files[q]
+                elif resolve == "ours":
+                    if ps != "deleted":
+                        merged.files[p] = pm.files[p]
+        if conflicts and resolve is None:
+            return conflicts, None
+        return conflicts, merged
+
+    @staticmethod
+    def model_diff(base, cm, corigin, cwritten, w):
+        """Expected `diff BASE CHILD` entries as a set of (change, path, from)."""
+        out = set()
+        where = {o: q for q, o in corigin.items() if o is not None}
+        for p in base.files:
+            q = where.get(p)
+            if q is None:
+                out.add(("deleted", w + "/" + p, None))
+            elif q != p:
+                out.add(("renamed", w + "/" + q, w + "/" + p))
+            elif p in cwritten and cm.files[p] != base.files[p]:
+                out.add(("modified", w + "/" + p, None))
+        for q, o in corigin.items():
+            if o is None:
+                out.add(("added", w + "/" + q, None))
+        for d in cm.dirs - base.dirs:
+            out.add(("added", w + "/" + d, None))
+        return out
+
+    def check_tree(self, label, root, model):
+        files, dirs = scan(root, False)
+        for d in compare(label, files, dirs, model.files, model.dirs):
+            self.error(d)
+
+    def commit_episode(self, rng, w, names):
+        """Branch `c-N` from a snapshot of branch P; this worker changes its
+        subtree in both P and the child while the other workers keep writing
+        theirs in P; `diff` of the child against the snapshot, the snapshot
+        through .agentfs/snapshots/, then `branch-commit` (plain, --theirs or
+        --ours, maybe --delete), whose outcome (refused with exactly the
+        predicted conflicts, or P's subtree equal to the three-way result) is
+        checked; the other workers' subtrees of P are checked at checkpoints
+        (a lost concurrent write shows there). Sometimes a second round
+        commits the kept branch again against its commit point."""
+        P = rng.choice(self.branches)
+        n = self.next_seq()
+        snap, child = "cb-%d" % n, "c-%d" % n
+        lock = self.locks[P]
+        lock.wlock()
+        try:
+            self.close_held(w, P)
+            self.cli("snapshot-create", "--branch", P, "--name", snap)
+            base = self.models[w][P].copy()
+            all_files, all_dirs = self.union(P)
+        finally:
+            lock.wunlock()
+        self.cli("branch-create", "--from", snap, "--name", child)
+        self.count("commit-branch-create")
+        cm = base.copy()
+        croot = os.path.join(self.mount, ".agentfs", "branches", child, w)
+        # The snapshot, browsed by path, holds the whole of P at that instant.
+        # (all of it now and then, else this worker's part).
+        sroot = os.path.join(self.mount, ".agentfs", "snapshots", snap)
+        if rng.random() < 0.2:
+            files, dirs = scan(sroot, False)
+            for d in compare("snapshot %s by path" % snap, files, dirs, all_files, all_dirs):
+                self.error(d)
+        else:
+            self.check_tree("snapshot %s/%s by path" % (snap, w), os.path.join(sroot, w), base)
+        self.count("snapshot-browse")
+        deleted = False
+        rounds = 2 if rng.random() < 0.3 else 1
+        try:
+            for rnd in range(rounds):
+                lock.rlock()
+                try:
+                    pm = self.models[w][P]
+                    corigin = {p: p for p in cm.files}
+                    cwritten = set()
+                    pops, cops = self.episode_ops(rng, names, pm, cm, corigin, cwritten, base)
+                    view, proot = self.view(rng, P, w)
+                    self.switch_view(w, P, view)
+                    for op in pops:
+                        execute(proot, op)
+                        self.count("commit-parent-" + op["k"])
+                    self.done_view(w, P, view)
+                    for op in cops:
+                        execute(croot, op)
+                        self.count("commit-child-" + op["k"])
+                    self.check_tree("branch %s/%s before commit" % (child, w), croot, cm)
+                    # diff of the child against its base: only this worker's changes.
+                    dbase = snap if rnd == 0 else child + "@committed"
+                    dout = subprocess.run([self.a.cli, "--mount", self.mount, "--json", "diff", dbase, child],
+                                          capture_output=True, timeout=120)
+                    if dout.returncode != 0:
+                        raise RuntimeError("diff %s %s: %s" % (dbase, child, dout.stderr.decode().strip()))
+                    got = json.loads(dout.stdout)
+                    want = self.model_diff(base, cm, corigin, cwritten, w)
+                    have = set()
+                    for e in got["changes"]:
+                        if e["type"] == "dir" and e["change"] == "modified" and set(e.get("what", [])) <= {"times"}:
+                            continue
+                        have.add((e["change"], e["path"], e.get("from")))
+                    if have != want:
+                        self.error("diff %s %s (%s): unexpected %s; missing %s; ops %s"
+                                   % (dbase, child, w, sorted(have - want, key=str)[:6],
+                                      sorted(want - have, key=str)[:6], cops))
+                    self.count("diff")
+                    resolve = rng.choice([None, None, "theirs", "ours"])
+                    delete = rnd == rounds - 1 and rng.random() < 0.3
+                    conflicts, merged = self.predict_commit(base, pm, cm, corigin, cwritten, resolve)
+                    cmd = [self.a.cli, "--mount", self.mount, "--json", "branch-commit", child]
+                    if resolve:
+                        cmd.append("--" + resolve)
+                    if delete:
+                        cmd.append("--delete")
+                    out = subprocess.run(cmd, capture_output=True, timeout=120)
+                    try:
+                        rep = json.loads(out.stdout)["value"]
+                    except ValueError:
+                        rep = None
+                    what = "branch-commit %s into %s (round %d, %s%s)" % (
+                        child, P, rnd + 1, resolve or "plain", ", --delete" if delete else "")
+                    if rep is None:
+                        self.error("%s: exit %d, no reply: %s" % (what, out.returncode, out.stderr.decode()[-400:]))
+                        self.resync(w, P)
+                        return
+                    got_conf = {c["path"]: (c["child"], c["parent"]) for c in rep["conflicts"]}
+                    want_conf = {w + "/" + p: c for p, c in conflicts.items()}
+                    # a "moved" child side is only excluded from conflicts, so
+                    # compare the conflicting paths and what each side did.
+                    if got_conf != want_conf:
+                        self.error("%s: conflicts %s, expected %s; parent ops %s; child ops %s"
+                                   % (what, got_conf, want_conf, pops, cops))
+                    ok = merged is not None
+                    if rep["committed"] != ok or (out.returncode == 0) != ok:
+                        self.error("%s: committed %s exit %d, expected committed %s"
+                                   % (what, rep["committed"], out.returncode, ok))
+                        self.resync(w, P)
+                        return
+                    if ok:
+                        self.models[w][P] = merged
+                        merged.held = None
+                        deleted = rep["deleted"]
+                        if deleted != delete:
+                            self.error("%s: deleted %s" % (what, deleted))
+                        self.count("branch-commit" + ("-fast" if rep["fast_path"] else "")
+                                   + ("-" + resolve if resolve else ""))
+                    else:
+                        self.count("branch-commit-refused")
+                    # The parent's subtree through the same view (the commit drops its caches).
+                    files, dirs = scan(proot, False)
+                    bad = compare("%s: parent %s/%s" % (what, P, w), files, dirs,
+                                  self.models[w][P].files, self.models[w][P].dirs)
+                    for d in bad:
+                        self.error(d)
+                    if bad:
+                        self.error("%s: conflicts %s; parent ops %s; child ops %s; base files %s dirs %s"
+                                   % (what, got_conf, pops, cops, sorted(base.files), sorted(base.dirs)))
+                        self.resync(w, P)
+                    self.done_view(w, P, view)
+                    if not ok or deleted:
+                        break
+                    # The next round compares against the commit point: the child as committed.
+                    base = cm.copy()
+                finally:
+                    lock.runlock()
+        finally:
+            if not deleted:
+                self.cli("branch-delete", child, check=False)
+            self.cli("snapshot-delete", child + "@committed", check=False)
+            self.cli("snapshot-delete", snap)
 
     # -- checkpoints
 
@@ -1039,6 +1331,7 @@ def main():
     r.add_argument("--passthrough", default="auto")
     r.add_argument("--p-control", type=float, default=0.004)
     r.add_argument("--p-helper", type=float, default=0.006)
+    r.add_argument("--p-commit", type=float, default=0.003)
     r.add_argument("--p-held", type=float, default=0.05)
     r.add_argument("--max-snapshots", type=int, default=8)
     r.add_argument("--max-throwaways", type=int, default=3)
