@@ -376,6 +376,11 @@ fn kind_of(n: &Node) -> EntryType {
     n.meta.kind.into()
 }
 
+/// The name hint of a node, if it has one.
+fn hint_of(n: Option<&Arc<Node>>) -> Option<super::tree::NameHint> {
+    n.and_then(|n| n.meta.hint.clone())
+}
+
 /// The changes from tree `a` to tree `b`, sorted by path.
 pub(crate) fn diff_trees(a: &Tree, b: &Tree, same: SameBytes) -> (Vec<DiffChange>, DiffStats) {
     let mut st = DiffStats::default();
@@ -490,9 +495,18 @@ pub(crate) fn diff_trees(a: &Tree, b: &Tree, same: SameBytes) -> (Vec<DiffChange
             out.push((path.clone(), change(DiffKind::Added, &path, kind_of(y))));
         }
         if let (false, Some(_), Some(y)) = (renamed, na, nb) {
-            // Gained or lost a link only, and changed too.
+            // Gained or lost a link only, and changed too: reported at a name
+            // it had before and still has (a gained name is reported added).
             if !what.is_empty() {
-                if let Some(path) = pb.node(id, &mut st) {
+                let kept = hint_of(na).filter(|h| {
+                    pa.holds(h.parent, &h.name, id, &mut st)
+                        && pb.holds(h.parent, &h.name, id, &mut st)
+                });
+                let path = match kept {
+                    Some(h) => Some(pb.entry(h.parent, &h.name, &mut st)),
+                    None => pb.node(id, &mut st),
+                };
+                if let Some(path) = path {
                     let mut c = change(DiffKind::Modified, &path, kind_of(y));
                     c.what = what;
                     out.push((path, c));

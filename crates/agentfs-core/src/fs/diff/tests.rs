@@ -588,3 +588,23 @@ fn overlay_copy_up_is_found_without_a_walk() {
     );
     assert_eq!(st.tree_walks, 0, "{st:?}");
 }
+
+/// Review of issue 6: a file given a second name and then written is
+/// modified at the name it had before; the diff reported the change at the
+/// new name only (the name hint follows the last link), so the old name
+/// looked unchanged and `export` left its old bytes on the host.
+#[test]
+fn review_a_file_linked_then_written_is_modified_at_its_old_name() {
+    let core = core();
+    base(&core);
+    let (snap, w) = fork(&core);
+    let ctx = Ctx::root();
+    let a = find(&core, w, "a");
+    core.link(&ctx, w, a, find(&core, w, "dir"), n("a-link"))
+        .unwrap();
+    put(&core, w, "dir/a-link", b"written through the new name");
+    assert_eq!(
+        lines(&core, snap, ViewRef::Branch(w)),
+        vec!["M a [Data]", "A dir/a-link"]
+    );
+}
