@@ -420,16 +420,49 @@ impl Merge<'_> {
     }
 
     /// Drop nodes no name reaches any more (after a resolved merge), except
-    /// the parent's orphans (nlink 0, kept for open handles).
+    /// the parent's orphans (nlink 0, kept for open handles). Names and link
+    /// counts are made to agree too: a resolution takes a node from one side
+    /// and names from both, so a name may lead to a node the other side
+    /// deleted (removed here), and a file's count may miss links (set to
+    /// the names that lead to it).
     fn drop_unreachable(&mut self) {
         let mut reached = HashSet::new();
+        let mut links: HashMap<NodeId, u32> = HashMap::new();
+        let mut dangling: Vec<(NodeId, Vec<u8>)> = Vec::new();
         let mut stack = vec![NodeId::ROOT];
         while let Some(id) = stack.pop() {
             if !reached.insert(id) {
                 continue;
             }
             if let Some(e) = self.draft.get(id).and_then(|n| n.entries()) {
-                stack.extend(e.values().copied());
+                for (name, &child) in e.iter() {
+                    match self.draft.get(child) {
+                        None => dangling.push((id, name.clone())),
+                        Some(c) => {
+                            if c.entries().is_none() {
+                                *links.entry(child).or_default() += 1;
+                            }
+                            stack.push(child);
+                        }
+                    }
+                }
+            }
+        }
+        for (dir, name) in dangling {
+            if let Some(mut d) = self.draft.edit(dir) {
+                if let Body::Dir { entries, .. } = &mut d.body {
+                    entries.remove(&name);
+                }
+                d.meta.touch_mc();
+                self.touched.push(dir);
+                self.draft.insert(dir, d);
+            }
+        }
+        for (id, count) in links {
+            if let Some(mut n) = self.draft.edit(id).filter(|n| n.meta.nlink != count) {
+                n.meta.nlink = count;
+                self.touched.push(id);
+                self.draft.insert(id, n);
             }
         }
         let lost: Vec<NodeId> = self

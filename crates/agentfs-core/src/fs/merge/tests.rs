@@ -701,3 +701,64 @@ fn review_mode_or_xattrs_of_a_directory_changed_on_both_sides_conflict() {
         assert_eq!(text(&core, main, "dir/p").unwrap(), "p");
     }
 }
+
+/// Review of issue 6: a resolved merge takes each conflicting node from one
+/// side but each directory's names as merged name by name, so a file's link
+/// count and names could disagree: with `--ours`, the child's new link to a
+/// file the parent deleted stayed as a name of no node; with either side,
+/// links both sides added gave three names to a file counting two.
+#[test]
+fn review_resolved_merges_keep_names_and_link_counts_consistent() {
+    let ctx = Ctx::root();
+    let link = |core: &FsCore, b: BranchId, from: &str, to: &str| {
+        let id = find(core, b, from).unwrap();
+        core.link(&ctx, b, id, NodeId::ROOT, n(to)).unwrap();
+    };
+    let resolved = |resolve| CommitOptions {
+        resolve: Some(resolve),
+        delete: false,
+    };
+    // Linked in the child, deleted in the parent, the parent's side taken.
+    let core = core();
+    let (main, child) = forked(&core);
+    link(&core, child, "top", "top-link");
+    rm(&core, main, "top");
+    let r = core.branch_commit(child, resolved(Resolve::Ours)).unwrap();
+    assert!(r.committed, "{r:?}");
+    assert!(find(&core, main, "top").is_none());
+    if let Some(id) = find(&core, main, "top-link") {
+        assert_eq!(core.getattr(main, id).unwrap().nlink, 1);
+    }
+    let dangling = core.lookup(&ctx, main, NodeId::ROOT, n("top-link"));
+    let listed = core
+        .opendir(&ctx, main, NodeId::ROOT)
+        .and_then(|fh| {
+            let all = core.readdir(fh, 0, 1000);
+            core.releasedir(fh)?;
+            all
+        })
+        .unwrap()
+        .iter()
+        .any(|e| e.name == b"top-link");
+    assert_eq!(listed, dangling.is_ok(), "a listed name that names no node");
+
+    // Linked on both sides, either side taken: one count for three names.
+    for resolve in [Resolve::Theirs, Resolve::Ours] {
+        let core = self::core();
+        let (main, child) = forked(&core);
+        link(&core, child, "top", "child-link");
+        link(&core, main, "top", "parent-link");
+        let r = core.branch_commit(child, resolved(resolve)).unwrap();
+        assert!(r.committed, "{resolve:?}: {r:?}");
+        let names = ["top", "child-link", "parent-link"]
+            .iter()
+            .filter(|p| find(&core, main, p).is_some())
+            .count() as u32;
+        let id = find(&core, main, "top").unwrap();
+        assert_eq!(
+            core.getattr(main, id).unwrap().nlink,
+            names,
+            "{resolve:?}: the link count is the number of names"
+        );
+    }
+}
