@@ -423,12 +423,14 @@ impl Merge<'_> {
     /// the parent's orphans (nlink 0, kept for open handles). Names and link
     /// counts are made to agree too: a resolution takes a node from one side
     /// and names from both, so a name may lead to a node the other side
-    /// deleted (removed here), and a file's count may miss links (set to
-    /// the names that lead to it).
+    /// deleted, or be a second name of a directory both sides moved (both
+    /// removed here), and a file's count may miss links (set to the names
+    /// that lead to it).
     fn drop_unreachable(&mut self) {
         let mut reached = HashSet::new();
         let mut links: HashMap<NodeId, u32> = HashMap::new();
         let mut dangling: Vec<(NodeId, Vec<u8>)> = Vec::new();
+        let mut stray_dirs: Vec<NodeId> = Vec::new();
         let mut stack = vec![NodeId::ROOT];
         while let Some(id) = stack.pop() {
             if !reached.insert(id) {
@@ -438,6 +440,12 @@ impl Merge<'_> {
                 for (name, &child) in e.iter() {
                     match self.draft.get(child) {
                         None => dangling.push((id, name.clone())),
+                        // A directory has one name, in the directory its
+                        // node says: a second name from the other side goes.
+                        Some(c) if c.entries().is_some() && dir_parent(c) != Some(id) => {
+                            dangling.push((id, name.clone()));
+                            stray_dirs.push(id);
+                        }
                         Some(c) => {
                             if c.entries().is_none() {
                                 *links.entry(child).or_default() += 1;
@@ -455,6 +463,12 @@ impl Merge<'_> {
                 }
                 d.meta.touch_mc();
                 self.touched.push(dir);
+                self.draft.insert(dir, d);
+            }
+        }
+        for dir in stray_dirs {
+            if let Some(mut d) = self.draft.edit(dir) {
+                d.meta.nlink = d.meta.nlink.saturating_sub(1).max(2);
                 self.draft.insert(dir, d);
             }
         }

@@ -762,3 +762,39 @@ fn review_resolved_merges_keep_names_and_link_counts_consistent() {
         );
     }
 }
+
+/// Review of issue 6: a directory moved to different places on both sides
+/// is a conflict; resolved, the node came from one side but both new
+/// parents kept a name for it: one directory with two names.
+#[test]
+fn review_a_directory_moved_on_both_sides_and_resolved_has_one_name() {
+    for resolve in [Resolve::Theirs, Resolve::Ours] {
+        let core = core();
+        let main = core.default_branch();
+        for d in ["p1", "p1/s", "p2", "p3"] {
+            mkdir(&core, main, d);
+        }
+        put(&core, main, "p1/s/f", b"f");
+        let s = core.snapshot_create(main, Some("base".into())).unwrap();
+        let child = core.branch_create(s.id, Some("child".into())).unwrap().id;
+        mv(&core, child, "p1/s", "p2/s");
+        mv(&core, main, "p1/s", "p3/s");
+        let options = CommitOptions {
+            resolve: Some(resolve),
+            delete: false,
+        };
+        let r = core.branch_commit(child, options).unwrap();
+        assert!(r.committed, "{resolve:?}: {r:?}");
+        let names: Vec<&str> = ["p2/s", "p3/s"]
+            .into_iter()
+            .filter(|p| find(&core, main, p).is_some())
+            .collect();
+        let want = if resolve == Resolve::Theirs {
+            "p2/s"
+        } else {
+            "p3/s"
+        };
+        assert_eq!(names, vec![want], "{resolve:?}");
+        assert_eq!(text(&core, main, &format!("{want}/f")).unwrap(), "f");
+    }
+}
