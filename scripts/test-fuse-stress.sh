@@ -11,7 +11,11 @@
 #
 # Usage: scripts/test-fuse-stress.sh [--duration SEC] [--threads N]
 #            [--passthrough auto|off] [--seed S] [--checkpoints N] [--no-build]
-#            [--debug] [--self-test-corrupt]
+#            [--debug] [--self-test-corrupt] [--lower]
+# --lower mounts as an overlay (--lower DIR) over a generated directory that
+# already holds each worker's wNN/ with files and subdirectories (so reads,
+# copy-ups, whiteouts and renames of lower entries are in the mix); the lower
+# directory must be byte for byte as generated afterwards.
 # --debug uses the debug build (CI, where the debug build exists already);
 # --self-test-corrupt flips a bit of one file behind the model's back after
 # warm-up, so the run must fail (shows that verification catches it).
@@ -25,6 +29,7 @@ passthrough=auto
 seed=$(( $(date +%s) % 100000 ))
 checkpoints=3
 build=1
+lower=0
 profile=release
 extra=()
 while [[ $# -gt 0 ]]; do
@@ -37,6 +42,7 @@ while [[ $# -gt 0 ]]; do
         --no-build) build=0; shift ;;
         --debug) profile=debug; shift ;;
         --self-test-corrupt) extra+=(--self-test-corrupt); shift ;;
+        --lower) lower=1; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -78,7 +84,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$host" --foreground --allow-other --passthrough "$passthrough" --backstore "$store" "$mnt" \
+lower_args=()
+if [[ $lower == 1 ]]; then
+    lowerdir="$work/lower"
+    python3 - "$lowerdir" "$threads" "$seed" <<'PY'
+import os, random, sys
+root, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+for i in range(n):
+    w = os.path.join(root, "w%02d" % i)
+    dirs = [w, os.path.join(w, "ld0"), os.path.join(w, "ld1"), os.path.join(w, "ld0", "ld2")]
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    for k in range(rng.randrange(15, 30)):
+        with open(os.path.join(rng.choice(dirs), "lf%d" % k), "wb") as f:
+            f.write(rng.randbytes(rng.randrange(0, 40000) if rng.random() < 0.95 else rng.randrange(100000, 200000)))
+PY
+    # What the lower directory holds: every path, type, mode, size, mtime and content hash.
+    lower_listing() { (cd "$lowerdir" && find . -printf '%p %y %m %s %T@\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
+    lower_listing >"$work/lower.before"
+    lower_args=(--lower "$lowerdir")
+    extra+=(--lower "$lowerdir")
+fi
+"$host" --foreground --allow-other --passthrough "$passthrough" "${lower_args[@]}" --backstore "$store" "$mnt" \
     >"$work/daemon.out" 2>"$work/daemon.log" &
 daemon_pid=$!
 for _ in $(seq 600); do
@@ -92,7 +120,9 @@ for _ in $(seq 600); do
 done
 grep -q "mounted at" "$work/daemon.out" || { echo "the daemon did not mount within 60 s" >&2; exit 1; }
 
-cmd="scripts/test-fuse-stress.sh --duration $duration --threads $threads --passthrough $passthrough --seed $seed --checkpoints $checkpoints${extra[*]:+ ${extra[*]}}"
+cmd="scripts/test-fuse-stress.sh --duration $duration --threads $threads --passthrough $passthrough --seed $seed --checkpoints $checkpoints"
+[[ " ${extra[*]} " == *" --self-test-corrupt "* ]] && cmd="$cmd --self-test-corrupt"
+[[ $lower == 1 ]] && cmd="$cmd --lower"
 [[ $profile == debug ]] && cmd="$cmd --debug"
 echo "fuse stress: $cmd; logs $logdir" | tee "$logdir/run.log"
 rc=0
@@ -108,6 +138,16 @@ daemon_pid=""
 python3 "$repo/scripts/stress/summary.py" --json "$logdir/summary.json" --md "$logdir/summary.md" \
     --command "$cmd" --commit "$(git rev-parse --short HEAD)" --kernel "$(uname -r)" --cores "$(nproc)" \
     --du-kib "$du_kib" --object-files "$objects" | tee -a "$logdir/run.log"
+if [[ $lower == 1 ]]; then
+    lower_listing >"$work/lower.after"
+    if cmp -s "$work/lower.before" "$work/lower.after"; then
+        echo "lower directory unchanged: $(grep -c ' f ' "$work/lower.before") files, byte for byte (paths, types, modes, sizes, mtimes, sha256)" | tee -a "$logdir/run.log"
+    else
+        echo "ERROR: the lower directory changed:" | tee -a "$logdir/run.log"
+        diff "$work/lower.before" "$work/lower.after" | head -20 | tee -a "$logdir/run.log"
+        rc=1
+    fi
+fi
 if [[ $rc != 0 ]] || grep -q '"errors": [1-9]' "$logdir/summary.json"; then
     exit 1
 fi

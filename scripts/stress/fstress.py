@@ -530,7 +530,7 @@ class Stress:
 
     def daemon_figures(self):
         pid = self.a.daemon_pid
-        fds = objs = 0
+        fds = objs = lower = 0
         others = []
         try:
             for fd in os.listdir("/proc/%d/fd" % pid):
@@ -541,6 +541,9 @@ class Stress:
                     continue
                 if "/objects/" in target:
                     objs += 1
+                elif self.a.lower and target.startswith(self.a.lower.rstrip("/") + "/"):
+                    # Lower files read: a cache of at most 256 (core lower.rs).
+                    lower += 1
                 else:
                     others.append(target)
             rss = threads = 0
@@ -554,7 +557,8 @@ class Stress:
             self.error("daemon /proc: %s" % describe(e))
             return None
         return {"t": round(time.time() - self.t0, 1), "fds": fds, "object_fds": objs,
-                "other_fds": fds - objs, "other_fd_targets": sorted(others), "rss_kib": rss,
+                "lower_fds": lower, "other_fds": fds - objs - lower, "other_fd_targets": sorted(others),
+                "rss_kib": rss,
                 "threads": threads}
 
     def status(self):
@@ -568,6 +572,14 @@ class Stress:
 
     def setup(self):
         for w in self.workers:
+            if self.a.lower:
+                # An overlay mount: wNN and its files come from the lower
+                # directory; every branch starts from them.
+                files, dirs = scan(os.path.join(self.a.lower, w), False)
+                for b in self.branches:
+                    m = self.models[w][b]
+                    m.files, m.dirs = dict(files), set(dirs)
+                continue
             os.mkdir(os.path.join(self.mount, w))
         self.cli("snapshot-create", "--branch", "main", "--name", "stress-base")
         self.branch_ids["main"] = self.cli("status")["default_branch"]
@@ -1191,7 +1203,7 @@ class Stress:
         a = self.a
         res = {"config": {"threads": a.threads, "duration_s": a.duration, "branches": self.branches,
                           "seed": a.seed, "checkpoints": a.checkpoints, "passthrough": a.passthrough,
-                          "view_switch_ms": a.view_switch_ms}}
+                          "view_switch_ms": a.view_switch_ms, "lower": bool(a.lower)}}
         res["start"] = self.sample("start")
         res["status_start"] = self.status()
         self.setup()
@@ -1294,11 +1306,15 @@ class Stress:
                        % (s1["other_fds"], s0["other_fds"]))
         if peak_obj > 1024 + a.fd_margin:
             self.error("object descriptors peaked at %d, over the 1024 cache bound" % peak_obj)
+        peak_lower = max(s.get("lower_fds", 0) for s in self.samples)
+        if peak_lower > 256 + a.fd_margin:
+            self.error("lower-file descriptors peaked at %d, over the 256 cache bound" % peak_lower)
         if s1["threads"] > s0["threads"] + a.fd_margin:
             self.error("threads %d at the end, %d at the start" % (s1["threads"], s0["threads"]))
         res["errors"] = len(self.errors)
         res["error_list"] = self.errors[:200]
         res["peak"] = {"fds": max(s["fds"] for s in self.samples), "object_fds": peak_obj,
+                       "lower_fds": peak_lower,
                        "rss_kib": max(s["rss_kib"] for s in self.samples)}
         return res
 
@@ -1337,6 +1353,7 @@ def main():
     r.add_argument("--max-throwaways", type=int, default=3)
     r.add_argument("--fd-margin", type=int, default=2)
     r.add_argument("--self-test-corrupt", action="store_true")
+    r.add_argument("--lower", default="", help="the mount's --lower directory (holds wNN/ already)")
     r.add_argument("--view-switch-ms", type=float, default=100)
     h = sub.add_parser("apply")
     h.add_argument("--root", required=True)
