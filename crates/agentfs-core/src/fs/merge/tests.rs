@@ -798,3 +798,53 @@ fn review_a_directory_moved_on_both_sides_and_resolved_has_one_name() {
         assert_eq!(text(&core, main, &format!("{want}/f")).unwrap(), "f");
     }
 }
+
+/// Review of issue 6: what a resolved merge repairs after the fact (names of
+/// deleted nodes, link counts) is in its journal record: a crash right after
+/// the commit replays to the same names and counts.
+#[test]
+fn review_a_resolved_merge_replays_to_the_same_tree() {
+    let objects = Arc::new(MemBackstore::new());
+    let open = |store: MemStore| {
+        let store = Arc::new(store);
+        let (core, _) = FsCore::open_persisted(
+            Arc::clone(&objects) as Arc<dyn Backstore>,
+            Arc::clone(&store) as Arc<dyn MetaStore>,
+            config(),
+        )
+        .unwrap();
+        (core, store)
+    };
+    let ctx = Ctx::root();
+    let (core, store) = open(MemStore::new());
+    let (main, child) = forked(&core);
+    let link = |core: &FsCore, b: BranchId, from: &str, to: &str| {
+        let id = find(core, b, from).unwrap();
+        core.link(&ctx, b, id, NodeId::ROOT, n(to)).unwrap();
+    };
+    link(&core, child, "top", "child-link");
+    link(&core, main, "top", "parent-link");
+    link(&core, child, "dir/a", "a-link");
+    rm(&core, main, "dir/a");
+    let options = CommitOptions {
+        resolve: Some(Resolve::Ours),
+        delete: false,
+    };
+    assert!(core.branch_commit(child, options).unwrap().committed);
+    let state = |core: &FsCore| {
+        let names: Vec<(String, Option<u32>)> =
+            ["top", "child-link", "parent-link", "a-link", "dir/a"]
+                .into_iter()
+                .map(|p| {
+                    let nlink = find(core, main, p).map(|id| core.getattr(main, id).unwrap().nlink);
+                    (p.to_string(), nlink)
+                })
+                .collect();
+        names
+    };
+    let before = state(&core);
+    let image = store.image(None);
+    std::mem::forget(core);
+    let (core, _store) = open(image);
+    assert_eq!(state(&core), before);
+}
