@@ -10,6 +10,9 @@
 #
 # Usage: scripts/test-crash.sh [--iterations N] [--passthrough auto|off]
 #                              [--seed S] [--max-run-ms MS] [--no-build]
+#                              [--commit-kill-every K]
+# Every K-th iteration (default 3; 0: never) the kill is aimed at a
+# branch-commit: 0-12 ms after the workload announces its 1st-3rd commit.
 # Logs: logs/crash-<UTC>/ (summary.txt, verify.jsonl with one line per
 # verified iteration, and on failure the failing verify output, the daemon log
 # and the backstore's meta/ files). Needs root and /dev/fuse.
@@ -19,6 +22,7 @@ iterations=200
 passthrough=auto
 seed=$(( $(date +%s) % 100000 ))
 max_run_ms=1500
+commit_kill_every=3
 build=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -26,6 +30,7 @@ while [[ $# -gt 0 ]]; do
         --passthrough) passthrough=$2; shift 2 ;;
         --seed) seed=$2; shift 2 ;;
         --max-run-ms) max_run_ms=$2; shift 2 ;;
+        --commit-kill-every) commit_kill_every=$2; shift 2 ;;
         --no-build) build=0; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -98,6 +103,7 @@ start=$(date +%s)
 files_verified=0
 snaps_verified=0
 passed=0
+commit_aimed=0
 echo "crash loop: $iterations iterations, passthrough=$passthrough, seed=$seed, logs $logdir"
 for i in $(seq 1 "$iterations"); do
     if (( i % 2 == 1 )); then
@@ -123,8 +129,36 @@ for i in $(seq 1 "$iterations"); do
         if ! kill -0 "$workload_pid" 2>/dev/null; then break; fi
         sleep 0.05
     done
-    delay_ms=$(( (seed * 7919 + i * 104729) % max_run_ms + 1 ))
-    sleep "$(awk -v ms="$delay_ms" 'BEGIN { printf "%.3f", ms / 1000 }')"
+    if (( commit_kill_every > 0 && i % commit_kill_every == 0 )); then
+        # Aim at a branch-commit: kill 0-12 ms after the workload announces one.
+        python3 - "$work/ledger-$i.jsonl" "$daemon_pid" "$workload_pid" $((seed * 1000 + i)) <<'PY' || true
+import os, random, sys, time
+ledger, daemon, workload, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+want = rng.randrange(1, 4)
+deadline = time.monotonic() + 20
+seen = 0
+with open(ledger, "rb") as f:
+    while time.monotonic() < deadline:
+        line = f.readline()
+        if not line:
+            try:
+                os.kill(workload, 0)
+            except OSError:
+                break
+            time.sleep(0.0005)
+            continue
+        if b'"t": "commit-start"' in line:
+            seen += 1
+            if seen == want:
+                time.sleep(rng.uniform(0, 0.012))
+                break
+PY
+        commit_aimed=$((commit_aimed + 1))
+    else
+        delay_ms=$(( (seed * 7919 + i * 104729) % max_run_ms + 1 ))
+        sleep "$(awk -v ms="$delay_ms" 'BEGIN { printf "%.3f", ms / 1000 }')"
+    fi
     { kill -9 "$daemon_pid"; wait "$daemon_pid"; } 2>/dev/null || true
     daemon_pid=""
     { kill -9 "$workload_pid"; wait "$workload_pid"; } 2>/dev/null || true
@@ -164,8 +198,18 @@ status=pass
 elapsed=$(( $(date +%s) - start ))
 {
     echo "crash loop passed: $passed of $iterations kill -9 iterations recovered and verified, then a clean remount"
-    echo "command: scripts/test-crash.sh --iterations $iterations --passthrough $passthrough --seed $seed --max-run-ms $max_run_ms"
+    echo "command: scripts/test-crash.sh --iterations $iterations --passthrough $passthrough --seed $seed --max-run-ms $max_run_ms --commit-kill-every $commit_kill_every"
     echo "durable files checked: $files_verified; snapshots checked file by file: $snaps_verified"
+    python3 - "$logdir/verify.jsonl" "$commit_aimed" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [r["result"] for r in rows if r["iteration"] != "clean-remount"]
+acked = sum(r.get("commits_acknowledged", 0) for r in rows)
+fl = [r.get("commit_in_flight", "none") for r in rows]
+print("branch-commits acknowledged before a kill and found after it: %d; kills aimed at a commit: %s; "
+      "kills that landed in a commit: %d (parent found exactly as before it: %d, exactly as after it: %d)"
+      % (acked, sys.argv[2], fl.count("before") + fl.count("after"), fl.count("before"), fl.count("after")))
+PY
     echo "checkpoints written while mounted (journal past its threshold): $(grep -c 'checkpoint written' "$work/daemon.log" || true)"
     echo "backstore objects at the end: $(find "$store/objects" -type f | wc -l); journal bytes: $(stat -c %s "$store/meta/journal"); checkpoint bytes: $(stat -c %s "$store/meta/checkpoint")"
     echo "elapsed: ${elapsed}s"

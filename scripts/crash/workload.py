@@ -4,7 +4,9 @@
 `run`: a random, single-threaded workload on a live mount, in the default
 branch and in a work branch (reached as <mount>/.agentfs/branches/<name>):
 create/write/truncate/rename/unlink/mkdir, fsync of files and directories,
-snapshot-create, branch-create, snapshot-delete and branch-delete. Every
+snapshot-create, branch-create, snapshot-delete, branch-delete and
+branch-commit (a child branch of the default or the work branch, changed on
+both sides, committed with or without --theirs/--delete). Every
 acknowledgement is appended to a ledger outside the mount (fsynced), and
 every change is announced there *before* it is made, so a verifier knows
 which files were left exactly as they were when last made durable.
@@ -16,7 +18,10 @@ whose last record is "durable" has exactly that content and size; every
 snapshot and branch whose creation was acknowledged exists (and every acknowledged
 delete is gone); every snapshot created in that ledger has exactly the files
 and contents the workload had in its tree when it was taken (checked through a
-temporary branch). Exit 1 with the mismatches on failure.
+temporary branch); every commit acknowledged is there (each file of its
+result, and the files it removed are absent), and a commit the kill landed
+in left its parent exactly as before it or exactly as after it, never a mix.
+Exit 1 with the mismatches on failure.
 """
 
 import argparse
@@ -238,6 +243,120 @@ def run(args):
                         if d not in SKIP and os.path.isdir(os.path.join(tree_root(mount, work), d))
                     )
                     led.note({"t": "base", "tree": work, "files": summary(model[work])}, True)
+            elif r < 0.87 and files:
+                # branch-commit: snapshot t, branch from it, change both sides
+                # (disjoint paths, or one conflict settled with --theirs),
+                # make the parent durable, then commit. A kill during the
+                # commit must leave t exactly before or exactly after it.
+                n = rng.randrange(10**6)
+                base_name = "cbase-%d-%d" % (args.iteration, n)
+                child = "cw-%d-%d" % (args.iteration, n)
+                led.note({"t": "snapshot-creating", "name": base_name})
+                cli(args, mount, "snapshot-create", "--name", base_name, "--branch", t)
+                led.note({"t": "snapshot", "name": base_name, "files": summary(files)}, True)
+                snaps.append(base_name)
+                base = dict(files)
+                cli(args, mount, "branch-create", "--from", base_name, "--name", child)
+                led.note({"t": "branch", "name": child}, True)
+                branches.append(child)
+                cfiles = dict(base)
+                names = sorted(base)
+                rng.shuffle(names)
+                conflict = rng.random() < 0.2 and len(names) >= 1
+                parent_side = [] if rng.random() < 0.3 else names[: rng.randrange(1, 4)]
+                child_side = names[len(parent_side): len(parent_side) + rng.randrange(1, 4)]
+                if conflict and parent_side:
+                    child_side.append(parent_side[0])
+                # The parent's side: overwrite (or unlink) a few files.
+                for rel in parent_side:
+                    dirty(t, rel)
+                    if rng.random() < 0.25 and not (conflict and rel == parent_side[0]):
+                        os.unlink(path_of(t, rel))
+                        del files[rel]
+                    else:
+                        data = rng.randbytes(rng.randrange(0, 40000))
+                        with open(path_of(t, rel), "wb") as fh:
+                            fh.write(data)
+                        files[rel] = data
+                fd = os.open(tree_root(mount, t), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                for tt in trees:
+                    for rel in model[tt]:
+                        durable(tt, rel)
+                # The child's side: overwrite, unlink, create; fsynced or not
+                # (an acknowledged commit is durable either way).
+                croot = tree_root(mount, child)
+                for rel in child_side:
+                    if rng.random() < 0.25 and rel not in parent_side:
+                        os.unlink(os.path.join(croot, rel))
+                        del cfiles[rel]
+                    else:
+                        data = rng.randbytes(rng.randrange(0, 40000))
+                        with open(os.path.join(croot, rel), "wb") as fh:
+                            fh.write(data)
+                        cfiles[rel] = data
+                for _ in range(rng.randrange(0, 3)):
+                    rel = new_name(t)
+                    if rel in files or rel in cfiles:
+                        continue
+                    data = rng.randbytes(rng.randrange(0, 40000))
+                    with open(os.path.join(croot, rel), "wb") as fh:
+                        fh.write(data)
+                    cfiles[rel] = data
+                if rng.random() < 0.5:
+                    fd = os.open(croot, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                # The three-way result: child's changes over the parent's.
+                post = dict(files)
+                for rel in set(base) | set(cfiles):
+                    if cfiles.get(rel) == base.get(rel):
+                        continue
+                    if rel in cfiles:
+                        post[rel] = cfiles[rel]
+                    else:
+                        post.pop(rel, None)
+                delete = rng.random() < 0.3
+                cmd = ["branch-commit", child]
+                if conflict and parent_side:
+                    cmd.append("--theirs")
+                if delete:
+                    cmd.append("--delete")
+                    led.note({"t": "branch-deleting", "name": child})
+                led.note({"t": "commit-start", "tree": t, "pre": summary(files), "post": summary(post)}, True)
+                try:
+                    out = subprocess.run([args.cli, "--mount", mount, "--json", *cmd],
+                                         capture_output=True, timeout=60)
+                except subprocess.TimeoutExpired:
+                    raise Dead()
+                try:
+                    rep = json.loads(out.stdout)["value"]
+                except ValueError:
+                    raise Dead(out.stderr.decode(errors="replace"))
+                if out.returncode != 0 or not rep["committed"]:
+                    led.note({"t": "error", "what": "commit refused: %r" % rep}, True)
+                    return 2
+                led.note({"t": "commit-done", "tree": t}, True)
+                if delete:
+                    led.note({"t": "branch-deleted", "name": child}, True)
+                    branches.remove(child)
+                for rel in files:
+                    if rel not in post:
+                        led.note({"t": "absent", "tree": t, "path": rel})
+                model[t] = files = post
+                for rel in post:
+                    durable(t, rel)
+                # Post-commit read-back: the parent is exactly the merge.
+                got = summary(scan(tree_root(mount, t)))
+                if got != summary(post):
+                    led.note({"t": "error", "what": "after commit of %s into %s: %s"
+                              % (child, t, sorted(set(map(str, got.items())) ^ set(map(str, summary(post).items())))[:6])}, True)
+                    return 2
             elif r < 0.90 and len(snaps) > 6:
                 name = snaps.pop(rng.randrange(len(snaps)))
                 led.note({"t": "snapshot-deleting", "name": name})
@@ -270,6 +389,8 @@ def verify(args):
     snaps = {}     # name -> ("exists", files-or-None) | "maybe" | "gone"
     branches = {}  # name -> "exists" | "maybe" | "gone"
     verified = 0
+    pending = None
+    commits_done = 0
     with open(args.ledger) as f:
         for line in f:
             try:
@@ -300,6 +421,17 @@ def verify(args):
                     del files[k]
             elif t == "branch-deleted":
                 branches[rec["name"]] = "gone"
+            elif t == "absent":
+                files[(rec["tree"], rec["path"])] = "absent"
+            elif t == "commit-start":
+                # Until it is acknowledged, the tree is checked as a whole:
+                # exactly as before the commit, or exactly as after it.
+                pending = rec
+                for k in [k for k in files if k[0] == rec["tree"]]:
+                    files[k] = "dirty"
+            elif t == "commit-done":
+                pending = None
+                commits_done += 1
             elif t == "error":
                 print("FAIL: the workload hit an error on a live mount: %s" % rec["what"])
                 return 1
@@ -316,8 +448,26 @@ def verify(args):
             problems.append("branch %s was deleted but exists" % name)
         if st == "exists" and name not in have_branches:
             problems.append("branch %s was created but is missing" % name)
+    commits_checked = 0
+    if pending is not None:
+        got = summary(scan(tree_root(mount, pending["tree"])))
+        if got == pending["pre"]:
+            commits_checked = 1
+        elif got == pending["post"]:
+            commits_checked = 2
+        else:
+            def d(x, y):
+                return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))[:6]
+            problems.append("commit into %s killed midway left neither the state before it (differs at %s) "
+                            "nor after it (differs at %s)" % (pending["tree"], d(got, pending["pre"]),
+                                                              d(got, pending["post"])))
     for (tree, rel), st in sorted(files.items()):
         if st == "dirty" or branches.get(tree, "exists") != "exists":
+            continue
+        if st == "absent":
+            if os.path.lexists(os.path.join(tree_root(mount, tree), rel)):
+                problems.append("%s:%s was removed by an acknowledged commit but exists" % (tree, rel))
+            verified += 1
             continue
         _, h, n = st
         p = os.path.join(tree_root(mount, tree), rel)
@@ -347,6 +497,9 @@ def verify(args):
         checked_snaps += 1
     print(json.dumps({"files_verified": verified, "snapshots_verified": checked_snaps,
                       "snapshots": len(have_snaps), "branches": len(have_branches),
+                      "commits_acknowledged": commits_done,
+                      "commit_in_flight": ["none", "before", "after"][commits_checked]
+                      if pending is not None else "none",
                       "problems": len(problems)}))
     for p in problems[:50]:
         print("FAIL: " + p)
