@@ -14,6 +14,8 @@
 //!   that named it), checked against that directory. Only when no hint holds
 //!   (a hard link whose hinted name was removed, data written before hints
 //!   existed) is the tree walked once to find the path; [`DiffStats`] says so.
+//!   A changed file with several links is reported at each of its names,
+//!   found by one walk (a host copy of each name must change too).
 //!
 //! Paths are relative to the root, as text: valid UTF-8 stays as it is,
 //! every other byte is written `\xNN` and a backslash `\\`, so a path is
@@ -179,6 +181,8 @@ struct Paths<'t> {
     dirs: HashMap<NodeId, Option<Vec<u8>>>,
     /// Every node's first path, once a walk was needed.
     index: Option<HashMap<NodeId, Vec<u8>>>,
+    /// Every path of each file with several links, once one was needed.
+    links: Option<HashMap<NodeId, Vec<Vec<u8>>>>,
 }
 
 impl<'t> Paths<'t> {
@@ -187,7 +191,54 @@ impl<'t> Paths<'t> {
             tree,
             dirs: HashMap::new(),
             index: None,
+            links: None,
         }
+    }
+
+    /// Every path of `id`, a file with several links (a change to it is a
+    /// change at each of its names), by one walk of the whole tree; empty
+    /// if it has one link or none.
+    fn all(&mut self, id: NodeId, st: &mut DiffStats) -> Vec<Vec<u8>> {
+        if !self
+            .tree
+            .get(id)
+            .is_some_and(|n| n.entries().is_none() && n.meta.nlink > 1)
+        {
+            return Vec::new();
+        }
+        if self.links.is_none() {
+            st.tree_walks += 1;
+            let mut links: HashMap<NodeId, Vec<Vec<u8>>> = HashMap::new();
+            let mut stack = vec![(NodeId::ROOT, Vec::new())];
+            while let Some((d, path)) = stack.pop() {
+                st.nodes_read += 1;
+                let Some(entries) = self.tree.get(d).and_then(|n| n.entries()) else {
+                    continue;
+                };
+                for (name, child) in entries.iter() {
+                    st.entries_read += 1;
+                    let Some(c) = self.tree.get(*child) else {
+                        continue;
+                    };
+                    let mut p = path.clone();
+                    if !p.is_empty() {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(name);
+                    if c.entries().is_some() {
+                        stack.push((*child, p));
+                    } else if c.meta.nlink > 1 {
+                        links.entry(*child).or_default().push(p);
+                    }
+                }
+            }
+            self.links = Some(links);
+        }
+        self.links
+            .as_ref()
+            .and_then(|l| l.get(&id))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Whether `parent` holds `name` → `id`.
@@ -489,10 +540,12 @@ pub(crate) fn diff_trees(a: &Tree, b: &Tree, same: SameBytes) -> (Vec<DiffChange
             let path = pa.entry(p, &name, &mut st);
             out.push((path.clone(), change(DiffKind::Deleted, &path, kind_of(x))));
         }
+        let mut added = Vec::new();
         for (p, name) in g {
             let Some(y) = nb else { continue };
             let path = pb.entry(p, &name, &mut st);
             out.push((path.clone(), change(DiffKind::Added, &path, kind_of(y))));
+            added.push(path);
         }
         if let (false, Some(_), Some(y)) = (renamed, na, nb) {
             // Gained or lost a link only, and changed too: reported at a name
@@ -502,13 +555,18 @@ pub(crate) fn diff_trees(a: &Tree, b: &Tree, same: SameBytes) -> (Vec<DiffChange
                     pa.holds(h.parent, &h.name, id, &mut st)
                         && pb.holds(h.parent, &h.name, id, &mut st)
                 });
-                let path = match kept {
-                    Some(h) => Some(pb.entry(h.parent, &h.name, &mut st)),
-                    None => pb.node(id, &mut st),
-                };
-                if let Some(path) = path {
+                let mut paths: Vec<Vec<u8>> = pb.all(id, &mut st);
+                paths.retain(|p| !added.contains(p));
+                if paths.is_empty() {
+                    let path = match kept {
+                        Some(h) => Some(pb.entry(h.parent, &h.name, &mut st)),
+                        None => pb.node(id, &mut st),
+                    };
+                    paths.extend(path);
+                }
+                for path in paths {
                     let mut c = change(DiffKind::Modified, &path, kind_of(y));
-                    c.what = what;
+                    c.what = what.clone();
                     out.push((path, c));
                 }
             }
@@ -525,13 +583,19 @@ pub(crate) fn diff_trees(a: &Tree, b: &Tree, same: SameBytes) -> (Vec<DiffChange
         if what.is_empty() {
             continue;
         }
-        let Some(path) = pb.node(id, &mut st) else {
-            // Not reachable by any name (an unlinked file kept open).
-            continue;
-        };
-        let mut c = change(DiffKind::Modified, &path, kind_of(y));
-        c.what = what;
-        out.push((path, c));
+        let mut paths = pb.all(id, &mut st);
+        if paths.is_empty() {
+            let Some(path) = pb.node(id, &mut st) else {
+                // Not reachable by any name (an unlinked file kept open).
+                continue;
+            };
+            paths.push(path);
+        }
+        for path in paths {
+            let mut c = change(DiffKind::Modified, &path, kind_of(y));
+            c.what = what.clone();
+            out.push((path, c));
+        }
     }
 
     // One path deleted and added again (another node now): a replacement

@@ -608,3 +608,23 @@ fn review_a_file_linked_then_written_is_modified_at_its_old_name() {
         vec!["M a [Data]", "A dir/a-link"]
     );
 }
+
+/// Review of issue 6: a file with two names in both views, written, was
+/// reported modified at one name only (its hint), so `export` rewrote one
+/// host file and left the other name's old bytes.
+#[test]
+fn review_a_modified_file_with_two_names_is_reported_at_both() {
+    let core = core();
+    base(&core);
+    let main = core.default_branch();
+    let ctx = Ctx::root();
+    let a = find(&core, main, "a");
+    core.link(&ctx, main, a, find(&core, main, "dir"), n("a-link"))
+        .unwrap();
+    let (snap, w) = fork(&core);
+    put(&core, w, "a", b"changed");
+    assert_eq!(
+        lines(&core, snap, ViewRef::Branch(w)),
+        vec!["M a [Data]", "M dir/a-link [Data]"]
+    );
+}
