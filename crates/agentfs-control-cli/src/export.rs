@@ -13,7 +13,11 @@
 //! - a symlink is made under a temporary name and renamed over the target;
 //! - a directory is created (or its mode set);
 //! - a deletion removes the path (a directory with what it holds);
-//! - a rename renames on the host first, then writes what changed.
+//! - a rename renames on the host first, then writes what changed: every
+//!   renamed path is first moved aside (deepest first, while the base's
+//!   paths still lead to it), then put in place (shallowest first), so
+//!   renames that reuse each other's names (`mv b c; mv a b`, a swap) or
+//!   leave a deleted directory lose nothing.
 //!
 //! Deletions go deepest first, creations shallowest first. A path never
 //! leaves the target directory: `..` and absolute paths are refused, and so
@@ -335,7 +339,7 @@ pub fn apply(steps: &[Step], src: &Path, dst: &Path) -> Result<Summary> {
     // another rename's source (`mv b c; mv a b`, a swap), a deleted
     // directory may have held it (`mv d/f f; rm -r d`), and an inner rename
     // names its directory's old place.
-    let mut aside: Vec<(usize, PathBuf)> = Vec::new();
+    let mut aside: Vec<(usize, PathBuf, PathBuf)> = Vec::new();
     let mut sources: Vec<(usize, &Vec<u8>)> = steps
         .iter()
         .enumerate()
@@ -351,10 +355,16 @@ pub fn apply(steps: &[Step], src: &Path, dst: &Path) -> Result<Summary> {
         };
         if fs::symlink_metadata(&a).is_ok() {
             let tmp = dst.join(format!(".agentfs-export.{}.rename{i}", std::process::id()));
-            fs::rename(&a, &tmp).with_context(|| {
-                format!("cannot move {} aside to {}", a.display(), tmp.display())
-            })?;
-            aside.push((i, tmp));
+            if let Err(e) = fs::rename(&a, &tmp) {
+                // Nothing else changed yet: put back what was moved aside.
+                for (_, tmp, from) in aside.iter().rev() {
+                    let _ = fs::rename(tmp, from);
+                }
+                return Err(e).with_context(|| {
+                    format!("cannot move {} aside to {}", a.display(), tmp.display())
+                });
+            }
+            aside.push((i, tmp, a));
         }
     }
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
@@ -374,7 +384,7 @@ pub fn apply(steps: &[Step], src: &Path, dst: &Path) -> Result<Summary> {
                 sum.removed += 1;
             }
             Step::Rename(from, to) => {
-                if let Some((_, a)) = aside.iter().find(|(j, _)| *j == i) {
+                if let Some((_, a, _)) = aside.iter().find(|(j, _, _)| *j == i) {
                     let b = under(dst, to, true)?;
                     remove_any(&b).with_context(|| format!("cannot replace {}", b.display()))?;
                     fs::rename(a, &b).with_context(|| {
