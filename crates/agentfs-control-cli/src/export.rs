@@ -184,7 +184,17 @@ pub fn plan(items: &[Item], src: &Path) -> Result<Vec<Step>> {
     let mut removes: Vec<Vec<u8>> = Vec::new();
     let mut renames: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut writes: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut skips: Vec<Step> = Vec::new();
     for item in items {
+        if item.path.is_empty() && item.kind == Kind::Modified {
+            // The diff names the root by the empty path (its mode, owner or
+            // xattrs changed): DIR's own attributes are left as they are.
+            skips.push(Step::Skip(
+                Vec::new(),
+                "the root directory's own attributes",
+            ));
+            continue;
+        }
         relative(&item.path)?;
         match item.kind {
             Kind::Deleted => removes.push(item.path.clone()),
@@ -238,6 +248,7 @@ pub fn plan(items: &[Item], src: &Path) -> Result<Vec<Step>> {
             Step::Skip(path, "not a file, directory or symlink")
         });
     }
+    steps.extend(skips);
     Ok(steps)
 }
 
@@ -633,6 +644,25 @@ mod tests {
         assert!(!dst.path().join("d").exists());
         assert!(!dst.path().join("e/f").exists());
         assert_eq!(fs::read_to_string(dst.path().join("e/g")).unwrap(), "F");
+    }
+
+    /// Review of issue 6: the diff names the root by the empty path when its
+    /// mode, owner or xattrs changed; that refused the whole export.
+    #[test]
+    fn review_a_change_of_the_root_itself_is_skipped_not_refused() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("b"), "B").unwrap();
+        let items = vec![item(Kind::Modified, ""), item(Kind::Added, "b")];
+        let steps = plan(&items, src.path()).unwrap();
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::File(p, _) if p == b"b")),
+            "{steps:?}"
+        );
+        assert!(matches!(steps.last(), Some(Step::Skip(p, _)) if p.is_empty()));
+        // Only a modification of the root: deletions or additions of "" stay refused.
+        assert!(plan(&[item(Kind::Deleted, "")], src.path()).is_err());
     }
 
     #[test]

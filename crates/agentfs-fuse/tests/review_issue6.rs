@@ -110,3 +110,31 @@ fn commit_then_export_onto_the_lower_keeps_a_renamed_file_readable() {
         "the parent branch's committed file after the export"
     );
 }
+
+/// A branch whose root directory changed mode: the diff names the root by
+/// the empty path, which export refused as "not a plain relative path", so
+/// nothing of the branch could be exported.
+#[test]
+fn export_of_a_branch_whose_root_changed_mode_succeeds() {
+    let m = mount_or_skip!();
+    let host = tempfile::tempdir().unwrap();
+    fs::write(m.join("a"), "A\n").unwrap();
+    fs::write(host.path().join("a"), "A\n").unwrap();
+    m.snapshot("base");
+    m.branch("base", "work");
+    m.in_branch_ok(
+        "work",
+        &format!("chmod 0750 {mnt} && echo B > {mnt}/b", mnt = shq(m.path())),
+    );
+    let diff = m.cli_json(&["diff", "base", "work"]);
+    assert!(
+        diff["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == ""),
+        "the root's change is in the diff: {diff}"
+    );
+    m.cli_ok(&["export", "work", "--to", host.path().to_str().unwrap()]);
+    assert_eq!(fs::read_to_string(host.path().join("b")).unwrap(), "B\n");
+}
