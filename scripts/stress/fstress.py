@@ -420,6 +420,99 @@ def compare(label, files, dirs, want_files, want_dirs, limit=10):
     return out
 
 
+class ChildWriter(threading.Thread):
+    """Writes into a branch while it is committed: a new directory `root`,
+    a file written through one descriptor held open all along (FUSE
+    passthrough where the mount offers it), new files and appends. `states[k]`
+    is the directory's content after k operations completed (None: not made
+    yet), so the parent must hold exactly one of the states between the
+    operations done when the commit began and those begun when it returned."""
+
+    def __init__(self, root, seed):
+        super().__init__(daemon=True)
+        self.root = root
+        self.rng = random.Random(seed)
+        self.states = [None]
+        # The file operation k changed (its write may reach the daemon in
+        # several requests: the kernel sends a write that starts inside a
+        # page not cached as one request up to the page's end, then the
+        # rest, so a commit can land between them).
+        self.targets = [None]
+        self.started = 0
+        self.stop = threading.Event()
+        self.error = None
+
+    def run(self):
+        rng = self.rng
+        cur = {}
+        fd = None
+        try:
+            k = 0
+            while not self.stop.is_set() and k < 400:
+                self.started += 1
+                target = "held"
+                if k == 0:
+                    target = None
+                    os.mkdir(self.root)
+                elif k == 1:
+                    fd = os.open(os.path.join(self.root, "held"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                    cur["held"] = b""
+                elif rng.random() < 0.6:
+                    data = rng.randbytes(rng.randrange(1, 8192))
+                    off = rng.randrange(0, len(cur["held"]) + 4096)
+                    if os.pwrite(fd, data, off) != len(data):
+                        raise Mismatch("short write")
+                    d = bytearray(cur["held"])
+                    if len(d) < off:
+                        d.extend(b"\0" * (off - len(d)))
+                    d[off:off + len(data)] = data
+                    cur["held"] = bytes(d)
+                else:
+                    name = "n%d" % rng.randrange(6)
+                    target = name
+                    if name not in cur:
+                        # Creating is one step (an empty file), appending the next.
+                        os.close(os.open(os.path.join(self.root, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                        cur[name] = b""
+                    else:
+                        data = rng.randbytes(rng.randrange(1, 6000))
+                        fd2 = os.open(os.path.join(self.root, name), os.O_WRONLY | os.O_APPEND)
+                        try:
+                            if os.write(fd2, data) != len(data):
+                                raise Mismatch("short write")
+                        finally:
+                            os.close(fd2)
+                        cur[name] = cur[name] + data
+                k += 1
+                self.targets.append(target)
+                self.states.append(dict(cur))
+        except (OSError, Mismatch) as e:
+            self.error = describe(e)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def done(self):
+        return len(self.states) - 1
+
+    def matches(self, got, lo, hi):
+        """Whether `got` is the directory as of some k in lo..hi, allowing the
+        file that operation k+1 (in flight at that moment) was writing to
+        hold anything."""
+        for k in range(lo, min(hi, len(self.states) - 1) + 1):
+            st = self.states[k]
+            if got == st:
+                return True
+            if got is None or st is None or k + 1 >= len(self.states):
+                continue
+            t = self.targets[k + 1]
+            if t is None or set(got) - {t} != set(st) - {t}:
+                continue
+            if all(got[f] == st[f] for f in got if f != t):
+                return True
+        return False
+
+
 class Stress:
     def __init__(self, args):
         self.a = args
@@ -984,6 +1077,41 @@ class Stress:
         for d in compare(label, files, dirs, model.files, model.dirs):
             self.error(d)
 
+    def check_child_writer(self, what, P, xname, cw, lo, hi, committed):
+        """The parent holds exactly one state of the writer's directory from
+        the commit's window (none if the commit was refused); later writes in
+        the child never reach it. Then the directory is removed from the
+        parent (no worker's model has it)."""
+        if cw.error:
+            self.error("%s: writer in the child: %s" % (what, cw.error))
+        proot = os.path.join(self.mount, ".agentfs", "branches", P, xname)
+        if os.path.lexists(proot):
+            files, dirs = scan(proot, False)
+            got = files if not dirs else None
+        else:
+            got = None
+        if (cw.matches(got, lo, hi) if committed else got is None):
+            pass
+        else:
+            # Which states each file the parent holds matches (a file matching
+            # only states before `lo` lost a write that returned before the
+            # commit began).
+            per = {}
+            for k, v in (got or {}).items():
+                ks = [i for i, st in enumerate(cw.states) if st is not None and st.get(k) == v]
+                per[k] = "%d bytes, states %s" % (len(v), ("%d..%d" % (ks[0], ks[-1])) if ks else "none")
+            self.error("%s: writer's directory %s, per file: %s" % (what, xname, per))
+            near = ["%d: %s" % (i, {k: len(v) for k, v in st.items()} if st is not None else None)
+                    for i, st in enumerate(cw.states[max(0, lo - 2):hi + 3], max(0, lo - 2))]
+            self.error("%s: writer's directory %s in the parent: %s, not one of the states %d..%d of the "
+                       "commit's window (%s)" % (what, xname, {k: len(v) for k, v in got.items()} if got is not None
+                                                else None, lo, hi, "; ".join(near)))
+        self.count("commit-concurrent-writer")
+        self.count("commit-writer-ops", cw.done())
+        if got is not None:
+            import shutil
+            shutil.rmtree(proot)
+
     def commit_episode(self, rng, w, names):
         """Branch `c-N` from a snapshot of branch P; this worker changes its
         subtree in both P and the child while the other workers keep writing
@@ -1066,7 +1194,24 @@ class Stress:
                         cmd.append("--" + resolve)
                     if delete:
                         cmd.append("--delete")
-                    out = subprocess.run(cmd, capture_output=True, timeout=120)
+                    # A writer in the child while it is committed (not with
+                    # --delete: refused while files are open in the branch).
+                    cw = None
+                    if rnd == rounds - 1 and not delete and rng.random() < 0.5:
+                        xname = "x-%s-%d" % (w, n)
+                        cw = ChildWriter(os.path.join(self.mount, ".agentfs", "branches", child, xname),
+                                         rng.getrandbits(48))
+                        cw.start()
+                        time.sleep(rng.uniform(0, 0.01))
+                        lo = cw.done()
+                    try:
+                        out = subprocess.run(cmd, capture_output=True, timeout=120)
+                    finally:
+                        if cw is not None:
+                            hi = cw.started
+                            time.sleep(0.02)
+                            cw.stop.set()
+                            cw.join(timeout=60)
                     try:
                         rep = json.loads(out.stdout)["value"]
                     except ValueError:
@@ -1100,6 +1245,8 @@ class Stress:
                                    + ("-" + resolve if resolve else ""))
                     else:
                         self.count("branch-commit-refused")
+                    if cw is not None:
+                        self.check_child_writer(what, P, xname, cw, lo, hi, ok)
                     # The parent's subtree through the same view (the commit drops its caches).
                     files, dirs = scan(proot, False)
                     bad = compare("%s: parent %s/%s" % (what, P, w), files, dirs,
