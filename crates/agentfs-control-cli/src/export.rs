@@ -19,10 +19,11 @@
 //!   renames that reuse each other's names (`mv b c; mv a b`, a swap) or
 //!   leave a deleted directory lose nothing.
 //!
-//! Deletions go deepest first, creations shallowest first. A path never
-//! leaves the target directory: `..` and absolute paths are refused, and so
-//! is any step whose parent on the host is a symlink. Modes are kept; owners
-//! and times are not (the files belong to whoever runs the export).
+//! Deletions go deepest first (together with moving renamed paths aside),
+//! creations shallowest first. A path never leaves the target directory:
+//! `..` and absolute paths are refused, and so is any step whose parent on
+//! the host is a symlink. Modes are kept; owners and times are not (the
+//! files belong to whoever runs the export).
 //! Directories written into are synced at the end.
 
 use anyhow::{bail, Context, Result};
@@ -345,29 +346,44 @@ pub struct Summary {
 /// Carry out `steps`, reading from `src`, writing under `dst`.
 pub fn apply(steps: &[Step], src: &Path, dst: &Path) -> Result<Summary> {
     let mut sum = Summary::default();
-    // Every rename's source is moved aside first, deepest first, while all
-    // old paths (the base's) still lead to it: a rename's target may be
-    // another rename's source (`mv b c; mv a b`, a swap), a deleted
-    // directory may have held it (`mv d/f f; rm -r d`), and an inner rename
-    // names its directory's old place.
+    let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut note = |p: &Path| {
+        if let Some(parent) = p.parent() {
+            touched.insert(parent.to_path_buf());
+        }
+    };
+    // Deletions are done and every rename's source is moved aside first,
+    // deepest first, while all old paths (the base's) still lead to what
+    // they name: a rename's target may be another rename's source (`mv b c;
+    // mv a b`, a swap), a deleted directory may have held a renamed file
+    // (`mv d/f f; rm -r d`), a deleted file may be in a renamed directory
+    // (`rm d/x; mv d e`), and an inner rename names its directory's old place.
     let mut aside: Vec<(usize, PathBuf, PathBuf)> = Vec::new();
-    let mut sources: Vec<(usize, &Vec<u8>)> = steps
+    let mut early: Vec<(usize, usize, &Vec<u8>)> = steps
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match s {
-            Step::Rename(from, _) => Some((i, from)),
+            Step::Rename(from, _) => Some((depth(from), i, from)),
+            Step::Remove(rel) => Some((depth(rel), i, rel)),
             _ => None,
         })
         .collect();
-    sources.sort_by_key(|(_, from)| std::cmp::Reverse(depth(from)));
-    for (i, from) in sources {
-        let Ok(a) = under(dst, from, false) else {
+    early.sort_by_key(|&(d, i, _)| (std::cmp::Reverse(d), i));
+    for (_, i, rel) in early {
+        // A parent already gone means the path is gone too.
+        let Ok(a) = under(dst, rel, false) else {
             continue;
         };
+        if matches!(steps[i], Step::Remove(_)) {
+            remove_any(&a).with_context(|| format!("cannot delete {}", a.display()))?;
+            note(&a);
+            sum.removed += 1;
+            continue;
+        }
         if fs::symlink_metadata(&a).is_ok() {
             let tmp = dst.join(format!(".agentfs-export.{}.rename{i}", std::process::id()));
             if let Err(e) = fs::rename(&a, &tmp) {
-                // Nothing else changed yet: put back what was moved aside.
+                // Put back what was moved aside.
                 for (_, tmp, from) in aside.iter().rev() {
                     let _ = fs::rename(tmp, from);
                 }
@@ -378,22 +394,10 @@ pub fn apply(steps: &[Step], src: &Path, dst: &Path) -> Result<Summary> {
             aside.push((i, tmp, a));
         }
     }
-    let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut note = |p: &Path| {
-        if let Some(parent) = p.parent() {
-            touched.insert(parent.to_path_buf());
-        }
-    };
     for (i, step) in steps.iter().enumerate() {
         match step {
-            Step::Remove(rel) => {
-                let at = under(dst, rel, false);
-                // A parent already gone means the path is gone too.
-                let Ok(at) = at else { continue };
-                remove_any(&at).with_context(|| format!("cannot delete {}", at.display()))?;
-                note(&at);
-                sum.removed += 1;
-            }
+            // Done above, with the renames' sources.
+            Step::Remove(_) => {}
             Step::Rename(from, to) => {
                 if let Some((_, a, _)) = aside.iter().find(|(j, _, _)| *j == i) {
                     let b = under(dst, to, true)?;
@@ -663,6 +667,26 @@ mod tests {
         assert!(matches!(steps.last(), Some(Step::Skip(p, _)) if p.is_empty()));
         // Only a modification of the root: deletions or additions of "" stay refused.
         assert!(plan(&[item(Kind::Deleted, "")], src.path()).is_err());
+    }
+
+    /// Review of issue 6: `rm d/x; mv d e` is a deletion of `d/x` (its path in
+    /// the base) and a rename of `d`: the deletion must reach `x` wherever the
+    /// rename's source is then.
+    #[test]
+    fn review_a_file_deleted_in_a_renamed_directory_stays_deleted() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::create_dir(dst.path().join("d")).unwrap();
+        fs::write(dst.path().join("d/x"), "X").unwrap();
+        fs::write(dst.path().join("d/y"), "Y").unwrap();
+        fs::create_dir(src.path().join("e")).unwrap();
+        fs::write(src.path().join("e/y"), "Y").unwrap();
+        let items = vec![item(Kind::Deleted, "d/x"), renamed("d", "e")];
+        let steps = plan(&items, src.path()).unwrap();
+        apply(&steps, src.path(), dst.path()).unwrap();
+        assert!(!dst.path().join("d").exists());
+        assert_eq!(fs::read_to_string(dst.path().join("e/y")).unwrap(), "Y");
+        assert!(!dst.path().join("e/x").exists(), "{steps:?}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Review of issue 6 on a real mount: `export` of a branch whose edits
 //! reuse names (renames in a chain, a swap, a file moved out of a directory
-//! that is then deleted, a rename inside a renamed directory, a file given a
-//! second name and written through it) leaves the host directory exactly as
-//! the branch, with the diff the daemon really sends.
+//! that is then deleted, a rename and a deletion inside a renamed directory,
+//! a file given a second name and written through it) leaves the host
+//! directory exactly as the branch, with the diff the daemon really sends;
+//! a change of the branch root's own mode does not stop an export; and
+//! (open) commit then export onto the mount's own `--lower` directory.
 
 mod common;
 
@@ -51,6 +53,7 @@ fn export_of_renames_that_reuse_names_matches_the_branch() {
             ("d/f", "F\n"),
             ("d/g", "G\n"),
             ("r/in/h", "H\n"),
+            ("r/in/z", "Z\n"),
             ("l", "L\n"),
         ] {
             fs::write(root.join(p), body).unwrap();
@@ -62,7 +65,7 @@ fn export_of_renames_that_reuse_names_matches_the_branch() {
         "work",
         &format!(
             "cd {mnt} && mv b c && mv a b && mv x t && mv y x && mv t y \
-             && mv d/f f && rm -r d && mv r s && mv s/in/h s/in/k \
+             && mv d/f f && rm -r d && rm r/in/z && mv r s && mv s/in/h s/in/k \
              && ln l l2 && printf 'L2\\n' > l2",
             mnt = shq(m.path())
         ),
