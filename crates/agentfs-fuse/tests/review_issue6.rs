@@ -3,8 +3,10 @@
 //! that is then deleted, a rename and a deletion inside a renamed directory,
 //! a file given a second name and written through it) leaves the host
 //! directory exactly as the branch, with the diff the daemon really sends;
-//! a change of the branch root's own mode does not stop an export; and
-//! (open) commit then export onto the mount's own `--lower` directory.
+//! a change of the branch root's own mode does not stop an export; names
+//! that need escaping (`a\x41` literally, non-UTF-8, newline) come out as
+//! the same bytes; and (open) commit then export onto the mount's own
+//! `--lower` directory.
 
 mod common;
 
@@ -140,4 +142,35 @@ fn export_of_a_branch_whose_root_changed_mode_succeeds() {
     );
     m.cli_ok(&["export", "work", "--to", host.path().to_str().unwrap()]);
     assert_eq!(fs::read_to_string(host.path().join("b")).unwrap(), "B\n");
+}
+
+/// Names the diff must escape (a literal `a\x41`, which must not become
+/// `aA`; a trailing backslash; a byte that is not UTF-8; a newline) come
+/// out of `export` as the very same bytes.
+#[test]
+fn export_keeps_names_that_need_escaping() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let m = mount_or_skip!();
+    let host = tempfile::tempdir().unwrap();
+    m.snapshot("base");
+    m.branch("base", "work");
+    let view = m.join(".agentfs/branches/work");
+    let names: [&[u8]; 5] = [b"a\\x41", b"aA", b"back\\", b"bad\xffbyte", b"new\nline"];
+    for (i, name) in names.iter().enumerate() {
+        fs::write(view.join(OsStr::from_bytes(name)), format!("{i}\n")).unwrap();
+    }
+    m.cli_ok(&["export", "work", "--to", host.path().to_str().unwrap()]);
+    let mut got: Vec<Vec<u8>> = fs::read_dir(host.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .collect();
+    got.sort();
+    let mut want: Vec<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+    want.sort();
+    assert_eq!(got, want);
+    for (i, name) in names.iter().enumerate() {
+        let body = fs::read_to_string(host.path().join(OsStr::from_bytes(name))).unwrap();
+        assert_eq!(body, format!("{i}\n"));
+    }
 }
