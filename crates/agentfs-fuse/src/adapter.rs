@@ -454,6 +454,17 @@ impl Filesystem for AgentFs {
                 let _ = config.add_capabilities(one);
             }
         }
+        // FsCore drops setuid/setgid and security.capability itself on every
+        // write, truncate and chown it serves, and never passes through the
+        // writes of a file that has them (FsCore::open_passthrough). So the
+        // kernel need not ask for security.capability before each write(2)
+        // (one GETXATTR round trip per write without this: it also marks the
+        // superblock SB_NOSEC, so it checks an inode once).
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2) {
+            tracing::warn!(
+                "kernel lacks FUSE capability {missing:?}: a GETXATTR before each write"
+            );
+        }
         // No FUSE_WRITEBACK_CACHE: writes reach FsCore before write(2) returns,
         // which snapshots need and passthrough will require.
         tracing::info!(abi = %config.kernel_abi(), "FUSE session initialised");

@@ -11,7 +11,7 @@
 //! snapshot taken between open and write is still respected.
 
 use super::perm;
-use super::tree::{Body, Content, Tree};
+use super::tree::{Body, Content, Node, Tree};
 use super::{BranchState, FsCore, Handle, HandleKind, OpenFlags};
 use crate::attr::{Attr, FileKind};
 use crate::creds::Ctx;
@@ -126,7 +126,14 @@ impl FsCore {
         // for itself instead of sharing it.
         self.set_direct(&h, flags.write, true);
         let content = if flags.write {
-            Some(self.content_for_write(branch, h.node))
+            // A write must drop the file's privileges (setuid, setgid,
+            // security.capability), which FsCore does for writes it serves;
+            // the kernel does not for writes it passes through
+            // (FUSE_HANDLE_KILLPRIV_V2 leaves it to the server).
+            let t = branch.tree.read();
+            let privileged = super::node(&t, h.node).map(|n| has_privileges(n))?;
+            drop(t);
+            (!privileged).then(|| self.content_for_write(branch, h.node))
         } else {
             // A snapshot view's objects are never written again by anyone
             // (`snapshot_views`): the kernel may read them directly. A lower
@@ -322,7 +329,7 @@ impl FsCore {
                 let mut n = t.edit(h.node).ok_or(FsError::NotFound)?;
                 n.meta.size = n.meta.size.max(end);
                 n.meta.touch_mc();
-                n.meta.perm = perm::after_write(ctx, n.meta.perm);
+                kill_privileges(ctx, &mut n);
                 t.insert(h.node, n);
                 Ok(())
             })?;
@@ -408,7 +415,7 @@ impl FsCore {
                     n.meta.size = n.meta.size.max(end);
                 }
                 n.meta.touch_mc();
-                n.meta.perm = perm::after_write(ctx, n.meta.perm);
+                kill_privileges(ctx, &mut n);
                 t.insert(h.node, n);
                 Ok(())
             })?;
@@ -489,7 +496,7 @@ impl FsCore {
             Self::write_branch_tree(branch, |t| {
                 let mut n = t.edit(id).ok_or(FsError::NotFound)?;
                 if n.meta.size != 0 || n.content().is_some() {
-                    n.meta.perm = perm::after_write(ctx, n.meta.perm);
+                    kill_privileges(ctx, &mut n);
                 }
                 n.body = Body::File { content: None };
                 n.meta.size = 0;
@@ -519,7 +526,7 @@ impl FsCore {
                 let mut n = t.edit(id).ok_or(FsError::NotFound)?;
                 if n.meta.size != size {
                     n.meta.size = size;
-                    n.meta.perm = perm::after_write(ctx, n.meta.perm);
+                    kill_privileges(ctx, &mut n);
                 }
                 n.meta.touch_mc();
                 t.insert(id, n);
@@ -616,4 +623,36 @@ fn install(t: &mut Tree, id: NodeId, old: &Arc<Content>, new: &Arc<Content>) -> 
 enum Guard<'a> {
     Shared(#[allow(dead_code)] parking_lot::RwLockReadGuard<'a, ()>),
     Exclusive(#[allow(dead_code)] parking_lot::RwLockWriteGuard<'a, ()>),
+}
+
+/// The extended attribute holding a file's capabilities.
+pub(crate) const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// Whether a write to `n` must change its mode or xattrs: it is setuid, setgid
+/// with group-execute, or carries capabilities.
+pub(crate) fn has_privileges(n: &Node) -> bool {
+    perm::kill_suid(n.meta.perm) != n.meta.perm
+        || n.xattrs
+            .as_ref()
+            .is_some_and(|x| x.contains_key(CAPABILITY_XATTR))
+}
+
+/// What a write, truncate or chown by `ctx` takes from a file, as Linux
+/// does: setuid (and setgid with group-execute) unless `ctx` is root, and its
+/// capabilities whoever writes.
+pub(crate) fn kill_privileges(ctx: &Ctx, n: &mut Node) {
+    n.meta.perm = perm::after_write(ctx, n.meta.perm);
+    drop_capabilities(&mut n.xattrs);
+}
+
+/// Remove the capabilities xattr, if any.
+pub(crate) fn drop_capabilities(xattrs: &mut Option<super::tree::Xattrs>) {
+    if xattrs
+        .as_ref()
+        .is_some_and(|x| x.contains_key(CAPABILITY_XATTR))
+    {
+        let mut map = xattrs.as_deref().cloned().unwrap_or_default();
+        map.remove(CAPABILITY_XATTR);
+        *xattrs = (!map.is_empty()).then(|| Arc::new(map));
+    }
 }

@@ -265,6 +265,9 @@ impl FsCore {
                 if m.kind != FileKind::Directory {
                     m.perm = perm::kill_suid(m.perm);
                 }
+                // Linux drops capabilities on any chown (the kernel leaves it
+                // to FsCore: FUSE_HANDLE_KILLPRIV_V2).
+                super::file::drop_capabilities(&mut n.xattrs);
                 changed = true;
             }
             for (want, slot) in [(set.atime, &mut m.atime), (set.mtime, &mut m.mtime)] {
