@@ -277,12 +277,14 @@ fn under(dst: &Path, rel: &[u8], create: bool) -> Result<PathBuf> {
     Ok(dst.join(rel))
 }
 
-/// A name for a temporary file beside `target`.
+/// A name for a temporary file beside `target`: its first bytes, so it is
+/// short enough for NAME_MAX whatever the target's length.
 fn temp_beside(target: &Path) -> PathBuf {
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    let mut tmp = target.to_path_buf();
-    tmp.set_file_name(format!(".{name}.agentfs-export.{}", std::process::id()));
-    tmp
+    let name = target.file_name().unwrap_or_default().as_bytes();
+    let mut tmp = b".".to_vec();
+    tmp.extend_from_slice(&name[..name.len().min(64)]);
+    tmp.extend_from_slice(format!(".agentfs-export.{}", std::process::id()).as_bytes());
+    target.with_file_name(OsStr::from_bytes(&tmp))
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {
@@ -687,6 +689,27 @@ mod tests {
         assert!(!dst.path().join("d").exists());
         assert_eq!(fs::read_to_string(dst.path().join("e/y")).unwrap(), "Y");
         assert!(!dst.path().join("e/x").exists(), "{steps:?}");
+    }
+
+    /// Review of issue 6: the temporary file is named after the target, so
+    /// a target name near NAME_MAX (255 bytes) made a temporary name too
+    /// long to create (ENAMETOOLONG) and the export failed.
+    #[test]
+    fn review_a_name_of_255_bytes_is_exported() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let name = "n".repeat(255);
+        fs::write(src.path().join(&name), "N").unwrap();
+        std::os::unix::fs::symlink("target", src.path().join(format!("{}l", &name[1..]))).unwrap();
+        let items = vec![
+            item(Kind::Added, &name),
+            item(Kind::Added, &format!("{}l", &name[1..])),
+        ];
+        let steps = plan(&items, src.path()).unwrap();
+        apply(&steps, src.path(), dst.path()).unwrap();
+        assert_eq!(fs::read_to_string(dst.path().join(&name)).unwrap(), "N");
+        let link = dst.path().join(format!("{}l", &name[1..]));
+        assert_eq!(fs::read_link(link).unwrap(), Path::new("target"));
     }
 
     #[test]
