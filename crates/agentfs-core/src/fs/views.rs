@@ -212,6 +212,11 @@ impl FsCore {
         // Hold their writers still (in a fixed order: only snapshot-create takes
         // more than one) and copy each for the snapshot.
         let guards: Vec<_> = live.iter().map(|(_, c)| c.io.write_arc()).collect();
+        // The copies are taken under the tree lock too: a write through FUSE
+        // passthrough is not held still by `guards`, so a copy taken before
+        // the tree is cloned could miss a write that came before a change the
+        // clone has (a file created after it, say).
+        let tree = branch.tree.write();
         let mut copies = Vec::with_capacity(live.len());
         for (n, c) in &live {
             let copy = Content::new(
@@ -225,7 +230,6 @@ impl FsCore {
         }
 
         let (frozen, tag) = {
-            let tree = branch.tree.write();
             let mut frozen = tree.clone();
             if record && branch.journal.is_some() {
                 frozen.start_log();
@@ -279,6 +283,7 @@ impl FsCore {
             }
             (frozen, tag)
         };
+        drop(tree);
         drop(guards);
         drop(copies);
 
