@@ -1235,6 +1235,10 @@ class Stress:
                                    % (what, rep["committed"], out.returncode, ok))
                         self.resync(w, P)
                         return
+                    self.note(w, P, view, "%s: parent ops %s; child ops %s; %s" % (
+                        what, ",".join("%s %s" % (o["k"], o["p"]) for o in pops),
+                        ",".join("%s %s" % (o["k"], o["p"]) for o in cops),
+                        "committed" if ok else "refused"))
                     if ok:
                         self.models[w][P] = merged
                         merged.held = None
