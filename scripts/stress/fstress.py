@@ -612,11 +612,28 @@ class Stress:
     def resync(self, w, b):
         """After an error the model may be wrong: take the tree as it is now."""
         self.close_held(w, b)
+        # Through a snapshot of it, read by path: the daemon's state through
+        # inodes the kernel never cached (a stale view must not become the
+        # model, or one stale read turns into errors for the rest of the run).
+        name = "rs-%d" % self.next_seq()
         try:
-            files, dirs = scan(os.path.join(self.mount, ".agentfs", "branches", b, w), False)
+            self.cli("snapshot-create", "--branch", b, "--name", name)
+            try:
+                files, dirs = scan(os.path.join(self.mount, ".agentfs", "snapshots", name, w), False)
+            finally:
+                self.cli("snapshot-delete", name)
             m = self.models[w][b]
+            view_files, _ = scan(os.path.join(self.mount, ".agentfs", "branches", b, w), False)
+            for p in sorted(set(files) | set(view_files)):
+                if files.get(p) != view_files.get(p):
+                    self.error("resync %s/%s: %s through .agentfs/branches is %s bytes, the daemon has %s"
+                               % (b, w, p, len(view_files[p]) if p in view_files else None,
+                                  len(files[p]) if p in files else None))
+            for p in sorted(set(files) | set(m.files)):
+                if files.get(p) != m.files.get(p):
+                    self.count("resync-model-differed")
             m.files, m.dirs = files, dirs
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             self.error("resync %s/%s: %s" % (b, w, describe(e)))
 
     # -- daemon figures
@@ -783,6 +800,9 @@ class Stress:
                 self.resync(w, b)
             self.note(w, b, view, "%s %s" % (op["k"], op["p"]))
             self.done_view(w, b, view)
+            if self.a.p_resync and rng.random() < self.a.p_resync:
+                self.resync(w, b)  # a self-test of the resync path
+                self.count("resync-self-test")
         finally:
             lock.runlock()
 
@@ -1499,6 +1519,7 @@ def main():
     r.add_argument("--p-control", type=float, default=0.004)
     r.add_argument("--p-helper", type=float, default=0.006)
     r.add_argument("--p-commit", type=float, default=0.003)
+    r.add_argument("--p-resync", type=float, default=0.0)
     r.add_argument("--p-held", type=float, default=0.05)
     r.add_argument("--max-snapshots", type=int, default=8)
     r.add_argument("--max-throwaways", type=int, default=3)
