@@ -169,6 +169,7 @@ PY
         exit 1
     fi
     if grep -q '"t": "error"' "$work/ledger-$i.jsonl"; then
+        cp "$work/ledger-$i.jsonl" "$logdir/ledger-$i.jsonl"
         echo "iteration $i: the workload failed on a live mount:" >&2
         grep '"t": "error"' "$work/ledger-$i.jsonl" >&2
         exit 1

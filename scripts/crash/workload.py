@@ -353,9 +353,13 @@ def run(args):
                     durable(t, rel)
                 # Post-commit read-back: the parent is exactly the merge.
                 got = summary(scan(tree_root(mount, t)))
-                if got != summary(post):
-                    led.note({"t": "error", "what": "after commit of %s into %s: %s"
-                              % (child, t, sorted(set(map(str, got.items())) ^ set(map(str, summary(post).items())))[:6])}, True)
+                want = summary(post)
+                if got != want:
+                    bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+                    led.note({"t": "error", "what": "after commit of %s into %s (%s): %d paths differ: %s" % (
+                        child, t, " ".join(cmd), len(bad), ["%s: got %s, want %s, base %s, child %s" % (
+                            k, got.get(k), want.get(k), summary(base).get(k), summary(cfiles).get(k))
+                            for k in bad[:8]])}, True)
                     return 2
             elif r < 0.90 and len(snaps) > 6:
                 name = snaps.pop(rng.randrange(len(snaps)))
