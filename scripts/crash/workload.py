@@ -71,7 +71,11 @@ def cli(args, mount, *cmd):
 def scan(root):
     """{relative path: bytes} of every regular file under root."""
     files = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    def fail(e):
+        raise e
+
+    # onerror: a directory that cannot be listed is an error, not an empty tree.
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
         dirnames[:] = [d for d in dirnames if not (dirpath == root and d in SKIP)]
         for f in filenames:
             p = os.path.join(dirpath, f)
@@ -243,7 +247,7 @@ def run(args):
                         if d not in SKIP and os.path.isdir(os.path.join(tree_root(mount, work), d))
                     )
                     led.note({"t": "base", "tree": work, "files": summary(model[work])}, True)
-            elif r < 0.87 and files:
+            elif r < 0.87 and files and not args.no_commits:
                 # branch-commit: snapshot t, branch from it, change both sides
                 # (disjoint paths, or one conflict settled with --theirs),
                 # make the parent durable, then commit. A kill during the
@@ -519,6 +523,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--iteration", type=int, default=0)
     ap.add_argument("--ops", type=int, default=100000)
+    ap.add_argument("--no-commits", action="store_true",
+                    help="leave branch-commit out of the mix (see test-crash.sh)")
     args = ap.parse_args()
     sys.exit(run(args) if args.mode == "run" else verify(args))
 
