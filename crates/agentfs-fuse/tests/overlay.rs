@@ -146,6 +146,15 @@ fn git_checkout_as_lower_directory() {
     // The state survives a clean remount and a crash.
     m.remount();
     assert_eq!(git(&mnt, &["status", "--porcelain"]), want_status);
+    // git status refreshes the index through index.lock without fsync: make
+    // that durable, or a crash may keep the lock file (as on any filesystem).
+    let dir = std::fs::File::open(&mnt).unwrap();
+    // SAFETY: a valid descriptor of the mount, open for the call.
+    assert_eq!(
+        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) },
+        0
+    );
+    drop(dir);
     m.crash_and_remount();
     assert_eq!(git(&mnt, &["status", "--porcelain"]), want_status);
     assert_eq!(git(&mnt, &["diff", "--name-only"]), format!("{edited}\n"));
