@@ -24,6 +24,8 @@ pub mod lower;
 
 mod fs;
 pub mod persist;
+#[cfg(test)]
+mod test_support;
 
 pub use attr::{Attr, DirEntry, FileKind, SetAttr, SetTime, StatFs};
 pub use backstore::{Backstore, BackstoreUsage};

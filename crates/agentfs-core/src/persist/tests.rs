@@ -7,25 +7,9 @@ use super::{journal, load, MemStore, MetaStore, State};
 use crate::backstore::mem::MemBackstore;
 use crate::backstore::Backstore;
 use crate::fs::tree::Reaper;
-use crate::{
-    BranchId, CoreConfig, Ctx, FsCore, NodeId, OpenFlags, ProcFs, RenameFlags, SetAttr, XattrSet,
-};
-use std::ffi::OsStr;
+use crate::test_support::{config, n, RW};
+use crate::{BranchId, Ctx, FsCore, NodeId, OpenFlags, RenameFlags, SetAttr, XattrSet};
 use std::sync::Arc;
-
-const RW: OpenFlags = OpenFlags {
-    read: true,
-    write: true,
-    append: false,
-    truncate: false,
-};
-
-fn config() -> CoreConfig {
-    CoreConfig {
-        process_table: Box::new(ProcFs),
-        default_branch_name: "main".into(),
-    }
-}
 
 fn open(objects: &Arc<MemBackstore>, store: MemStore) -> (FsCore, Arc<MemStore>) {
     let store = Arc::new(store);
@@ -36,10 +20,6 @@ fn open(objects: &Arc<MemBackstore>, store: MemStore) -> (FsCore, Arc<MemStore>)
     )
     .expect("open persisted core");
     (core, store)
-}
-
-fn n(s: &str) -> &OsStr {
-    OsStr::new(s)
 }
 
 /// A text dump of a state: every view, every node in id order, as encoded.

@@ -5,35 +5,11 @@
 use super::{path_text, DiffChange, DiffKind, DiffStats, EntryType, ViewRef};
 use crate::backstore::mem::MemBackstore;
 use crate::backstore::Backstore;
-use crate::{
-    BranchId, CoreConfig, Ctx, FsCore, MemStore, MetaStore, NodeId, OpenFlags, ProcFs, RenameFlags,
-    SetAttr,
-};
+use crate::test_support::{config, core, n, RW};
+use crate::{BranchId, Ctx, FsCore, MemStore, MetaStore, NodeId, RenameFlags, SetAttr};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-
-const RW: OpenFlags = OpenFlags {
-    read: true,
-    write: true,
-    append: false,
-    truncate: false,
-};
-
-fn config() -> CoreConfig {
-    CoreConfig {
-        process_table: Box::new(ProcFs),
-        default_branch_name: "main".into(),
-    }
-}
-
-fn core() -> FsCore {
-    FsCore::new(Arc::new(MemBackstore::new()), config())
-}
-
-fn n(s: &str) -> &OsStr {
-    OsStr::new(s)
-}
 
 fn find(core: &FsCore, b: BranchId, path: &str) -> NodeId {
     let mut id = NodeId::ROOT;

@@ -6,33 +6,9 @@
 use super::{Change, CommitOptions, Conflict, Resolve};
 use crate::backstore::mem::MemBackstore;
 use crate::backstore::Backstore;
-use crate::{
-    BranchId, CoreConfig, Ctx, FsCore, MemStore, MetaStore, NodeId, OpenFlags, ProcFs, RenameFlags,
-};
-use std::ffi::OsStr;
+use crate::test_support::{config, core, n, RW};
+use crate::{BranchId, Ctx, FsCore, MemStore, MetaStore, NodeId, OpenFlags, RenameFlags};
 use std::sync::Arc;
-
-const RW: OpenFlags = OpenFlags {
-    read: true,
-    write: true,
-    append: false,
-    truncate: false,
-};
-
-fn config() -> CoreConfig {
-    CoreConfig {
-        process_table: Box::new(ProcFs),
-        default_branch_name: "main".into(),
-    }
-}
-
-fn core() -> FsCore {
-    FsCore::new(Arc::new(MemBackstore::new()), config())
-}
-
-fn n(s: &str) -> &OsStr {
-    OsStr::new(s)
-}
 
 /// The node at `path` (`/`-separated) of branch `b`, if any.
 fn find(core: &FsCore, b: BranchId, path: &str) -> Option<NodeId> {
