@@ -1225,7 +1225,19 @@ class Stress:
                         time.sleep(rng.uniform(0, 0.01))
                         lo = cw.done()
                     try:
-                        out = subprocess.run(cmd, capture_output=True, timeout=120)
+                        for _ in range(40):
+                            out = subprocess.run(cmd, capture_output=True, timeout=120)
+                            # close(2) returns before the kernel sends the
+                            # handle's RELEASE, so --delete may still see the
+                            # child's last file open for a moment; it refuses
+                            # before changing anything: try again, as a script
+                            # would.
+                            if not (delete and out.returncode != 0
+                                    and b" 0 bound process(es) and " in out.stderr
+                                    and b"open handle(s)" in out.stderr):
+                                break
+                            self.count("commit-delete-busy-retry")
+                            time.sleep(0.05)
                     finally:
                         if cw is not None:
                             hi = cw.started
