@@ -554,4 +554,259 @@ impl FsCore {
         self.make_durable(true)?;
         Ok(report)
     }
+
+    /// The host path of the lower directory, if this is an overlay.
+    pub fn lower_path(&self) -> Option<&std::path::Path> {
+        self.lower.get().map(|l| l.path())
+    }
+
+    /// Make every tree stop naming what is about to change in the lower
+    /// directory (`export --to` the lower directory): for each lower path in
+    /// `paths` (relative to the lower root; it and everything below it is
+    /// about to be renamed, replaced or deleted) and in `touched` (its
+    /// attributes or entries are about to change, not what is below it),
+    /// every lower directory at or above it (and, for `paths`, below it) is
+    /// read into every tree where it is unread, and every lower file at or
+    /// below a path of `paths` is copied up (reflinked where possible) into
+    /// one backstore object, which every tree, branch and snapshot alike,
+    /// then names instead: the bytes any tree shows do not change, and no
+    /// tree names the lower path any more. The change is made durable by a
+    /// checkpoint before this returns (all trees or none, whatever a crash
+    /// interrupts), so the caller may then change the lower directory. A
+    /// lower file or directory already gone from the lower directory is left
+    /// as it is (it could not be read before either). Nothing in the lower
+    /// directory is written. On a mount without a lower directory, nothing.
+    pub fn detach_lower(&self, paths: &[Vec<u8>], touched: &[Vec<u8>]) -> FsResult<ImportReport> {
+        let mut report = ImportReport::default();
+        let Some(lower) = self.lower.get() else {
+            return Ok(report);
+        };
+        let trim = |p: &Vec<u8>| -> Vec<u8> {
+            let mut p = &p[..];
+            while let [b'/', rest @ ..] = p {
+                p = rest;
+            }
+            while let [rest @ .., b'/'] = p {
+                p = rest;
+            }
+            p.to_vec()
+        };
+        let paths: Vec<Vec<u8>> = paths.iter().map(trim).collect();
+        let touched: Vec<Vec<u8>> = touched.iter().map(trim).collect();
+        if paths.is_empty() && touched.is_empty() {
+            return Ok(report);
+        }
+        // `q` is `p` or below it.
+        fn below(q: &[u8], p: &[u8]) -> bool {
+            p.is_empty() || q == p || (q.starts_with(p) && q.get(p.len()) == Some(&b'/'))
+        }
+        // Lower directories to read: above a path, or at or below one of `paths`.
+        let read_wanted = |q: &[u8]| {
+            paths.iter().any(|p| below(q, p) || below(p, q))
+                || touched.iter().any(|p| below(p, q) && p[..] != *q)
+        };
+        let copy_wanted = |q: &[u8]| paths.iter().any(|p| below(q, p));
+
+        // Every lower directory to read, in any tree: found by one pass over
+        // every tree, then followed down from each one read.
+        let mut queue: Vec<(Arc<BranchState>, NodeId)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let (branches, snapshots) = self.every_tree();
+        for b in &branches {
+            let t = b.tree.read();
+            for (id, n) in t.iter() {
+                if n.unloaded().is_some_and(|p| read_wanted(p)) && seen.insert(id) {
+                    queue.push((Arc::clone(b), id));
+                }
+            }
+        }
+        for s in &snapshots {
+            let found: Vec<NodeId> = {
+                let t = s.tree.read();
+                t.iter()
+                    .filter(|(id, n)| {
+                        n.unloaded().is_some_and(|p| read_wanted(p)) && !seen.contains(id)
+                    })
+                    .map(|(id, _)| id)
+                    .collect()
+            };
+            if found.is_empty() {
+                continue;
+            }
+            // Read through the snapshot's view: `load_dir` reads into every
+            // tree, the snapshot's own included.
+            let view = self.branch(self.snapshot_browse(s.id)?)?;
+            for id in found {
+                if seen.insert(id) {
+                    queue.push((Arc::clone(&view), id));
+                }
+            }
+        }
+        drop(branches);
+        drop(snapshots);
+        while let Some((b, id)) = queue.pop() {
+            match self.load_dir(&b, id) {
+                Ok(()) => report.dirs += 1,
+                Err(FsError::Io(e))
+                    if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+                {
+                    tracing::warn!(node = %id, error = %e, "a lower directory to detach is gone");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let t = b.tree.read();
+            let Some(entries) = t.get(id).and_then(|n| n.entries()) else {
+                continue;
+            };
+            for child in entries.values() {
+                let unread = t
+                    .get(*child)
+                    .and_then(|n| n.unloaded())
+                    .is_some_and(|p| read_wanted(p));
+                if unread && seen.insert(*child) {
+                    queue.push((Arc::clone(&b), *child));
+                }
+            }
+        }
+
+        // The lower files to copy up: one copy per lower path, whichever trees
+        // name it (all of them read the same bytes).
+        let mut wanted: std::collections::HashMap<Arc<[u8]>, (Arc<Content>, u64)> =
+            std::collections::HashMap::new();
+        let mut note = |n: &Node| {
+            if let Some(c) = n.content() {
+                if let Some(p) = c.lower.as_ref().filter(|p| copy_wanted(p)) {
+                    let e = wanted
+                        .entry(Arc::clone(p))
+                        .or_insert_with(|| (Arc::clone(c), 0));
+                    e.1 = e.1.max(n.meta.size);
+                }
+            }
+        };
+        let (branches, snapshots) = self.every_tree();
+        for b in &branches {
+            b.tree.read().iter().for_each(|(_, n)| note(n));
+        }
+        for s in &snapshots {
+            s.tree.read().iter().for_each(|(_, n)| note(n));
+        }
+        drop(branches);
+        drop(snapshots);
+        let mut copies: std::collections::HashMap<Arc<[u8]>, Arc<Content>> =
+            std::collections::HashMap::new();
+        for (path, (old, size)) in wanted {
+            match self.copy_object(&old, size) {
+                Ok(id) => {
+                    let copy = Content::new(id, super::FROZEN_EPOCH, &self.reaper);
+                    self.note_object_changed(&copy);
+                    report.files += 1;
+                    report.bytes += size;
+                    copies.insert(path, copy);
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    tracing::warn!(
+                        lower = %String::from_utf8_lossy(&path),
+                        "a lower file to detach is gone"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if copies.is_empty() {
+            return Ok(report);
+        }
+        // The copies' bytes durable before any tree (or a later journal
+        // record) names them.
+        self.backstore.sync_all()?;
+
+        // Every tree at once, as `load_dir` takes them, with no snapshot,
+        // branch, commit or directory read in between: each node naming a
+        // copied lower file now names its copy (one new node per old one, so
+        // trees that shared a node share its successor).
+        {
+            let _serial = lower.loading.lock();
+            let (mut branches, snapshots) = self.every_tree();
+            branches.sort_by_key(|b| b.id);
+            let _gate = self.journal.get().map(|j| j.gate.read());
+            let mut trees: Vec<_> = branches.iter().map(|b| b.tree.write()).collect();
+            let mut frozen: Vec<_> = snapshots.iter().map(|s| s.tree.write()).collect();
+            // By the old node's address; the old node is kept alive with it,
+            // so no new node can take its address meanwhile.
+            let mut shared: std::collections::HashMap<*const Node, (Arc<Node>, Arc<Node>)> =
+                std::collections::HashMap::new();
+            let mut swap = |t: &mut super::tree::Tree| {
+                let hits: Vec<(NodeId, Arc<Node>)> = t
+                    .iter()
+                    .filter(|(_, n)| {
+                        n.content()
+                            .and_then(|c| c.lower.as_ref())
+                            .is_some_and(|p| copies.contains_key(p))
+                    })
+                    .map(|(id, n)| (id, Arc::clone(n)))
+                    .collect();
+                for (id, old) in hits {
+                    let new = match shared.get(&Arc::as_ptr(&old)) {
+                        Some((_, n)) => Arc::clone(n),
+                        None => {
+                            let mut n = Node::clone(&old);
+                            if let Body::File { content: Some(c) } = &mut n.body {
+                                if let Some(copy) = c.lower.as_ref().and_then(|p| copies.get(p)) {
+                                    *c = Arc::clone(copy);
+                                }
+                            }
+                            let n = Arc::new(n);
+                            shared.insert(Arc::as_ptr(&old), (Arc::clone(&old), Arc::clone(&n)));
+                            n
+                        }
+                    };
+                    t.insert_arc(id, new);
+                }
+            };
+            for t in trees.iter_mut() {
+                swap(t);
+            }
+            for t in frozen.iter_mut() {
+                swap(t);
+            }
+        }
+        drop(copies);
+        // No journal record says this: a checkpoint writes every tree at
+        // once, so a crash leaves all of them detached or none (and then the
+        // lower directory is still as they name it: the caller changes it
+        // only after this returns).
+        self.checkpoint()?;
+        self.reap();
+        Ok(report)
+    }
+
+    /// Every tree that may name lower paths: the branches, the snapshots'
+    /// views, deleted branches still read through open handles; and the
+    /// snapshots.
+    fn every_tree(&self) -> (Vec<Arc<BranchState>>, Vec<Arc<super::SnapshotState>>) {
+        let (mut branches, snapshots) = {
+            let reg = self.registry.read();
+            let branches: Vec<Arc<BranchState>> = reg
+                .branches
+                .values()
+                .chain(reg.snapshot_views.values())
+                .cloned()
+                .collect();
+            let snapshots: Vec<Arc<super::SnapshotState>> =
+                reg.snapshots.values().cloned().collect();
+            (branches, snapshots)
+        };
+        let deleted: Vec<Arc<BranchState>> = self
+            .handles
+            .read()
+            .values()
+            .map(|h| Arc::clone(&h.branch))
+            .collect();
+        for b in deleted {
+            if !branches.iter().any(|x| Arc::ptr_eq(x, &b)) {
+                branches.push(b);
+            }
+        }
+        (branches, snapshots)
+    }
 }
