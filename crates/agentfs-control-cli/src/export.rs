@@ -334,6 +334,55 @@ fn symlink_atomically(target: &[u8], to: &Path) -> Result<()> {
     result.with_context(|| format!("cannot make the symlink {}", to.display()))
 }
 
+/// What `steps` will change on the host under `dst`, for the daemon's
+/// `lower-detach` (sent before anything is changed): the paths that, with
+/// everything below them, get renamed, replaced or deleted, and the
+/// directories that only get created or a mode (`touched`: what is below
+/// them stays). A path below another in the first list is left out.
+pub fn detach_lists(steps: &[Step], dst: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut whole: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut touched: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for step in steps {
+        match step {
+            Step::Remove(p) | Step::File(p, _) | Step::Symlink(p, _) => {
+                whole.insert(p.clone());
+            }
+            Step::Rename(from, to) => {
+                whole.insert(from.clone());
+                whole.insert(to.clone());
+            }
+            Step::Dir(p, _) => {
+                let is_dir = relative(p)
+                    .ok()
+                    .and_then(|rel| fs::symlink_metadata(dst.join(rel)).ok())
+                    .is_some_and(|m| m.file_type().is_dir());
+                if is_dir {
+                    touched.insert(p.clone());
+                } else {
+                    whole.insert(p.clone());
+                }
+            }
+            Step::Skip(..) => {}
+        }
+    }
+    let covered = |p: &[u8], set: &BTreeSet<Vec<u8>>, strict: bool| {
+        set.iter().any(|q| {
+            (q.len() < p.len() && p.starts_with(q) && p[q.len()] == b'/')
+                || (!strict && q[..] == *p)
+        })
+    };
+    let paths: Vec<Vec<u8>> = whole
+        .iter()
+        .filter(|p| !covered(p, &whole, true))
+        .cloned()
+        .collect();
+    let touched = touched
+        .into_iter()
+        .filter(|p| !covered(p, &whole, false))
+        .collect();
+    (paths, touched)
+}
+
 /// What an export did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -710,6 +759,37 @@ mod tests {
         assert_eq!(fs::read_to_string(dst.path().join(&name)).unwrap(), "N");
         let link = dst.path().join(format!("{}l", &name[1..]));
         assert_eq!(fs::read_link(link).unwrap(), Path::new("target"));
+    }
+
+    /// Renames, replacements and deletions detach their whole subtree (a
+    /// path below another is left out); a directory that is already there
+    /// and only gets its mode is `touched`; a skipped path is neither.
+    #[test]
+    fn detach_lists_name_what_the_export_changes() {
+        let dst = tempfile::tempdir().unwrap();
+        fs::create_dir(dst.path().join("kept")).unwrap();
+        fs::write(dst.path().join("was-file"), "x").unwrap();
+        let steps = vec![
+            Step::Remove(b"d".to_vec()),
+            Step::Remove(b"d/x".to_vec()),
+            Step::Rename(b"a".to_vec(), b"b".to_vec()),
+            Step::File(b"b".to_vec(), 0o644),
+            Step::File(b"e/f".to_vec(), 0o644),
+            Step::Symlink(b"l".to_vec(), b"t".to_vec()),
+            Step::Dir(b"kept".to_vec(), 0o700),
+            Step::Dir(b"was-file".to_vec(), 0o755),
+            Step::Dir(b"new".to_vec(), 0o755),
+            Step::Dir(b"d".to_vec(), 0o755),
+            Step::Skip(b"fifo".to_vec(), "a FIFO"),
+        ];
+        let (paths, touched) = detach_lists(&steps, dst.path());
+        let strs = |v: Vec<Vec<u8>>| -> Vec<String> {
+            v.into_iter()
+                .map(|p| String::from_utf8(p).unwrap())
+                .collect()
+        };
+        assert_eq!(strs(paths), ["a", "b", "d", "e/f", "l", "new", "was-file"]);
+        assert_eq!(strs(touched), ["kept"]);
     }
 
     #[test]

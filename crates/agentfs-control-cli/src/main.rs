@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agentfs_control::client::{self, Client};
+use agentfs_control::protocol::{path_to_wire, DetachView};
 use agentfs_control::{control_file_path, Command, CommitResolve, Reply};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -479,10 +480,11 @@ fn export(
     }
     let items = diff_items(&mut conn, &base, &view.id)?;
     let steps = export::plan(&items, &src)?;
-    let summary = if dry_run {
-        None
+    let (detached, summary) = if dry_run {
+        (None, None)
     } else {
-        Some(export::apply(&steps, &src, to)?)
+        let detached = detach_lower(&mut conn, &canon_to, &steps)?;
+        (Some(detached), Some(export::apply(&steps, &src, to)?))
     };
     if json {
         let steps: Vec<String> = steps.iter().map(ToString::to_string).collect();
@@ -496,6 +498,7 @@ fn export(
                 "written": s.written, "removed": s.removed, "renamed": s.renamed,
                 "dirs": s.dirs, "symlinks": s.symlinks, "skipped": s.skipped,
             })),
+            "detached": detached.as_ref().filter(|d| d.lower),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
@@ -510,6 +513,15 @@ fn export(
     for step in &steps {
         println!("  {step}");
     }
+    if let Some(d) = detached.filter(|d| d.lower) {
+        println!(
+            "{} is this mount's lower directory: first copied up {} lower file(s) ({} bytes) and read {} lower director(ies) that branches and snapshots still named",
+            to.display(),
+            d.files_copied,
+            d.bytes_copied,
+            d.dirs_read
+        );
+    }
     if let Some(s) = summary {
         println!(
             "written {}, deleted {}, renamed {}, directories {}, symlinks {}, skipped {}",
@@ -517,6 +529,70 @@ fn export(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Before `export` changes host directory `dir` (canonical): if it is this
+/// mount's lower directory (or inside it, or holds it), the daemon makes
+/// every branch and snapshot stop naming the lower paths `steps` will
+/// rename, replace or delete (it copies those files up, and reads the lower
+/// directories above them), durably, before it answers; anywhere else it
+/// answers at once that there is nothing to do. Long lists go in several
+/// requests, each well under the protocol's message limit.
+fn detach_lower(conn: &mut Client, dir: &Path, steps: &[export::Step]) -> Result<DetachView> {
+    use std::os::unix::ffi::OsStrExt;
+    const BATCH_BYTES: usize = 256 << 10;
+    let mut total = DetachView {
+        lower: false,
+        dirs_read: 0,
+        files_copied: 0,
+        bytes_copied: 0,
+        millis: 0.0,
+    };
+    let (paths, touched) = export::detach_lists(steps, dir);
+    let mut left: Vec<(bool, String)> = paths
+        .iter()
+        .map(|p| (true, path_to_wire(p)))
+        .chain(touched.iter().map(|p| (false, path_to_wire(p))))
+        .collect();
+    left.reverse();
+    let dir = path_to_wire(dir.as_os_str().as_bytes());
+    while !left.is_empty() {
+        let (mut paths, mut touched, mut budget) = (Vec::new(), Vec::new(), BATCH_BYTES);
+        while let Some((whole, p)) = left.pop() {
+            // JSON writes a byte as at most 6 (`\u00XX`).
+            let cost = 8 + 6 * p.len();
+            if !(paths.is_empty() && touched.is_empty()) && cost > budget {
+                left.push((whole, p));
+                break;
+            }
+            budget = budget.saturating_sub(cost);
+            if whole {
+                paths.push(p);
+            } else {
+                touched.push(p);
+            }
+        }
+        let command = Command::LowerDetach {
+            dir: dir.clone(),
+            paths,
+            touched,
+        };
+        let Reply::Detached(d) = conn.call(command).context(
+            "the daemon could not make its branches and snapshots independent of the paths this export changes; nothing was exported",
+        )?
+        else {
+            bail!("the daemon answered lower-detach with another reply");
+        };
+        if !d.lower {
+            return Ok(d); // Not the lower directory: nothing to do for any path.
+        }
+        total.lower = true;
+        total.dirs_read += d.dirs_read;
+        total.files_copied += d.files_copied;
+        total.bytes_copied += d.bytes_copied;
+        total.millis += d.millis;
+    }
+    Ok(total)
 }
 
 /// What changed from snapshot `base` to branch `branch`, by the daemon's

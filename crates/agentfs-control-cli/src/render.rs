@@ -66,6 +66,13 @@ pub fn render(verb: Verb, reply: &Reply, names: &BranchNames) -> String {
         Reply::Status(status) => status_report(status, names),
         Reply::Commit(c) => commit_report(c),
         Reply::Diff(d) => diff_lines(&d.changes),
+        Reply::Detached(d) => format!(
+            "lower directory: {}; {} file(s) copied up ({} bytes), {} director(ies) read\n",
+            if d.lower { "yes" } else { "no" },
+            d.files_copied,
+            d.bytes_copied,
+            d.dirs_read
+        ),
     }
 }
 

@@ -154,6 +154,16 @@ impl ControlHandler for Fake {
                     millis: 0.1,
                 }))
             }
+            // This fake mount has no lower directory.
+            Command::LowerDetach { .. } => {
+                Ok(Reply::Detached(agentfs_control::protocol::DetachView {
+                    lower: false,
+                    dirs_read: 0,
+                    files_copied: 0,
+                    bytes_copied: 0,
+                    millis: 0.0,
+                }))
+            }
         }
     }
 }

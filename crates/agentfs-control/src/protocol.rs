@@ -140,6 +140,67 @@ pub enum Command {
         #[serde(default)]
         offset: u64,
     },
+    /// Sent by `export` before it changes host directory `dir`: if `dir` is
+    /// (in, or around) the mount's own lower directory, make every tree
+    /// (branch and snapshot) stop naming the lower paths about to change,
+    /// durably, before answering; elsewhere nothing is done. `paths` (it and
+    /// everything below it about to be renamed, replaced or deleted) and
+    /// `touched` (a directory about to be created or given a mode: its own
+    /// entries stay) are relative to `dir`. `dir` and every path are written
+    /// as diff paths are ([`path_to_wire`]).
+    LowerDetach {
+        dir: String,
+        #[serde(default)]
+        paths: Vec<String>,
+        #[serde(default)]
+        touched: Vec<String>,
+    },
+}
+
+/// A path's bytes as protocol text: UTF-8 as is, every other byte as
+/// `\xNN`, a backslash as `\\` (as diff paths are written).
+pub fn path_to_wire(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The bytes of a path written by [`path_to_wire`] (or by diff).
+pub fn path_from_wire(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            if b[i + 1] == b'\\' {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            let hex = |c: u8| (c as char).to_digit(16);
+            if b[i + 1] == b'x' && i + 4 <= b.len() {
+                if let (Some(hi), Some(lo)) = (hex(b[i + 2]), hex(b[i + 3])) {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Which side wins a path both the branch and its parent changed.
@@ -168,6 +229,7 @@ impl Command {
             Command::Status => "status",
             Command::BranchCommit { .. } => "branch-commit",
             Command::Diff { .. } => "diff",
+            Command::LowerDetach { .. } => "lower-detach",
         }
     }
 }
@@ -323,6 +385,22 @@ pub struct DiffView {
     pub millis: f64,
 }
 
+/// What a `lower-detach` did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DetachView {
+    /// Whether the directory is the mount's lower directory (or inside it,
+    /// or holds it); `false`: nothing was to be done.
+    pub lower: bool,
+    /// Lower directories read into the trees where they were unread.
+    pub dirs_read: u64,
+    /// Lower files copied (or reflinked) into the backstore.
+    pub files_copied: u64,
+    /// Bytes of those files.
+    pub bytes_copied: u64,
+    /// How long it took in the daemon, in milliseconds.
+    pub millis: f64,
+}
+
 /// A successful answer. Serialized adjacently tagged:
 /// `{"reply": "branch", "value": {..}}`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -338,6 +416,7 @@ pub enum Reply {
     Status(StatusView),
     Commit(CommitView),
     Diff(DiffView),
+    Detached(DetachView),
 }
 
 /// Why a request failed, as a client can act on it.
@@ -564,6 +643,11 @@ mod tests {
                 b: "b2".into(),
                 offset: 0,
             },
+            Command::LowerDetach {
+                dir: "/src/proj".into(),
+                paths: vec!["a".into(), "bad\\xff".into()],
+                touched: vec!["d".into()],
+            },
         ]
     }
 
@@ -649,7 +733,44 @@ mod tests {
                 nodes_read: 9,
                 millis: 0.1,
             }),
+            Reply::Detached(DetachView {
+                lower: true,
+                dirs_read: 2,
+                files_copied: 3,
+                bytes_copied: 4,
+                millis: 0.2,
+            }),
         ]
+    }
+
+    #[test]
+    fn wire_paths_round_trip_every_byte() {
+        for bytes in [
+            &b"plain/path.rs"[..],
+            b"a\\x41",
+            b"back\\",
+            b"bad\xffbyte",
+            b"new\nline",
+            "\u{e9}t\u{e9}".as_bytes(),
+            b"",
+        ] {
+            let text = path_to_wire(bytes);
+            assert_eq!(path_from_wire(&text), bytes, "{text}");
+        }
+        assert_eq!(path_to_wire(b"x\xff\\"), "x\\xff\\\\");
+        // Old clients leave the lists out.
+        let minimal: Request = serde_json::from_value(
+            json!({"version": 1, "command": {"op": "lower-detach", "dir": "/x"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            minimal.command,
+            Command::LowerDetach {
+                dir: "/x".into(),
+                paths: vec![],
+                touched: vec![]
+            }
+        );
     }
 
     #[test]

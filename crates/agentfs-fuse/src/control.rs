@@ -12,6 +12,7 @@
 //!   root: the socket sits where every user can reach it, but such a mount
 //!   serves no one else, so its control plane answers no one else either.
 
+use agentfs_control::protocol::{path_from_wire, DetachView};
 use agentfs_control::{
     BindingView, BranchView, Command, CommitResolve, CommitView, ConflictView, ControlError,
     ControlHandler, DiffEntryView, DiffView, ErrorKind, PeerCred, Reply, SnapshotView, StatusView,
@@ -186,6 +187,82 @@ impl CoreControl {
         }))
     }
 
+    /// `lower-detach`: before `export` changes host directory `dir`, every
+    /// tree stops naming the lower paths it is about to change, if `dir` is
+    /// the lower directory, inside it or around it; elsewhere nothing. `dir`
+    /// is taken as sent (the CLI sends it canonical): looking it up here
+    /// could walk into this very mount.
+    fn lower_detach(
+        &self,
+        dir: &str,
+        paths: &[String],
+        touched: &[String],
+    ) -> Result<Reply, ControlError> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let started = std::time::Instant::now();
+        let dir = PathBuf::from(std::ffi::OsString::from_vec(path_from_wire(dir)));
+        if !dir.is_absolute() {
+            return Err(ControlError::invalid_argument(format!(
+                "lower-detach needs an absolute directory, not {}",
+                dir.display()
+            )));
+        }
+        let lower = self
+            .core
+            .lower_path()
+            .filter(|l| dir.starts_with(l) || l.starts_with(&dir));
+        let Some(lower) = lower else {
+            return Ok(Reply::Detached(DetachView {
+                lower: false,
+                dirs_read: 0,
+                files_copied: 0,
+                bytes_copied: 0,
+                millis: started.elapsed().as_secs_f64() * 1000.0,
+            }));
+        };
+        // Each path relative to `dir` as a path relative to the lower root:
+        // `Some(empty)` for the lower root itself (or a path holding it),
+        // `None` for a path outside it.
+        let map = |wire: &String, whole: bool| -> Result<Option<Vec<u8>>, ControlError> {
+            let rel = path_from_wire(wire);
+            let rel = std::path::Path::new(std::ffi::OsStr::from_bytes(&rel));
+            if rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(ControlError::invalid_argument(format!(
+                    "lower-detach: {wire:?} is not a plain relative path"
+                )));
+            }
+            let host = dir.join(rel);
+            if let Ok(inside) = host.strip_prefix(lower) {
+                return Ok(Some(inside.as_os_str().as_bytes().to_vec()));
+            }
+            // A path holding the lower directory: all of it changes if the
+            // path is replaced, nothing of it if only its attributes do.
+            Ok((whole && lower.starts_with(&host)).then(Vec::new))
+        };
+        let mut rel_paths = Vec::new();
+        for p in paths {
+            rel_paths.extend(map(p, true)?);
+        }
+        let mut rel_touched = Vec::new();
+        for p in touched {
+            rel_touched.extend(map(p, false)?);
+        }
+        let report = self
+            .core
+            .detach_lower(&rel_paths, &rel_touched)
+            .map_err(control_error)?;
+        Ok(Reply::Detached(DetachView {
+            lower: true,
+            dirs_read: report.dirs,
+            files_copied: report.files,
+            bytes_copied: report.bytes,
+            millis: started.elapsed().as_secs_f64() * 1000.0,
+        }))
+    }
+
     fn require_owner(&self, peer: &PeerCred, what: &str) -> Result<(), ControlError> {
         if peer.uid == self.owner_uid || peer.uid == 0 {
             return Ok(());
@@ -337,6 +414,14 @@ impl CoreControl {
                 // A diff names paths in directories other users may not read.
                 self.require_owner(peer, "diff branches and snapshots")?;
                 self.diff(&a, &b, offset)
+            }
+            Command::LowerDetach {
+                dir,
+                paths,
+                touched,
+            } => {
+                self.require_owner(peer, "detach lower paths")?;
+                self.lower_detach(&dir, &paths, &touched)
             }
         }
     }

@@ -5,8 +5,9 @@
 //! directory exactly as the branch, with the diff the daemon really sends;
 //! a change of the branch root's own mode does not stop an export; names
 //! that need escaping (`a\x41` literally, non-UTF-8, newline) come out as
-//! the same bytes; and (open) commit then export onto the mount's own
-//! `--lower` directory.
+//! the same bytes; and commit then export onto the mount's own `--lower`
+//! directory, where every other branch and snapshot keeps what it had
+//! (the daemon copies up what the export is about to change there first).
 
 mod common;
 
@@ -81,15 +82,10 @@ fn export_of_renames_that_reuse_names_matches_the_branch() {
 
 /// The issue's cycle on an overlay mount: commit a branch that renamed a file
 /// it never wrote, then export that branch onto the `--lower` checkout. The
-/// export renames the file on the host, and the parent branch (now holding
-/// the rename) still reads the file from its old lower path, which is gone.
+/// export renames the file on the host; the parent branch (now holding the
+/// rename) read the file from its old lower path, which was gone (ENOENT),
+/// until export had the daemon copy up what it was about to change.
 #[test]
-#[ignore = "open (review of issue 6): after branch-commit + export onto the mount's own --lower, \
-            a renamed file that was never copied up reads ENOENT in the parent branch (its node \
-            still names the old lower path, which export renamed away); specs/overlay.md \
-            documents lower renames as ENOENT, but this is the issue's own walk-through order. \
-            A fix needs export (or commit) to copy up lower-backed files it renames or deletes \
-            on the lower directory, not a local edit"]
 fn commit_then_export_onto_the_lower_keeps_a_renamed_file_readable() {
     let lower = tempfile::tempdir().unwrap();
     fs::write(lower.path().join("a"), "A\n").unwrap();
@@ -114,6 +110,97 @@ fn commit_then_export_onto_the_lower_keeps_a_renamed_file_readable() {
         Ok("A\n".to_string()),
         "the parent branch's committed file after the export"
     );
+}
+
+/// Export onto the `--lower` checkout deletes and rewrites lower files that
+/// another branch, a snapshot and the default branch still hold unchanged
+/// (one in a directory no tree had read yet): each keeps its bytes and
+/// names, none sees the export's new file, diff finds no change in them,
+/// and so after a `kill -9` and a remount. An export to any other directory
+/// copies nothing up.
+#[test]
+fn export_onto_the_lower_leaves_other_branches_and_snapshots_as_they_were() {
+    let lower = tempfile::tempdir().unwrap();
+    let l = lower.path();
+    fs::create_dir_all(l.join("d/e")).unwrap();
+    for (p, body) in [
+        ("a", "A\n"),
+        ("keep", "K\n"),
+        ("m", "M\n"),
+        ("d/x", "X\n"),
+        ("d/e/y", "Y\n"),
+    ] {
+        fs::write(l.join(p), body).unwrap();
+    }
+    let lower_arg = l.to_str().unwrap().to_string();
+    let Some(mut m) = common::Mount::start_with(&["--lower", &lower_arg]) else {
+        return;
+    };
+    // Only the root is read (no file is opened: the daemon would keep its
+    // lower file open, which reads the old bytes whatever happens to it).
+    assert!(m.join("a").exists());
+    m.snapshot("base");
+    m.branch("base", "work");
+    m.branch("base", "other");
+    m.in_branch_ok(
+        "work",
+        &format!(
+            "cd {mnt} && rm a && rm -r d && printf 'M2\\n' > m && printf 'N\\n' > n",
+            mnt = shq(m.path())
+        ),
+    );
+    // Elsewhere: nothing to copy up.
+    let elsewhere = tempfile::tempdir().unwrap();
+    for p in ["a", "m"] {
+        fs::copy(l.join(p), elsewhere.path().join(p)).unwrap();
+    }
+    let out = m.cli_json(&["export", "work", "--to", elsewhere.path().to_str().unwrap()]);
+    assert!(out["detached"].is_null(), "{out}");
+    assert_eq!(
+        fs::read_to_string(elsewhere.path().join("m")).unwrap(),
+        "M2\n"
+    );
+
+    let out = m.cli_json(&["export", "work", "--to", &lower_arg]);
+    assert_eq!(out["detached"]["lower"], true, "{out}");
+    // a, m, d/x, d/e/y; `n` is new and `keep` is not touched.
+    assert_eq!(out["detached"]["files_copied"], 4, "{out}");
+    assert!(!l.join("a").exists() && !l.join("d").exists());
+    assert_eq!(fs::read_to_string(l.join("m")).unwrap(), "M2\n");
+    assert_eq!(fs::read_to_string(l.join("n")).unwrap(), "N\n");
+
+    let check = |m: &common::Mount| {
+        for (view, what) in [
+            (m.path().to_path_buf(), "main"),
+            (m.join(".agentfs/branches/other"), "the other branch"),
+            (m.join(".agentfs/snapshots/base"), "the snapshot"),
+        ] {
+            for (p, body) in [
+                ("a", "A\n"),
+                ("keep", "K\n"),
+                ("m", "M\n"),
+                ("d/x", "X\n"),
+                ("d/e/y", "Y\n"),
+            ] {
+                assert_eq!(
+                    fs::read_to_string(view.join(p)).map_err(|e| e.to_string()),
+                    Ok(body.to_string()),
+                    "{p} in {what} after the export"
+                );
+            }
+            assert!(!view.join("n").exists(), "{what} sees the exported file");
+        }
+        for b in ["other", "main"] {
+            let diff = m.cli_json(&["diff", "base", b]);
+            assert_eq!(diff["changes"], serde_json::json!([]), "diff base {b}");
+        }
+        let branch = m.join(".agentfs/branches/work");
+        assert_eq!(fs::read_to_string(branch.join("m")).unwrap(), "M2\n");
+        assert!(!branch.join("a").exists() && !branch.join("d").exists());
+    };
+    check(&m);
+    m.crash_and_remount();
+    check(&m);
 }
 
 /// A branch whose root directory changed mode: the diff names the root by
