@@ -216,6 +216,8 @@ pub struct FsCore {
     handles: RwLock<HashMap<HandleId, Arc<Handle>>>,
     default_branch: BranchId,
     next_node: AtomicU64,
+    /// The lower entries' node ids handed out ([`NodeId::lower`]).
+    lower_nodes: Mutex<std::collections::HashSet<u64>>,
     next_handle: AtomicU64,
     next_epoch: AtomicU64,
     cow_clones: AtomicU64,
@@ -265,6 +267,7 @@ impl FsCore {
             handles: RwLock::new(HashMap::new()),
             default_branch: BranchId(1),
             next_node: AtomicU64::new(NodeId::ROOT.0 + 1),
+            lower_nodes: Mutex::new(std::collections::HashSet::new()),
             next_handle: AtomicU64::new(1),
             next_epoch: AtomicU64::new(FROZEN_EPOCH + 1),
             cow_clones: AtomicU64::new(0),
@@ -286,6 +289,16 @@ impl FsCore {
 
     fn new_node_id(&self) -> NodeId {
         NodeId(self.next_node.fetch_add(1, Ordering::AcqRel))
+    }
+
+    /// A node id for the lower entry with inode number `ino`: the first of
+    /// its [`NodeId::lower`] ids not taken, or an ordinary one if all are.
+    fn new_lower_node_id(&self, ino: u64) -> NodeId {
+        let mut taken = self.lower_nodes.lock();
+        (0..NodeId::LOWER_ALIASES)
+            .filter_map(|alias| NodeId::lower(ino, alias))
+            .find(|id| taken.insert(id.0))
+            .unwrap_or_else(|| self.new_node_id())
     }
 
     fn new_branch_state(

@@ -32,6 +32,9 @@ const OPEN_CACHE: usize = 256;
 /// What FsCore needs of one lower entry's `lstat`.
 #[derive(Clone, Debug)]
 pub struct LowerStat {
+    /// The lower file's inode number: the node's id keeps its low 32 bits
+    /// ([`crate::NodeId::lower`]).
+    pub ino: u64,
     pub mode: u32,
     pub nlink: u64,
     pub uid: u32,
@@ -48,6 +51,7 @@ pub struct LowerStat {
 impl LowerStat {
     fn from_metadata(m: &std::fs::Metadata) -> LowerStat {
         LowerStat {
+            ino: m.ino(),
             mode: m.mode(),
             nlink: m.nlink(),
             uid: m.uid(),

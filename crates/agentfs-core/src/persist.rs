@@ -28,9 +28,9 @@ pub(crate) mod record;
 mod tests;
 
 use crate::fs::tree::{Reaper, Tree};
-use crate::ids::{BranchId, SnapshotId};
+use crate::ids::{BranchId, NodeId, SnapshotId};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -148,11 +148,34 @@ pub(crate) struct SnapshotRec {
     pub(crate) tree: Tree,
 }
 
+/// The node ids handed out: ordinary ids count up, lower entries' ids
+/// ([`NodeId::lower`]) are scattered over their own range, so a set says which
+/// of those are taken.
+#[derive(Clone, Default)]
+pub(crate) struct NodeIds {
+    /// Above every ordinary node id ever handed out.
+    pub(crate) next: u64,
+    /// The lower entries' ids in some tree; filled by recovery (not written:
+    /// every one of them is in a checkpoint's or record's nodes).
+    pub(crate) lower: HashSet<u64>,
+}
+
+impl NodeIds {
+    /// Note that `id` is taken.
+    pub(crate) fn saw(&mut self, id: NodeId) {
+        if id.is_lower() {
+            self.lower.insert(id.0);
+        } else {
+            self.next = self.next.max(id.0.saturating_add(1));
+        }
+    }
+}
+
 /// Everything FsCore persists.
 #[derive(Clone, Default)]
 pub(crate) struct State {
-    /// Above every node id ever handed out.
-    pub(crate) next_node: u64,
+    /// The node ids handed out.
+    pub(crate) nodes: NodeIds,
     /// The highest branch and snapshot ids handed out.
     pub(crate) next_branch: u64,
     pub(crate) next_snapshot: u64,

@@ -463,6 +463,71 @@ fn a_remount_goes_on_after_a_clean_unmount_and_after_a_crash() {
     );
 }
 
+/// The low 32 bits of the lower inode number of `path`.
+fn low_ino(lower: &Path, path: &str) -> u64 {
+    std::fs::symlink_metadata(lower.join(path)).unwrap().ino() & 0xffff_ffff
+}
+
+#[test]
+fn lower_entries_keep_the_low_bits_of_their_inode_numbers() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    std::fs::create_dir(lower.path().join("later")).unwrap();
+    std::fs::hard_link(lower.path().join("README"), lower.path().join("docs/hard")).unwrap();
+    let objects = Arc::new(MemBackstore::new());
+    let (o, _) = mount(&objects, MemStore::new(), lower.path());
+    let b = o.main();
+    let id = |o: &Overlay, path: &str| o.resolve(b, path).unwrap().node;
+    for path in [
+        "README",
+        "src",
+        "src/lib.rs",
+        "docs/pipe",
+        "link",
+        "docs/hard",
+    ] {
+        let node = id(&o, path);
+        assert!(node.is_lower(), "{path}: {node}");
+        assert_eq!(node.0 & 0xffff_ffff, low_ino(lower.path(), path), "{path}");
+    }
+    // Two names of one lower inode are two files, with two ids.
+    assert_ne!(id(&o, "README"), id(&o, "docs/hard"));
+    // Only loading happened: recovery must still see a used store, and the
+    // ids taken.
+    o.core.sync_all().unwrap();
+    let image = o.store.image(None);
+    let _keep = Arc::clone(&o.objects);
+    std::mem::forget(o);
+    let (o, fresh) = mount(&objects, image, lower.path());
+    assert!(
+        !fresh,
+        "a store that only read lower directories is not new"
+    );
+    // A third name of the same inode, in a directory read only now.
+    std::fs::hard_link(lower.path().join("README"), lower.path().join("later/hard")).unwrap();
+    let third = id(&o, "later/hard");
+    assert_eq!(third.0 & 0xffff_ffff, low_ino(lower.path(), "README"));
+    assert_ne!(third, id(&o, "README"));
+    assert_ne!(third, id(&o, "docs/hard"));
+    // New files get ordinary ids; a copy-up keeps the lower id.
+    let root = id(&o, "");
+    let (created, fh) = o
+        .core
+        .create(&o.ctx, b, root, n("new"), 0o644, 0, RW, true)
+        .unwrap();
+    o.core.release(fh).unwrap();
+    assert!(!created.node.is_lower());
+    let main_rs = id(&o, "src/main.rs");
+    o.write_at(b, "src/main.rs", 0, b"EDIT");
+    assert_eq!(id(&o, "src/main.rs"), main_rs);
+    o.core.checkpoint().unwrap();
+    let image = o.store.image(None);
+    drop(o);
+    let (o, _) = mount(&objects, image, lower.path());
+    assert_eq!(id(&o, "later/hard"), third);
+    assert_eq!(o.read(b, "src/main.rs").unwrap(), b"EDITain() {}\n");
+}
+
 #[test]
 fn a_heavy_workload_leaves_the_lower_directory_as_it_was() {
     let lower = tempfile::tempdir().unwrap();

@@ -78,6 +78,15 @@ fn make_checkout(dir: &Path) {
     )
     .unwrap();
     std::os::unix::fs::symlink("README.md", dir.join("link.md")).unwrap();
+    // Files written in the same second as the index are "racily clean" to
+    // git, which then reads and rewrites them on every status: date them back
+    // as in a checkout made a while ago.
+    let aged = Command::new("find")
+        .arg(dir)
+        .args(["-exec", "touch", "-h", "-d", "2 minutes ago", "{}", "+"])
+        .output()
+        .unwrap();
+    assert_success(&aged, "touch -d");
     git(dir, &["init", "-q"]);
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-qm", "init"]);
@@ -95,11 +104,25 @@ fn git_checkout_as_lower_directory() {
     };
     let mnt = m.path().to_path_buf();
 
+    // st_ino keeps the lower file's low 32 bits, which is what git's index
+    // holds: the first `git status` finds every file unchanged without
+    // reading it, and so does not rewrite the index.
+    let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino() & 0xffff_ffff;
+    assert_eq!(
+        ino(&mnt.join("src/fs/f1.txt")),
+        ino(&lower.join("src/fs/f1.txt"))
+    );
+    let index = |p: &Path| {
+        let m = std::fs::metadata(p.join(".git/index")).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec())
+    };
+    let index_before = index(&mnt);
     assert_eq!(
         git(&mnt, &["status", "--porcelain"]),
         "",
         "fresh overlay is not clean"
     );
+    assert_eq!(index(&mnt), index_before, "git status rewrote the index");
     assert_eq!(
         std::fs::read_to_string(mnt.join("src/fs/f1.txt")).unwrap(),
         "file 1\nfile 1\n"

@@ -266,7 +266,8 @@ impl FsCore {
             );
         }
         self.next_node
-            .fetch_max(state.next_node.max(NodeId::ROOT.0 + 1), Ordering::AcqRel);
+            .fetch_max(state.nodes.next.max(NodeId::ROOT.0 + 1), Ordering::AcqRel);
+        self.lower_nodes.lock().extend(state.nodes.lower);
         let old = std::mem::replace(&mut *self.registry.write(), reg);
         drop(old);
     }
@@ -275,7 +276,10 @@ impl FsCore {
     pub(crate) fn capture(&self) -> State {
         let reg = self.registry.read();
         let mut state = State {
-            next_node: self.next_node.load(Ordering::Acquire),
+            nodes: crate::persist::NodeIds {
+                next: self.next_node.load(Ordering::Acquire),
+                ..Default::default()
+            },
             next_branch: reg.next_branch,
             next_snapshot: reg.next_snapshot,
             ..State::default()
@@ -339,7 +343,10 @@ impl FsCore {
         branches.sort_by_key(|b| b.id);
         let guards: Vec<_> = branches.iter().map(|b| b.tree.write()).collect();
         let mut state = State {
-            next_node: self.next_node.load(Ordering::Acquire),
+            nodes: crate::persist::NodeIds {
+                next: self.next_node.load(Ordering::Acquire),
+                ..Default::default()
+            },
             next_branch: reg.next_branch,
             next_snapshot: reg.next_snapshot,
             ..State::default()

@@ -123,7 +123,8 @@ impl FsCore {
             let reg = self.registry.read();
             reg.branches.len() == 1 && reg.snapshots.is_empty()
         } && self.next_node.load(std::sync::atomic::Ordering::Acquire)
-            == NodeId::ROOT.0 + 1;
+            == NodeId::ROOT.0 + 1
+            && self.lower_nodes.lock().is_empty();
         if !fresh {
             return Ok(false);
         }
@@ -218,7 +219,7 @@ impl FsCore {
             subdirs: 0,
         };
         for e in listing {
-            let child = self.new_node_id();
+            let child = self.new_lower_node_id(e.stat.ino);
             let node = Arc::new(self.lower_node(&path, id, e.clone()));
             loaded.subdirs += u32::from(node.meta.kind == FileKind::Directory);
             loaded.entries.insert(e.name.clone(), child);

@@ -10,7 +10,7 @@
 //! the running ones did.
 
 use super::codec::{crc32c, Contents, Dec, Enc};
-use super::{BranchRec, PersistError, SnapshotRec, State, FORMAT_VERSION};
+use super::{BranchRec, NodeIds, PersistError, SnapshotRec, State, FORMAT_VERSION};
 use crate::fs::tree::{Node, Tree};
 use crate::ids::{BranchId, NodeId, SnapshotId};
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 4;
 /// Encode `state` as checkpoint generation `gen`.
 pub(crate) fn encode(state: &State, gen: u64) -> Vec<u8> {
     let mut enc = Enc::default();
-    enc.u64(state.next_node);
+    enc.u64(state.nodes.next);
     enc.u64(state.next_branch);
     enc.u64(state.next_snapshot);
     enc.u32((state.snapshots.len() + state.branches.len()) as u32);
@@ -115,7 +115,10 @@ pub(crate) fn decode(data: &[u8], contents: &mut Contents) -> Result<(u64, State
     }
     let mut dec = Dec::new(payload);
     let mut state = State {
-        next_node: dec.u64()?,
+        nodes: NodeIds {
+            next: dec.u64()?,
+            ..NodeIds::default()
+        },
         next_branch: dec.u64()?,
         next_snapshot: dec.u64()?,
         ..State::default()
@@ -140,7 +143,7 @@ pub(crate) fn decode(data: &[u8], contents: &mut Contents) -> Result<(u64, State
         let puts = dec.count(12)?;
         for _ in 0..puts {
             let nid = NodeId(dec.u64()?);
-            state.next_node = state.next_node.max(nid.0.saturating_add(1));
+            state.nodes.saw(nid);
             let index = dec.u32()? as usize;
             let node = match index.cmp(&nodes.len()) {
                 std::cmp::Ordering::Less => Arc::clone(&nodes[index]),

@@ -8,7 +8,7 @@
 //! re-runs POSIX logic.
 
 use super::codec::{Contents, Dec, Enc};
-use super::{PersistError, State};
+use super::{NodeIds, PersistError, State};
 use crate::fs::tree::{Body, Node, Tree};
 use crate::ids::{BranchId, NodeId, SnapshotId};
 use std::collections::HashMap;
@@ -204,13 +204,13 @@ fn apply_changes(
     dec: &mut Dec,
     tree: &mut Tree,
     contents: &mut Contents,
-    next_node: &mut u64,
+    ids: &mut NodeIds,
 ) -> Result<(), PersistError> {
     let n = dec.count(9)?;
     for _ in 0..n {
         let tag = dec.u8()?;
         let id = NodeId(dec.u64()?);
-        *next_node = (*next_node).max(id.0.saturating_add(1));
+        ids.saw(id);
         match tag {
             CHANGE_REMOVE => {
                 tree.remove(id);
@@ -269,16 +269,16 @@ fn apply_lenient(
     dec: &mut Dec,
     tree: &mut Tree,
     contents: &mut Contents,
-    next_node: &mut u64,
+    ids: &mut NodeIds,
 ) -> Result<(), PersistError> {
     if tree.len() == 0 {
         // Skip the changes without applying them: decode into a throwaway.
         let mut throwaway = Tree::default();
-        let _ = apply_changes(dec, &mut throwaway, contents, next_node);
+        let _ = apply_changes(dec, &mut throwaway, contents, ids);
         dec.skip_rest();
         return Ok(());
     }
-    apply_changes(dec, tree, contents, next_node)
+    apply_changes(dec, tree, contents, ids)
 }
 
 fn branch_mut<'a>(state: &'a mut State, b: BranchId, scratch: &'a mut Tree) -> &'a mut Tree {
@@ -299,20 +299,22 @@ pub(crate) fn apply(
     match dec.u8()? {
         TREE => {
             let b = BranchId(dec.u64()?);
-            let mut next = state.next_node;
+            let mut ids = std::mem::take(&mut state.nodes);
             let mut scratch = Tree::default();
             let tree = branch_mut(state, b, &mut scratch);
-            apply_lenient(&mut dec, tree, contents, &mut next)?;
-            state.next_node = next;
+            let applied = apply_lenient(&mut dec, tree, contents, &mut ids);
+            state.nodes = ids;
+            applied?;
         }
         FREEZE => {
             let b = BranchId(dec.u64()?);
             let tag = dec.u64()?;
-            let mut next = state.next_node;
+            let mut ids = std::mem::take(&mut state.nodes);
             let mut scratch = Tree::default();
             let mut tree = branch_mut(state, b, &mut scratch).clone();
-            apply_lenient(&mut dec, &mut tree, contents, &mut next)?;
-            state.next_node = next;
+            let applied = apply_lenient(&mut dec, &mut tree, contents, &mut ids);
+            state.nodes = ids;
+            applied?;
             replay.frozen.insert(tag, tree);
         }
         SNAPSHOT_CREATE => {
@@ -381,7 +383,7 @@ pub(crate) fn apply(
             for _ in 0..n {
                 let name = dec.bytes()?;
                 let id = NodeId(dec.u64()?);
-                state.next_node = state.next_node.max(id.0.saturating_add(1));
+                state.nodes.saw(id);
                 let node = Arc::new(dec.node(contents)?);
                 loaded.entries.insert(name.clone(), id);
                 loaded.children.push((name, id, node));
