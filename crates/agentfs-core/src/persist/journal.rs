@@ -267,9 +267,15 @@ impl Journal {
     }
 
     /// Make every record appended so far durable.
+    /// Objects whose freeing records are durable already are removed too
+    /// (freed by the reaper after the record was synced), so what
+    /// `Backstore::usage` counts next is exact.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        let target = self.pending.lock().appended;
-        if self.io.lock().durable >= target {
+        let (target, removals) = {
+            let p = self.pending.lock();
+            (p.appended, !p.removals.is_empty())
+        };
+        if self.io.lock().durable >= target && !removals {
             return Ok(());
         }
         self.flush(true)
