@@ -121,7 +121,7 @@ test-crash *ARGS:
 # The crash loop, 20 iterations with passthrough and 10 through the transport (about 2 min with the build; CI).
 test-crash-short *ARGS:
     bash scripts/test-crash.sh --iterations 20 {{ ARGS }}
-    bash scripts/test-crash.sh --iterations 10 --no-build --passthrough off --no-commits {{ ARGS }}
+    bash scripts/test-crash.sh --iterations 10 --no-build --passthrough off {{ ARGS }}
 
 # Stress: 16 threads of mixed file operations in the default branch and 3 branches (mount path, .agentfs/branches, branch-exec, branch-bind processes), snapshots, throwaway branches, deletes, for 5 min on a release build; every branch and snapshot checked against a model; daemon fds and RSS measured; logs/fuse-stress-<UTC>/ (ARGS e.g. --duration 600 --passthrough off).
 test-fuse-stress *ARGS:
