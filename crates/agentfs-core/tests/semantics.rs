@@ -162,6 +162,33 @@ fn branch_delete_is_refused_while_busy_unless_forced() {
     ));
 }
 
+/// close(2) returns before the kernel's RELEASE reaches the daemon: a
+/// delete right after a branch's last process exited waits for a handle
+/// being closed instead of refusing (a handle that stays open still refuses).
+#[test]
+fn branch_delete_waits_for_a_handle_being_closed() {
+    let e = env();
+    let snap = e.core.snapshot_create(e.main(), None).unwrap();
+    let br = e
+        .core
+        .branch_create(snap.id, Some("closing".into()))
+        .unwrap()
+        .id;
+    e.write_file(br, "f", b"x");
+    let fh = e.open(br, "f", RO);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            e.core.release(fh).unwrap();
+        });
+        e.core.branch_delete(br, false).unwrap();
+    });
+    assert!(matches!(
+        e.core.getattr(br, NodeId::ROOT),
+        Err(FsError::Stale)
+    ));
+}
+
 #[test]
 fn names_are_unique_and_addressable_by_id() {
     let e = env();

@@ -737,8 +737,7 @@ impl FsCore {
             return Err(FsError::Invalid);
         }
         if options.delete {
-            let bound = self.bindings.count_for(c.id);
-            let open = c.open_handles.load(std::sync::atomic::Ordering::Acquire);
+            let (bound, open) = self.users_after_closes(&c);
             if bound > 0 || open > 0 {
                 return Err(FsError::Busy(format!(
                     "branch {} \"{}\" has {bound} bound process(es) and {open} open handle(s); commit without --delete, or close them first",

@@ -18,6 +18,11 @@ use crate::ids::{BranchId, NodeId, SnapshotId};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a delete or `--delete` commit waits for handles being closed
+/// ([`FsCore::users_after_closes`]).
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_millis(500);
 use std::time::SystemTime;
 
 /// Longest snapshot or branch name, in bytes.
@@ -386,8 +391,7 @@ impl FsCore {
             .cloned()
             .ok_or_else(|| FsError::UnknownView(b.to_string()))?;
         if !force {
-            let bound = self.bindings.count_for(b);
-            let open = branch.open_handles.load(Ordering::Acquire);
+            let (bound, open) = self.users_after_closes(&branch);
             if bound > 0 || open > 0 {
                 return Err(FsError::Busy(format!(
                     "branch {} \"{}\" has {bound} bound process(es) and {open} open handle(s); use --force",
@@ -408,6 +412,24 @@ impl FsCore {
         self.make_durable(false)?;
         self.reap_now();
         Ok(())
+    }
+
+    /// The processes bound to `branch` and the handles open in it, once the
+    /// handles being closed are: close(2) returns before the kernel sends
+    /// its RELEASE, so a script that deletes or commits a branch right after
+    /// its last process exited would otherwise be refused for a handle about
+    /// to go. Waits up to [`CLOSE_GRACE`] while no process is bound and
+    /// handles are open; holds no lock while waiting.
+    pub(super) fn users_after_closes(&self, branch: &BranchState) -> (usize, usize) {
+        let start = std::time::Instant::now();
+        loop {
+            let bound = self.bindings.count_for(branch.id);
+            let open = branch.open_handles.load(Ordering::Acquire);
+            if bound > 0 || open == 0 || start.elapsed() >= CLOSE_GRACE {
+                return (bound, open);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     pub fn find_branch(&self, name_or_id: &str) -> FsResult<BranchId> {
