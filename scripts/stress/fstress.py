@@ -959,10 +959,13 @@ class Stress:
         parent ops (create, write, append, unlink) applied to model `pm`, then
         child ops (create, write, append, unlink, rename to a new name, mkdir)
         applied to `cm`, tracking each child file's origin (its base path) so
-        that the three-way result is exact. Excluded (left unspecified by the
-        spec or ambiguous): a child rename of a file the parent changed, a
-        delete on both sides, rmdir and directory renames."""
+        that the three-way result is exact. A child rename of a file the
+        parent wrote merges (the parent's data at the child's name) as long as
+        the child never writes it. Excluded (left unspecified by the spec or
+        ambiguous): a child rename of a file the parent deleted or of one both
+        wrote, a delete on both sides, rmdir and directory renames."""
         pops, cops = [], []
+        moved_modified = set()  # origins the child renamed and the parent wrote
         for _ in range(rng.randrange(0, 6)):
             files = sorted(pm.files)
             k = rng.choice(["create", "write", "append", "unlink"] if files else ["create"])
@@ -1009,13 +1012,18 @@ class Stress:
                     op = {"k": k, "p": p}
                     del corigin[p]
                 elif k == "rename":
-                    if o is not None and pstatus(o) != "unchanged":
-                        continue  # a move of a file the parent changed: left out
+                    if o is not None and (pstatus(o) == "deleted" or
+                                          (pstatus(o) == "modified" and o in cwritten)):
+                        continue  # a move of a file the parent deleted, or both wrote: left out
+                    if o is not None and pstatus(o) == "modified":
+                        moved_modified.add(o)
                     d = rng.choice([""] + sorted(cm.dirs))
                     q = os.path.join(d, "f%d" % next(names))
                     op = {"k": k, "p": p, "q": q}
                     corigin[q] = corigin.pop(p)
                 else:
+                    if o in moved_modified:
+                        continue  # renamed over the parent's write: the child keeps off its data
                     if len(cm.files[p]) > BIG:
                         op = {"k": "truncate", "p": p, "size": rng.randrange(0, 4096)}
                     elif k == "write":
@@ -1054,7 +1062,9 @@ class Stress:
                 cs = "moved"
             else:
                 cs = "modified" if p in cwritten else "unchanged"
-            if cs == "unchanged":
+            if cs == "moved" and ps == "modified" and p not in cwritten:
+                merged.files[q] = pm.files[p]  # a rename and a write merge
+            elif cs == "unchanged":
                 if ps != "deleted":
                     merged.files[p] = pm.files[p]
             elif ps == "unchanged":

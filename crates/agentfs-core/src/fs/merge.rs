@@ -13,9 +13,13 @@
 //! - A directory both changed (neither side moved it) is merged name by name:
 //!   names only one side changed are taken from it; the same name changed to
 //!   different targets on both sides is a conflict.
-//! - Any other node both changed (a file modified on both sides, modified on
-//!   one and deleted on the other, a directory moved on one side and changed
-//!   on the other) is a conflict, unless both sides hold the very same node.
+//! - A file, symlink or special file both changed is merged attribute by
+//!   attribute ([`merge_fields`]): a rename on one side and a write on the
+//!   other commit together; the same attribute changed differently on both
+//!   sides (a write on both) is a conflict.
+//! - Any other node both changed (modified on one side and deleted on the
+//!   other, a directory moved on one side and changed on the other) is a
+//!   conflict, unless both sides hold the very same node.
 //!
 //! Conflicts are refused with their paths; [`Resolve`] picks a side for each
 //! instead. After a resolved merge, nodes no name reaches any more are
@@ -185,6 +189,76 @@ fn same_node(a: &Arc<Node>, b: &Arc<Node>) -> bool {
         _ => false,
     };
     meta && body && same_xattrs(&a.xattrs, &b.xattrs)
+}
+
+/// Whether two nodes hold the same data: body (content object, symlink
+/// target), size and mtime, which a write changes together.
+fn same_data(a: &Node, b: &Node) -> bool {
+    let body = match (&a.body, &b.body) {
+        (Body::File { content: x }, Body::File { content: y }) => match (x, y) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.id == y.id,
+            _ => false,
+        },
+        (Body::Symlink(x), Body::Symlink(y)) => x == y,
+        (Body::Special, Body::Special) => true,
+        _ => false,
+    };
+    body && a.meta.size == b.meta.size && a.meta.mtime == b.meta.mtime
+}
+
+/// The value of one attribute after a three-way merge: the side that changed
+/// it wins, both changing it alike is no conflict, both changing it
+/// differently is (`None`).
+fn pick<T: Clone>(base: &T, child: &T, parent: &T, same: impl Fn(&T, &T) -> bool) -> Option<T> {
+    if same(child, base) {
+        Some(parent.clone())
+    } else if same(parent, base) || same(parent, child) {
+        Some(child.clone())
+    } else {
+        None
+    }
+}
+
+/// A file, symlink or special file both sides changed, merged attribute by
+/// attribute: its data (body, size, mtime), mode, owner, device number and
+/// xattrs each come from the side that changed them; the link count takes
+/// both sides' links and unlinks; ctime and atime the later. `None` when
+/// both sides changed one of them differently (a real conflict), for
+/// directories (merged by name instead), and for a node either side has
+/// only as an open orphan. A rename changes only the node's ctime and name
+/// hint, so a rename on one side and an edit on the other merge cleanly.
+fn merge_fields(base: &Node, child: &Node, parent: &Node) -> Option<Node> {
+    let kind = base.meta.kind;
+    if base.entries().is_some() || child.meta.kind != kind || parent.meta.kind != kind {
+        return None;
+    }
+    if child.meta.nlink == 0 || parent.meta.nlink == 0 {
+        return None;
+    }
+    let data = pick(&base, &child, &parent, |a, b| same_data(a, b))?;
+    let mut out = Node::clone(data);
+    let (b, c, p) = (&base.meta, &child.meta, &parent.meta);
+    out.meta.perm = pick(&b.perm, &c.perm, &p.perm, PartialEq::eq)?;
+    (out.meta.uid, out.meta.gid) = pick(
+        &(b.uid, b.gid),
+        &(c.uid, c.gid),
+        &(p.uid, p.gid),
+        PartialEq::eq,
+    )?;
+    out.meta.rdev = pick(&b.rdev, &c.rdev, &p.rdev, PartialEq::eq)?;
+    out.xattrs = pick(&base.xattrs, &child.xattrs, &parent.xattrs, same_xattrs)?;
+    out.meta.nlink = (c.nlink + p.nlink)
+        .checked_sub(b.nlink)
+        .filter(|&n| n > 0)?;
+    out.meta.ctime = c.ctime.max(p.ctime);
+    out.meta.atime = c.atime.max(p.atime);
+    out.meta.hint = if c.hint != b.hint {
+        c.hint.clone()
+    } else {
+        p.hint.clone()
+    };
+    Some(out)
 }
 
 fn is_dir(n: &Option<Arc<Node>>) -> bool {
@@ -837,6 +911,12 @@ impl FsCore {
                         let (b, c_n, p_n) = (Arc::clone(b), Arc::clone(c_n), Arc::clone(p_n));
                         m.merge_dir(id, &b, &c_n, &p_n);
                         continue;
+                    }
+                    if let (Some(b), Some(c_n), Some(p_n)) = (b, c_n, p_n) {
+                        if let Some(merged) = merge_fields(b, c_n, p_n) {
+                            m.put(id, &Some(Arc::new(merged)), &p);
+                            continue;
+                        }
                     }
                     let found = Found::Node(id, change_of(b, c_n), change_of(b, p_n));
                     let resolve = m.conflict(found);

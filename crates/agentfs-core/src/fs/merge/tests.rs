@@ -824,3 +824,64 @@ fn review_a_resolved_merge_replays_to_the_same_tree() {
     let (core, _store) = open(image);
     assert_eq!(state(&core), before);
 }
+
+/// A file renamed on one side and written on the other is no conflict: the
+/// rename changes only the file's ctime and the directories, the write only
+/// its data. Likewise a mode change against a write. The same attribute
+/// changed differently on both sides still is one.
+#[test]
+fn a_rename_or_chmod_against_a_write_merges_attribute_by_attribute() {
+    let core = core();
+    let (main, child) = forked(&core);
+    let ctx = Ctx::root();
+    mv(&core, child, "dir/a", "renamed");
+    put(&core, main, "dir/a", b"a-parent");
+    let (b, top) = (
+        find(&core, child, "dir/b").unwrap(),
+        find(&core, child, "top").unwrap(),
+    );
+    let chmod = |branch, node, mode| {
+        let set = crate::SetAttr {
+            mode: Some(mode),
+            ..crate::SetAttr::default()
+        };
+        core.setattr(&ctx, branch, node, &set).unwrap();
+    };
+    chmod(child, b, 0o600);
+    put(&core, main, "dir/b", b"b-parent");
+    put(&core, child, "top", b"t-child");
+    chmod(main, top, 0o640);
+    let r = commit(&core, child);
+    assert!(r.committed && r.conflicts.is_empty(), "{r:?}");
+    assert!(find(&core, main, "dir/a").is_none());
+    assert_eq!(text(&core, main, "renamed").unwrap(), "a-parent");
+    assert_eq!(text(&core, main, "dir/b").unwrap(), "b-parent");
+    assert_eq!(core.getattr(main, b).unwrap().perm & 0o7777, 0o600);
+    assert_eq!(text(&core, main, "top").unwrap(), "t-child");
+    assert_eq!(core.getattr(main, top).unwrap().perm & 0o7777, 0o640);
+
+    // Both sides change the mode of one file differently: a conflict.
+    let (main, child) = {
+        let s = core.snapshot_create(main, None).unwrap();
+        let c = core.branch_create(s.id, None).unwrap().id;
+        (main, c)
+    };
+    let b = find(&core, child, "dir/b").unwrap();
+    for (branch, mode) in [(child, 0o700), (main, 0o644)] {
+        let set = crate::SetAttr {
+            mode: Some(mode),
+            ..crate::SetAttr::default()
+        };
+        core.setattr(&ctx, branch, b, &set).unwrap();
+    }
+    let r = core.branch_commit(child, CommitOptions::default()).unwrap();
+    assert!(!r.committed, "{r:?}");
+    assert_eq!(
+        r.conflicts,
+        vec![Conflict {
+            path: "dir/b".into(),
+            child: Change::Modified,
+            parent: Change::Modified,
+        }]
+    );
+}
