@@ -582,6 +582,7 @@ impl FsCore {
         let Some(lower) = self.lower.get() else {
             return Ok(report);
         };
+        let started = std::time::Instant::now();
         let trim = |p: &Vec<u8>| -> Vec<u8> {
             let mut p = &p[..];
             while let [b'/', rest @ ..] = p {
@@ -612,39 +613,23 @@ impl FsCore {
         // every tree, then followed down from each one read.
         let mut queue: Vec<(Arc<BranchState>, NodeId)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let (branches, snapshots) = self.every_tree();
-        for b in &branches {
-            let t = b.tree.read();
-            for (id, n) in t.iter() {
-                if n.unloaded().is_some_and(|p| read_wanted(p)) && seen.insert(id) {
-                    queue.push((Arc::clone(b), id));
-                }
+        let copies_of_trees = self.tree_copies();
+        let mut found: Vec<(usize, NodeId)> = Vec::new();
+        each_node(&copies_of_trees, |i, id, n| {
+            if n.unloaded().is_some_and(|p| read_wanted(p)) && seen.insert(id) {
+                found.push((i, id));
             }
-        }
-        for s in &snapshots {
-            let found: Vec<NodeId> = {
-                let t = s.tree.read();
-                t.iter()
-                    .filter(|(id, n)| {
-                        n.unloaded().is_some_and(|p| read_wanted(p)) && !seen.contains(id)
-                    })
-                    .map(|(id, _)| id)
-                    .collect()
+        });
+        for (i, id) in found {
+            let b = match &copies_of_trees[i].0 {
+                TreeOwner::Branch(b) => Arc::clone(b),
+                // Read through the snapshot's view: `load_dir` reads into
+                // every tree, the snapshot's own included.
+                TreeOwner::Snapshot(s) => self.branch(self.snapshot_browse(*s)?)?,
             };
-            if found.is_empty() {
-                continue;
-            }
-            // Read through the snapshot's view: `load_dir` reads into every
-            // tree, the snapshot's own included.
-            let view = self.branch(self.snapshot_browse(s.id)?)?;
-            for id in found {
-                if seen.insert(id) {
-                    queue.push((Arc::clone(&view), id));
-                }
-            }
+            queue.push((b, id));
         }
-        drop(branches);
-        drop(snapshots);
+        drop(copies_of_trees);
         while let Some((b, id)) = queue.pop() {
             match self.load_dir(&b, id) {
                 Ok(()) => report.dirs += 1,
@@ -671,35 +656,37 @@ impl FsCore {
             }
         }
 
+        let read_done = started.elapsed();
         // The lower files to copy up: one copy per lower path, whichever trees
-        // name it (all of them read the same bytes).
+        // name it (all of them read the same bytes), and the nodes naming
+        // them. No node comes to name one of them later: every lower
+        // directory above or below them is read now, and a new tree is a
+        // copy of one that exists.
         let mut wanted: std::collections::HashMap<Arc<[u8]>, (Arc<Content>, u64)> =
             std::collections::HashMap::new();
-        let mut note = |n: &Node| {
+        let mut nodes: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
+        each_node(&self.tree_copies(), |_, id, n| {
             if let Some(c) = n.content() {
                 if let Some(p) = c.lower.as_ref().filter(|p| copy_wanted(p)) {
                     let e = wanted
                         .entry(Arc::clone(p))
                         .or_insert_with(|| (Arc::clone(c), 0));
                     e.1 = e.1.max(n.meta.size);
+                    nodes.insert(id);
                 }
             }
-        };
-        let (branches, snapshots) = self.every_tree();
-        for b in &branches {
-            b.tree.read().iter().for_each(|(_, n)| note(n));
-        }
-        for s in &snapshots {
-            s.tree.read().iter().for_each(|(_, n)| note(n));
-        }
-        drop(branches);
-        drop(snapshots);
+        });
         let mut copies: std::collections::HashMap<Arc<[u8]>, Arc<Content>> =
             std::collections::HashMap::new();
         for (path, (old, size)) in wanted {
             match self.copy_object(&old, size) {
                 Ok(id) => {
                     let copy = Content::new(id, super::FROZEN_EPOCH, &self.reaper);
+                    // Its bytes durable before any tree (or a later journal
+                    // record) names it.
+                    if let Err(e) = self.backstore.sync(id, false) {
+                        return Err(e.into());
+                    }
                     self.note_object_changed(&copy);
                     report.files += 1;
                     report.bytes += size;
@@ -717,9 +704,7 @@ impl FsCore {
         if copies.is_empty() {
             return Ok(report);
         }
-        // The copies' bytes durable before any tree (or a later journal
-        // record) names them.
-        self.backstore.sync_all()?;
+        let copy_done = started.elapsed();
 
         // Every tree at once, as `load_dir` takes them, with no snapshot,
         // branch, commit or directory read in between: each node naming a
@@ -737,16 +722,16 @@ impl FsCore {
             let mut shared: std::collections::HashMap<*const Node, (Arc<Node>, Arc<Node>)> =
                 std::collections::HashMap::new();
             let mut swap = |t: &mut super::tree::Tree| {
-                let hits: Vec<(NodeId, Arc<Node>)> = t
-                    .iter()
-                    .filter(|(_, n)| {
-                        n.content()
-                            .and_then(|c| c.lower.as_ref())
-                            .is_some_and(|p| copies.contains_key(p))
-                    })
-                    .map(|(id, n)| (id, Arc::clone(n)))
-                    .collect();
-                for (id, old) in hits {
+                for &id in &nodes {
+                    let Some(old) = t.get(id) else { continue };
+                    let named = old
+                        .content()
+                        .and_then(|c| c.lower.as_ref())
+                        .is_some_and(|p| copies.contains_key(p));
+                    if !named {
+                        continue; // Written (so copied up) since, or another node.
+                    }
+                    let old = Arc::clone(old);
                     let new = match shared.get(&Arc::as_ptr(&old)) {
                         Some((_, n)) => Arc::clone(n),
                         None => {
@@ -772,13 +757,41 @@ impl FsCore {
             }
         }
         drop(copies);
+        let swap_done = started.elapsed();
         // No journal record says this: a checkpoint writes every tree at
         // once, so a crash leaves all of them detached or none (and then the
         // lower directory is still as they name it: the caller changes it
         // only after this returns).
         self.checkpoint()?;
         self.reap();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        tracing::info!(
+            dirs = report.dirs,
+            files = report.files,
+            bytes = report.bytes,
+            read_ms = ms(read_done),
+            copy_ms = ms(copy_done - read_done),
+            swap_ms = ms(swap_done - copy_done),
+            checkpoint_ms = ms(started.elapsed() - swap_done),
+            "lower paths detached"
+        );
         Ok(report)
+    }
+
+    /// O(1) copies of every tree [`FsCore::every_tree`] lists, each with
+    /// whose it is, to read without holding their locks.
+    fn tree_copies(&self) -> Vec<(TreeOwner, super::tree::Tree)> {
+        let (branches, snapshots) = self.every_tree();
+        let mut out = Vec::with_capacity(branches.len() + snapshots.len());
+        for b in branches {
+            let t = b.tree.read().clone();
+            out.push((TreeOwner::Branch(b), t));
+        }
+        for s in snapshots {
+            let t = s.tree.read().clone();
+            out.push((TreeOwner::Snapshot(s.id), t));
+        }
+        out
     }
 
     /// Every tree that may name lower paths: the branches, the snapshots'
@@ -809,5 +822,33 @@ impl FsCore {
             }
         }
         (branches, snapshots)
+    }
+}
+
+/// Whose tree a copy of [`FsCore::tree_copies`] is.
+enum TreeOwner {
+    Branch(Arc<BranchState>),
+    Snapshot(crate::ids::SnapshotId),
+}
+
+/// Call `f` with (index of the tree, id, node) for every node of every tree
+/// in `trees`: the first tree's every node, then for each next tree only the
+/// nodes that differ from the tree before it (a node two trees share is
+/// visited once, and shared parts of the map are skipped unvisited).
+fn each_node(
+    trees: &[(TreeOwner, super::tree::Tree)],
+    mut f: impl FnMut(usize, NodeId, &Arc<Node>),
+) {
+    for (i, (_, t)) in trees.iter().enumerate() {
+        match i.checked_sub(1).map(|p| &trees[p].1) {
+            None => t.iter().for_each(|(id, n)| f(i, id, n)),
+            Some(before) => {
+                for (id, _, n) in before.changed_nodes(t) {
+                    if let Some(n) = n {
+                        f(i, id, n);
+                    }
+                }
+            }
+        }
     }
 }
