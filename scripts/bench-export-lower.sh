@@ -71,6 +71,9 @@ for target in elsewhere lower; do
     detached=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['detached'])" "$work/export.json")
     echo "export to $target: CLI $(ms "$t0" "$t1") ms; detached: $detached"
 done
+# The daemon's own breakdown (read the lower directories, copy up, swap the
+# copies into every tree under their locks, checkpoint).
+grep -h "lower paths detached" "$store/agentfs.log" | sed 's/^.*INFO /daemon: /' || true
 [ "$(cat "$mnt/d0/e8/moved")" = "file 8/8 of the lower directory" ]
 echo "main still reads the committed rename (d0/e8/moved); the lower has no d0/e8/f8: $([ -e "$lower/d0/e8/f8" ] && echo no || echo yes)"
 [ "$(cat "$mnt/.agentfs/branches/other/d0/e9/f9")" = "file 9/9 of the lower directory" ]
