@@ -382,3 +382,77 @@ fn branch_commit_is_for_the_owner_and_answers_a_commit_reply() {
         .unwrap_err();
     assert_eq!(missing.kind, ErrorKind::NotFound);
 }
+
+/// `lower-detach` maps the export's directory onto the lower root: the
+/// lower directory itself, a directory inside it, one holding it; anything
+/// else (and a mount without a lower directory) is nothing to do; only the
+/// owner or root may ask; a relative directory or a path with `..` is refused.
+#[test]
+fn lower_detach_maps_the_directory_onto_the_lower_root() {
+    use agentfs_control::protocol::path_to_wire;
+    use std::os::unix::ffi::OsStrExt;
+    let detach = |h: &CoreControl, who: PeerCred, dir: &std::path::Path, paths: &[&str]| {
+        h.handle(
+            &who,
+            Command::LowerDetach {
+                dir: path_to_wire(dir.as_os_str().as_bytes()),
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+                touched: vec![],
+            },
+        )
+        .map(|r| match r {
+            Reply::Detached(d) => (d.lower, d.files_copied, d.dirs_read),
+            other => panic!("not a detached reply: {other:?}"),
+        })
+    };
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (plain, _) = setup();
+    assert_eq!(
+        detach(&plain, peer(10, OWNER), elsewhere.path(), &["a"]),
+        Ok((false, 0, 0))
+    );
+
+    let top = tempfile::tempdir().unwrap();
+    let top = top.path().canonicalize().unwrap();
+    let lower = top.join("checkout");
+    std::fs::create_dir_all(lower.join("sub")).unwrap();
+    std::fs::write(lower.join("sub/x"), "X").unwrap();
+    std::fs::write(lower.join("sub/z"), "Z").unwrap();
+    std::fs::write(lower.join("y"), "Y").unwrap();
+    let core = FsCore::new(
+        Arc::new(MemBackstore::new()),
+        CoreConfig {
+            process_table: Box::new(Procs::default()),
+            default_branch_name: "main".into(),
+        },
+    );
+    core.attach_lower(Arc::new(agentfs_core::Lower::open(&lower).unwrap()))
+        .unwrap();
+    let facts = MountFacts {
+        mountpoint: "/mnt/a".into(),
+        backstore: "/var/store".into(),
+    };
+    let h = CoreControl::new(Arc::new(core), OWNER, facts);
+    let err = detach(&h, peer(20, OTHER), &lower, &["y"]).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::PermissionDenied, "{err}");
+    let err = detach(&h, peer(10, OWNER), std::path::Path::new("rel"), &["y"]).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+    let err = detach(&h, peer(10, OWNER), &lower.join("sub"), &["../y"]).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(
+        detach(&h, peer(10, OWNER), elsewhere.path(), &["y"]),
+        Ok((false, 0, 0))
+    );
+    // Inside: `x` of DIR is `sub/x` of the lower root (root and `sub` read).
+    assert_eq!(
+        detach(&h, peer(10, OWNER), &lower.join("sub"), &["x"]),
+        Ok((true, 1, 2))
+    );
+    // Around: replacing `checkout` in its parent changes all of it.
+    assert_eq!(
+        detach(&h, peer(1, 0), &top, &["checkout"]),
+        Ok((true, 2, 0))
+    );
+    // Nothing left to do.
+    assert_eq!(detach(&h, peer(1, 0), &lower, &["y"]), Ok((true, 0, 0)));
+}
