@@ -211,3 +211,69 @@ fn detach_copies_only_what_the_paths_name() {
     let r = plain.detach_lower(&[b"x".to_vec()], &[]).unwrap();
     assert_eq!((r.files, r.dirs), (0, 0));
 }
+
+/// Every file name at the root of view `b`.
+fn root_names(core: &FsCore, b: BranchId) -> Vec<String> {
+    let fh = core.opendir(&Ctx::root(), b, NodeId::ROOT).unwrap();
+    let entries = core.readdir(fh, 0, usize::MAX).unwrap();
+    core.releasedir(fh).unwrap();
+    entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .filter(|s| s != "." && s != "..")
+        .collect()
+}
+
+/// Snapshots, branches, renames and commits made while a detach runs: once
+/// it returns, no tree (old or new) names a detached lower file, so each
+/// file of each reads its bytes after the host deleted them all.
+#[test]
+fn trees_made_during_a_detach_are_detached_too() {
+    let lower = tempfile::tempdir().unwrap();
+    let l = lower.path();
+    for i in 0..20 {
+        std::fs::write(l.join(format!("f{i}")), format!("F{i}\n")).unwrap();
+    }
+    let objects = Arc::new(MemBackstore::new());
+    let (core, _store) = mount(&objects, MemStore::new(), l);
+    let core = Arc::new(core);
+    let main = core.default_branch();
+    resolve(&core, main, "f0").unwrap();
+    let worker = {
+        let core = Arc::clone(&core);
+        std::thread::spawn(move || {
+            for i in 0..30 {
+                let s = core.snapshot_create(main, None).unwrap().id;
+                let b = core.branch_create(s, None).unwrap().id;
+                let from = format!("f{}", i % 20);
+                if resolve(&core, b, &from).is_ok() {
+                    rename(&core, b, &from, &format!("g{i}"));
+                }
+                if i % 3 == 0 {
+                    core.branch_commit(b, CommitOptions::default()).unwrap();
+                }
+            }
+        })
+    };
+    let paths: Vec<Vec<u8>> = (0..20).map(|i| format!("f{i}").into_bytes()).collect();
+    let report = core.detach_lower(&paths, &[]).unwrap();
+    assert!(report.files <= 20, "{report:?}");
+    worker.join().unwrap();
+    for i in 0..20 {
+        std::fs::remove_file(l.join(format!("f{i}"))).unwrap();
+    }
+    let mut views: Vec<BranchId> = core.branch_list().iter().map(|b| b.id).collect();
+    for s in core.snapshot_list() {
+        views.push(core.snapshot_browse(s.id).unwrap());
+    }
+    assert!(views.len() > 60, "{}", views.len());
+    for b in views {
+        let names = root_names(&core, b);
+        assert_eq!(names.len(), 20, "{b}: {names:?}");
+        for name in names {
+            let body = read(&core, b, &name).map_err(|e| format!("{b} {name}: {e}"));
+            let body = String::from_utf8(body.unwrap()).unwrap();
+            assert!(body.starts_with('F'), "{b} {name}: {body:?}");
+        }
+    }
+}

@@ -658,103 +658,78 @@ impl FsCore {
 
         let read_done = started.elapsed();
         // The lower files to copy up: one copy per lower path, whichever trees
-        // name it (all of them read the same bytes), and the nodes naming
-        // them. No node comes to name one of them later: every lower
-        // directory above or below them is read now, and a new tree is a
-        // copy of one that exists.
-        let mut wanted: std::collections::HashMap<Arc<[u8]>, (Arc<Content>, u64)> =
-            std::collections::HashMap::new();
-        let mut nodes: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
-        each_node(&self.tree_copies(), |_, id, n| {
-            if let Some(c) = n.content() {
-                if let Some(p) = c.lower.as_ref().filter(|p| copy_wanted(p)) {
-                    let e = wanted
-                        .entry(Arc::clone(p))
-                        .or_insert_with(|| (Arc::clone(c), 0));
-                    e.1 = e.1.max(n.meta.size);
-                    nodes.insert(id);
-                }
-            }
-        });
+        // name it (all of them read the same bytes). Each round finds the
+        // nodes naming one in any tree, copies what is not copied yet, and
+        // swaps the copies in. No lower directory above or below them is
+        // unread any more, so only a copy of a node that names one can name
+        // one later: a commit or a snapshot made between a round's finding
+        // and its swap; the next round finds those, and the last finds none.
         let mut copies: std::collections::HashMap<Arc<[u8]>, Arc<Content>> =
             std::collections::HashMap::new();
-        for (path, (old, size)) in wanted {
-            match self.copy_object(&old, size) {
-                Ok(id) => {
-                    let copy = Content::new(id, super::FROZEN_EPOCH, &self.reaper);
-                    // Its bytes durable before any tree (or a later journal
-                    // record) names it.
-                    if let Err(e) = self.backstore.sync(id, false) {
-                        return Err(e.into());
+        let mut gone: std::collections::HashSet<Arc<[u8]>> = std::collections::HashSet::new();
+        let (mut copy_time, mut swap_time) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        let mut rounds = 0u32;
+        loop {
+            let mut wanted: std::collections::HashMap<Arc<[u8]>, (Arc<Content>, u64)> =
+                std::collections::HashMap::new();
+            let mut nodes: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
+            each_node(&self.tree_copies(), |_, id, n| {
+                if let Some(c) = n.content() {
+                    let p = c
+                        .lower
+                        .as_ref()
+                        .filter(|p| copy_wanted(p) && !gone.contains(*p));
+                    if let Some(p) = p {
+                        let e = wanted
+                            .entry(Arc::clone(p))
+                            .or_insert_with(|| (Arc::clone(c), 0));
+                        e.1 = e.1.max(n.meta.size);
+                        nodes.insert(id);
                     }
-                    self.note_object_changed(&copy);
-                    report.files += 1;
-                    report.bytes += size;
-                    copies.insert(path, copy);
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                    tracing::warn!(
-                        lower = %String::from_utf8_lossy(&path),
-                        "a lower file to detach is gone"
-                    );
-                }
-                Err(e) => return Err(e.into()),
+            });
+            if nodes.is_empty() {
+                break;
             }
+            rounds += 1;
+            if rounds > 8 {
+                return Err(FsError::Busy(
+                    "the trees kept copying lower files while they were detached; try again".into(),
+                ));
+            }
+            let copying = std::time::Instant::now();
+            for (path, (old, size)) in wanted {
+                if copies.contains_key(&path) {
+                    continue;
+                }
+                match self.copy_object(&old, size) {
+                    Ok(id) => {
+                        let copy = Content::new(id, super::FROZEN_EPOCH, &self.reaper);
+                        // Its bytes durable before any tree (or a later
+                        // journal record) names it.
+                        self.backstore.sync(id, false)?;
+                        self.note_object_changed(&copy);
+                        report.files += 1;
+                        report.bytes += size;
+                        copies.insert(path, copy);
+                    }
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                        tracing::warn!(
+                            lower = %String::from_utf8_lossy(&path),
+                            "a lower file to detach is gone"
+                        );
+                        gone.insert(path);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            copy_time += copying.elapsed();
+            let swapping = std::time::Instant::now();
+            self.swap_copies_in(lower, &nodes, &copies);
+            swap_time += swapping.elapsed();
         }
         if copies.is_empty() {
             return Ok(report);
-        }
-        let copy_done = started.elapsed();
-
-        // Every tree at once, as `load_dir` takes them, with no snapshot,
-        // branch, commit or directory read in between: each node naming a
-        // copied lower file now names its copy (one new node per old one, so
-        // trees that shared a node share its successor).
-        {
-            let _serial = lower.loading.lock();
-            let (mut branches, snapshots) = self.every_tree();
-            branches.sort_by_key(|b| b.id);
-            let _gate = self.journal.get().map(|j| j.gate.read());
-            let mut trees: Vec<_> = branches.iter().map(|b| b.tree.write()).collect();
-            let mut frozen: Vec<_> = snapshots.iter().map(|s| s.tree.write()).collect();
-            // By the old node's address; the old node is kept alive with it,
-            // so no new node can take its address meanwhile.
-            let mut shared: std::collections::HashMap<*const Node, (Arc<Node>, Arc<Node>)> =
-                std::collections::HashMap::new();
-            let mut swap = |t: &mut super::tree::Tree| {
-                for &id in &nodes {
-                    let Some(old) = t.get(id) else { continue };
-                    let named = old
-                        .content()
-                        .and_then(|c| c.lower.as_ref())
-                        .is_some_and(|p| copies.contains_key(p));
-                    if !named {
-                        continue; // Written (so copied up) since, or another node.
-                    }
-                    let old = Arc::clone(old);
-                    let new = match shared.get(&Arc::as_ptr(&old)) {
-                        Some((_, n)) => Arc::clone(n),
-                        None => {
-                            let mut n = Node::clone(&old);
-                            if let Body::File { content: Some(c) } = &mut n.body {
-                                if let Some(copy) = c.lower.as_ref().and_then(|p| copies.get(p)) {
-                                    *c = Arc::clone(copy);
-                                }
-                            }
-                            let n = Arc::new(n);
-                            shared.insert(Arc::as_ptr(&old), (Arc::clone(&old), Arc::clone(&n)));
-                            n
-                        }
-                    };
-                    t.insert_arc(id, new);
-                }
-            };
-            for t in trees.iter_mut() {
-                swap(t);
-            }
-            for t in frozen.iter_mut() {
-                swap(t);
-            }
         }
         drop(copies);
         let swap_done = started.elapsed();
@@ -770,12 +745,67 @@ impl FsCore {
             files = report.files,
             bytes = report.bytes,
             read_ms = ms(read_done),
-            copy_ms = ms(copy_done - read_done),
-            swap_ms = ms(swap_done - copy_done),
+            copy_ms = ms(copy_time),
+            swap_ms = ms(swap_time),
+            rounds,
             checkpoint_ms = ms(started.elapsed() - swap_done),
             "lower paths detached"
         );
         Ok(report)
+    }
+
+    /// Every tree at once, as `load_dir` takes them, with no snapshot,
+    /// branch, commit or directory read in between: each of `nodes` that
+    /// names a lower file of `copies` now names its copy (one new node per
+    /// old one, so trees that shared a node share its successor).
+    fn swap_copies_in(
+        &self,
+        lower: &Lower,
+        nodes: &std::collections::BTreeSet<NodeId>,
+        copies: &std::collections::HashMap<Arc<[u8]>, Arc<Content>>,
+    ) {
+        let _serial = lower.loading.lock();
+        let (mut branches, snapshots) = self.every_tree();
+        branches.sort_by_key(|b| b.id);
+        let _gate = self.journal.get().map(|j| j.gate.read());
+        let mut trees: Vec<_> = branches.iter().map(|b| b.tree.write()).collect();
+        let mut frozen: Vec<_> = snapshots.iter().map(|s| s.tree.write()).collect();
+        // By the old node's address; the old node is kept alive with it, so
+        // no new node can take its address meanwhile.
+        let mut shared: std::collections::HashMap<*const Node, (Arc<Node>, Arc<Node>)> =
+            std::collections::HashMap::new();
+        let mut swap = |t: &mut super::tree::Tree| {
+            for &id in nodes {
+                let Some(old) = t.get(id) else { continue };
+                let copy = old
+                    .content()
+                    .and_then(|c| c.lower.as_ref())
+                    .and_then(|p| copies.get(p));
+                let Some(copy) = copy.cloned() else {
+                    continue; // Written (so copied up) since, or another node.
+                };
+                let old = Arc::clone(old);
+                let new = match shared.get(&Arc::as_ptr(&old)) {
+                    Some((_, n)) => Arc::clone(n),
+                    None => {
+                        let mut n = Node::clone(&old);
+                        if let Body::File { content: Some(c) } = &mut n.body {
+                            *c = copy;
+                        }
+                        let n = Arc::new(n);
+                        shared.insert(Arc::as_ptr(&old), (Arc::clone(&old), Arc::clone(&n)));
+                        n
+                    }
+                };
+                t.insert_arc(id, new);
+            }
+        };
+        for t in trees.iter_mut() {
+            swap(t);
+        }
+        for t in frozen.iter_mut() {
+            swap(t);
+        }
     }
 
     /// O(1) copies of every tree [`FsCore::every_tree`] lists, each with
