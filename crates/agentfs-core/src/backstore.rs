@@ -71,6 +71,13 @@ pub trait Backstore: Send + Sync + 'static {
     fn create_is_quick(&self) -> bool {
         false
     }
+    /// Whether [`Backstore::host_file`] of `id` would answer now without
+    /// asking the storage (the file is open already). A hint for where to
+    /// run an open; `false`, the default, is always safe.
+    fn host_file_is_quick(&self, id: ContentId) -> bool {
+        let _ = id;
+        false
+    }
     /// An open host file of the object, for a passthrough data path. Backstores
     /// without host files answer `Unsupported`.
     fn host_file(&self, id: ContentId) -> io::Result<Arc<File>> {

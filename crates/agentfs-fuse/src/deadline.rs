@@ -45,6 +45,11 @@ struct Timer {
     pending: BTreeMap<Key, Weak<dyn Expire>>,
     next: u64,
     stop: bool,
+    /// When the sleeping timer thread wakes by itself; `None` while it is
+    /// not asleep. A new deadline wakes it only if it is earlier: waking it
+    /// for every request (two context switches on a request that found
+    /// nothing pending) cost more than the request itself.
+    wakes_at: Option<Instant>,
 }
 
 /// The deadlines of one mount: their length and the timer thread.
@@ -64,6 +69,7 @@ impl Deadlines {
                 pending: BTreeMap::new(),
                 next: 0,
                 stop: false,
+                wakes_at: None,
             }),
             wake: Condvar::new(),
         });
@@ -96,10 +102,10 @@ impl Deadlines {
         let key = (Instant::now() + self.timeout, t.next);
         t.next += 1;
         let weak: Weak<dyn Expire> = Arc::downgrade(&(Arc::clone(&slot) as Arc<dyn Expire>));
-        let first = t.pending.is_empty();
         t.pending.insert(key, weak);
+        let sooner = t.wakes_at.is_some_and(|at| key.0 < at);
         drop(t);
-        if first {
+        if sooner {
             self.wake.notify_one();
         }
         Late {
@@ -150,7 +156,9 @@ fn run_timer(weak: Weak<Deadlines>) {
                 .map(|((at, _), _)| at.saturating_duration_since(now))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
+            t.wakes_at = Some(now + wait);
             d.wake.wait_for(&mut t, wait);
+            t.wakes_at = None;
             continue;
         }
         drop(t);

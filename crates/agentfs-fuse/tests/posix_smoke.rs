@@ -630,7 +630,19 @@ fn read_only_truncating_open_of_a_running_program_is_etxtbsy() {
     let len = fs::metadata(&prog).unwrap().len();
     assert!(len > 0);
 
-    let mut child = std::process::Command::new(&prog).arg("30").spawn().unwrap();
+    // Under `cargo test` another test's fork may hold a copy of the write
+    // descriptor fs::copy just closed, until its exec: ETXTBSY for a moment.
+    let mut child = (0..100)
+        .find_map(
+            |_| match std::process::Command::new(&prog).arg("30").spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                }
+                other => Some(other.unwrap()),
+            },
+        )
+        .expect("the program stayed busy");
     let err = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_TRUNC)

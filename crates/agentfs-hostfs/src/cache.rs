@@ -127,6 +127,11 @@ impl FdCache {
         drop(victim);
     }
 
+    /// Whether the file of `id` is held now.
+    pub(crate) fn contains(&self, id: ContentId) -> bool {
+        self.shard(id).lock().index.contains_key(&id)
+    }
+
     /// Files held right now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

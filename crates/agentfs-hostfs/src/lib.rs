@@ -412,6 +412,10 @@ impl Backstore for HostFs {
         self.pool.len() > 0
     }
 
+    fn host_file_is_quick(&self, id: ContentId) -> bool {
+        self.cache.contains(id)
+    }
+
     fn list_objects(&self) -> io::Result<Vec<ContentId>> {
         let pooled = self.pool.ids();
         Ok(list_ids(&self.objects)?

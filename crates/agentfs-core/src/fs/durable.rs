@@ -545,6 +545,9 @@ impl Backstore for Deferred {
     fn create_is_quick(&self) -> bool {
         self.inner.create_is_quick()
     }
+    fn host_file_is_quick(&self, id: ContentId) -> bool {
+        self.inner.host_file_is_quick(id)
+    }
     fn list_objects(&self) -> io::Result<Vec<ContentId>> {
         self.inner.list_objects()
     }

@@ -110,6 +110,34 @@ impl FsCore {
         self.remove_handle(fh)
     }
 
+    /// Whether a read-only open of node `n` of branch `b` answers from
+    /// memory: FsCore's open never asks the backstore for it, and
+    /// [`FsCore::open_passthrough`] (asked when `passthrough`) only when the
+    /// file would go to the kernel and its object is not open yet. A hint for
+    /// where to run the open; errors count as quick (they answer at once).
+    pub fn read_open_is_quick(&self, b: BranchId, n: NodeId, passthrough: bool) -> bool {
+        if !passthrough {
+            return true;
+        }
+        let Ok(branch) = self.branch(b) else {
+            return true;
+        };
+        let t = branch.tree.read();
+        let Some(c) = t.get(n).and_then(|n| n.content()) else {
+            return true;
+        };
+        let direct = c.epoch() == branch.epoch() || branch.read_only();
+        !direct || (c.lower.is_none() && self.backstore.host_file_is_quick(c.id))
+    }
+
+    /// Whether releasing `fh` answers from memory: it does unless the handle
+    /// wrote (the last direct writer's size is read from its object).
+    pub fn release_is_quick(&self, fh: HandleId) -> bool {
+        self.handle(fh)
+            .map(|h| !matches!(h.kind, HandleKind::File(f) if f.write))
+            .unwrap_or(true)
+    }
+
     /// Offer the kernel direct access (passthrough) to handle `fh`'s data.
     ///
     /// Answers the content object's host file when the handle may use it

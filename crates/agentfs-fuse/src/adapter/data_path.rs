@@ -75,6 +75,14 @@ impl DataPaths {
         self.enabled.load(Ordering::Acquire)
     }
 
+    /// Whether an open of `ino` is deciding its path right now (its entry's
+    /// lock is held, maybe across a copy-on-write): a read-only open must
+    /// then not run on a FUSE thread, which would wait for it.
+    pub(crate) fn deciding(&self, ino: u64) -> bool {
+        let entry = self.inodes.lock().get(&ino).cloned();
+        entry.is_some_and(|e| e.try_lock().is_none())
+    }
+
     /// Decide the path of a new open `fh` of inode `ino`. `open_backing` asks
     /// the kernel for a backing id (the reply object's method).
     pub(crate) fn route(

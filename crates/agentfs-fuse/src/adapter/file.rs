@@ -45,7 +45,22 @@ impl AgentFs {
         let (paths, exec_opens) = (Arc::clone(&self.paths), Arc::clone(&self.exec_opens));
         let twins = Arc::clone(&self.twins);
         let writes = core_flags.write;
-        self.submit_data(call, reply, move |core, call, reply| {
+        // A read-only open that FsCore answers from memory runs on this FUSE
+        // thread: on a stream of small-file opens (git reading a tree) the
+        // hand-off to a data worker and back cost more than the open.
+        let read_only = !writes && !core_flags.truncate && !truncates_read_only;
+        let probe = Arc::clone(&self.paths);
+        let quick = move |core: &FsCore, pid| {
+            read_only
+                && match resolve(core, target, pid) {
+                    Ok((b, n)) => {
+                        core.read_open_is_quick(b, n, probe.enabled())
+                            && inode::encode_in(target, b, n).is_ok_and(|ino| !probe.deciding(ino))
+                    }
+                    Err(_) => true,
+                }
+        };
+        self.submit_data_unless_quick(call, reply, quick, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let ino = tri!(
                 call,
@@ -211,7 +226,10 @@ impl AgentFs {
         }
         let (paths, exec_opens) = (Arc::clone(&self.paths), Arc::clone(&self.exec_opens));
         let twins = Arc::clone(&self.twins);
-        self.submit_data(call, reply, move |core, call, reply| {
+        // Releasing a handle that did not write is in memory: inline (as a
+        // read-only open), so closing a file costs no thread hand-off.
+        let quick = move |core: &FsCore, _| core.release_is_quick(HandleId(fh.0));
+        self.submit_data_unless_quick(call, reply, quick, move |core, call, reply| {
             // Writes through passthrough reached the object without FsCore:
             // the other view learns the new size now.
             twins.handle_changed(core, ino.0, HandleId(fh.0), false);
