@@ -46,6 +46,11 @@ pub struct CoreControl {
     other_users: bool,
     root_invalidator: OnceLock<RootInvalidator>,
     commit_invalidator: OnceLock<CommitInvalidator>,
+    /// Held through a binding and the root invalidation it may need, so no
+    /// binding through the root is answered while the first one's
+    /// invalidation is still running (its process would walk the default
+    /// branch's entries still cached in the root).
+    binding: parking_lot::Mutex<()>,
 }
 
 /// Makes the kernel forget the named entries of the mount root (and the root's
@@ -68,6 +73,7 @@ impl CoreControl {
             other_users: true,
             root_invalidator: OnceLock::new(),
             commit_invalidator: OnceLock::new(),
+            binding: parking_lot::Mutex::new(()),
         }
     }
 
@@ -94,6 +100,9 @@ impl CoreControl {
         self.require_process(peer, pid, "bind")?;
         let core = &self.core;
         let b = core.find_branch(branch).map_err(control_error)?;
+        // A second binding that sees the root shared already must not be
+        // answered before the first one's invalidation below is done.
+        let _serial = self.binding.lock();
         let was_shared = core.root_is_shared();
         let info = core.bind_view(pid, b, shares_root).map_err(control_error)?;
         if shares_root && !was_shared {
