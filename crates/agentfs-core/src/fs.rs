@@ -5,8 +5,20 @@
 //! `FsCore::registry` (only to look up or change the set of branches and
 //! snapshots; released before anything else is taken) → `BranchState::snapshot_lock`
 //! → `Content::io` → `BranchState::tree` → `BranchState::open` → `FsCore::handles`.
+//! Before all of them: `Lower::loading` (overlay: serialises reading lower
+//! directories, and is held by snapshot-create, branch-create and commit so
+//! no read lands between their steps), then the journal's `gate` (shared by
+//! changes whose records a checkpoint must not split, exclusive for a
+//! checkpoint). `FsCore::lower_nodes` is a leaf.
+//!
 //! No lock is held across backstore I/O except `Content::io`, whose purpose is
-//! to keep one object still while it is written or copied.
+//! to keep one object still while it is written or copied, with one bounded
+//! exception: snapshot-create and branch-commit copy the objects of files
+//! open for writing while the branch's tree lock is held, because a write
+//! through passthrough is not held still by `Content::io` and the copy must
+//! not miss one that came before a change the frozen tree has. That branch's
+//! other operations wait for those copies (reflinks where the backstore can
+//! make them); other branches do not.
 
 mod diff;
 mod dir;
