@@ -21,7 +21,7 @@
 //! every other byte is written `\xNN` and a backslash `\\`, so a path is
 //! JSON-friendly and the original bytes can be recovered.
 
-use super::tree::{Body, Content, Node, Tree};
+use super::tree::{Body, Content, Node, Tree, Walk};
 use super::FsCore;
 use crate::attr::FileKind;
 use crate::error::{FsError, FsResult};
@@ -209,29 +209,14 @@ impl<'t> Paths<'t> {
         if self.links.is_none() {
             st.tree_walks += 1;
             let mut links: HashMap<NodeId, Vec<Vec<u8>>> = HashMap::new();
-            let mut stack = vec![(NodeId::ROOT, Vec::new())];
-            while let Some((d, path)) = stack.pop() {
-                st.nodes_read += 1;
-                let Some(entries) = self.tree.get(d).and_then(|n| n.entries()) else {
-                    continue;
-                };
-                for (name, child) in entries.iter() {
-                    st.entries_read += 1;
-                    let Some(c) = self.tree.get(*child) else {
-                        continue;
-                    };
-                    let mut p = path.clone();
-                    if !p.is_empty() {
-                        p.push(b'/');
-                    }
-                    p.extend_from_slice(name);
-                    if c.entries().is_some() {
-                        stack.push((*child, p));
-                    } else if c.meta.nlink > 1 {
-                        links.entry(*child).or_default().push(p);
-                    }
+            let (dirs, names) = self.tree.walk_names(|id, node, path| {
+                if node.entries().is_none() && node.meta.nlink > 1 {
+                    links.entry(id).or_default().push(path.to_vec());
                 }
-            }
+                Walk::Enter
+            });
+            st.nodes_read += dirs;
+            st.entries_read += names;
             self.links = Some(links);
         }
         self.links
@@ -343,26 +328,15 @@ impl<'t> Paths<'t> {
         if self.index.is_none() {
             st.tree_walks += 1;
             let mut index = HashMap::new();
-            let mut stack = vec![(NodeId::ROOT, Vec::new())];
-            while let Some((d, path)) = stack.pop() {
-                st.nodes_read += 1;
-                let Some(entries) = self.tree.get(d).and_then(|n| n.entries()) else {
-                    continue;
-                };
-                for (name, child) in entries.iter() {
-                    st.entries_read += 1;
-                    if index.contains_key(child) {
-                        continue;
-                    }
-                    let mut p = path.clone();
-                    if !p.is_empty() {
-                        p.push(b'/');
-                    }
-                    p.extend_from_slice(name);
-                    index.insert(*child, p.clone());
-                    stack.push((*child, p));
+            let (dirs, names) = self.tree.walk_names(|id, _, path| {
+                if index.contains_key(&id) {
+                    return Walk::Skip;
                 }
-            }
+                index.insert(id, path.to_vec());
+                Walk::Enter
+            });
+            st.nodes_read += dirs;
+            st.entries_read += names;
             self.index = Some(index);
         }
         self.index.as_ref().expect("just built")

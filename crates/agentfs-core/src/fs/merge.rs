@@ -35,7 +35,7 @@
 //! the parent did not change since the branch point, its tree becomes the
 //! child's frozen tree as is.
 
-use super::tree::{Body, Node, Tree};
+use super::tree::{Body, Node, Tree, Walk};
 use super::{BranchState, FsCore};
 use crate::error::{FsError, FsResult};
 use crate::ids::{BranchId, NodeId, SnapshotId};
@@ -581,29 +581,19 @@ fn paths_in(tree: &Tree, wanted: &HashSet<NodeId>) -> HashMap<NodeId, Vec<u8>> {
     if wanted.contains(&NodeId::ROOT) {
         out.insert(NodeId::ROOT, Vec::new());
     }
-    let mut stack = vec![(NodeId::ROOT, Vec::new())];
     let mut seen = HashSet::new();
-    while let Some((id, path)) = stack.pop() {
-        if out.len() == wanted.len() || !seen.insert(id) {
-            continue;
+    tree.walk_names(|id, node, path| {
+        if out.len() == wanted.len() {
+            return Walk::Stop;
         }
-        let Some(entries) = tree.get(id).and_then(|n| n.entries()) else {
-            continue;
-        };
-        for (name, &child) in entries.iter() {
-            let mut p = path.clone();
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(name);
-            if wanted.contains(&child) {
-                out.entry(child).or_insert_with(|| p.clone());
-            }
-            if tree.get(child).is_some_and(|n| n.entries().is_some()) {
-                stack.push((child, p));
-            }
+        if wanted.contains(&id) {
+            out.entry(id).or_insert_with(|| path.to_vec());
         }
-    }
+        if node.entries().is_some() && !seen.insert(id) {
+            return Walk::Skip;
+        }
+        Walk::Enter
+    });
     out
 }
 

@@ -359,9 +359,55 @@ pub(crate) struct Tree {
     log: Option<Vec<NodeId>>,
 }
 
+/// What [`Tree::walk_names`] does after visiting an entry.
+pub(crate) enum Walk {
+    /// Visit the entry's entries too (if it is a directory).
+    Enter,
+    /// Go on with its siblings.
+    Skip,
+    /// End the walk.
+    Stop,
+}
+
 impl Tree {
     pub(crate) fn get(&self, id: NodeId) -> Option<&Arc<Node>> {
         self.nodes.get(&id).map(|s| &s.0)
+    }
+
+    /// Every name reachable from the root, depth first: `visit(id, node,
+    /// path)` for each entry whose node is in the tree, `path` being
+    /// `/`-separated from the root. Answers how many directories and entries
+    /// were read. The one whole-tree walk of diff and merge (both use it only
+    /// when a path cannot be found from what changed).
+    pub(crate) fn walk_names(
+        &self,
+        mut visit: impl FnMut(NodeId, &Node, &[u8]) -> Walk,
+    ) -> (usize, usize) {
+        let (mut dirs, mut names) = (0, 0);
+        let mut stack = vec![(NodeId::ROOT, Vec::new())];
+        while let Some((dir, path)) = stack.pop() {
+            dirs += 1;
+            let Some(entries) = self.get(dir).and_then(|n| n.entries()) else {
+                continue;
+            };
+            for (name, &child) in entries.iter() {
+                names += 1;
+                let Some(node) = self.get(child) else {
+                    continue;
+                };
+                let mut p = path.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                match visit(child, node, &p) {
+                    Walk::Enter if node.entries().is_some() => stack.push((child, p)),
+                    Walk::Stop => return (dirs, names),
+                    Walk::Enter | Walk::Skip => {}
+                }
+            }
+        }
+        (dirs, names)
     }
 
     pub(crate) fn insert(&mut self, id: NodeId, node: Node) {
