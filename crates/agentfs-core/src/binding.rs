@@ -111,10 +111,27 @@ impl Bindings {
         branch: BranchId,
         shares_root: bool,
     ) -> Option<ProcessInfo> {
+        self.bind_sharing(pid, branch, shares_root)
+            .map(|(info, _)| info)
+    }
+
+    /// [`Bindings::bind`], also answering whether a binding through the
+    /// shared root existed just before this one: read under the same lock as
+    /// the insert, so a prune of a dead binding cannot slip in between (the
+    /// root would be cacheable for that moment, and its entries cached then
+    /// would not be forgotten).
+    pub(crate) fn bind_sharing(
+        &self,
+        pid: u32,
+        branch: BranchId,
+        shares_root: bool,
+    ) -> Option<(ProcessInfo, bool)> {
         let info = self.table.info(pid)?;
         let entry = (info.start_time, branch, shares_root);
-        self.map.write().insert(info.tgid, entry);
-        Some(info)
+        let mut map = self.map.write();
+        let was_shared = map.values().any(|(_, _, shares)| *shares);
+        map.insert(info.tgid, entry);
+        Some((info, was_shared))
     }
 
     /// Whether any bound process looks up names through the shared root, so
@@ -251,6 +268,26 @@ pub(crate) mod tests {
         assert_eq!(b.resolve(12), Some(BranchId(3)));
         assert_eq!(b.resolve(10), Some(BranchId(2)));
         assert_eq!(b.resolve(1), None);
+    }
+
+    #[test]
+    fn a_binding_says_whether_the_root_was_shared_before_it() {
+        let procs = FakeProcs::default();
+        procs.spawn(1, 0, 1);
+        for pid in [10, 11, 12, 13] {
+            procs.spawn(pid, 1, u64::from(pid));
+        }
+        let b = Bindings::new(Box::new(procs.clone()));
+        let shared = |pid, root| b.bind_sharing(pid, BranchId(2), root).unwrap().1;
+        assert!(!shared(10, false), "a private view does not share the root");
+        assert!(!shared(11, true), "the first binding through the root");
+        assert!(shared(12, true));
+        // Both root bindings gone (one exited and pruned, one unbound): the
+        // next binding through the root is the first again.
+        procs.exit(11);
+        assert_eq!(b.list().len(), 2);
+        assert!(b.unbind(12));
+        assert!(!shared(13, true));
     }
 
     #[test]

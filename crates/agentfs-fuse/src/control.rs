@@ -103,8 +103,9 @@ impl CoreControl {
         // A second binding that sees the root shared already must not be
         // answered before the first one's invalidation below is done.
         let _serial = self.binding.lock();
-        let was_shared = core.root_is_shared();
-        let info = core.bind_view(pid, b, shares_root).map_err(control_error)?;
+        let (info, was_shared) = core
+            .bind_view_sharing(pid, b, shares_root)
+            .map_err(control_error)?;
         if shares_root && !was_shared {
             // Until now every caller saw the default branch at the root, so the
             // kernel may hold its entries: drop them before they mislead.

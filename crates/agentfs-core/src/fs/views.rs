@@ -491,6 +491,24 @@ impl FsCore {
             .ok_or_else(|| FsError::UnknownView(format!("no process {pid}")))
     }
 
+    /// [`FsCore::bind_view`], also answering whether the root was shared
+    /// (some binding through it existed) just before this binding, decided
+    /// atomically with it: when it was not, the kernel may hold the default
+    /// branch's root entries and the caller must make it forget them.
+    pub fn bind_view_sharing(
+        &self,
+        pid: u32,
+        b: BranchId,
+        shares_root: bool,
+    ) -> FsResult<(ProcessInfo, bool)> {
+        if !self.branch_exists(b) {
+            return Err(FsError::UnknownView(b.to_string()));
+        }
+        self.bindings
+            .bind_sharing(pid, b, shares_root)
+            .ok_or_else(|| FsError::UnknownView(format!("no process {pid}")))
+    }
+
     /// Whether the shared mount root's entries depend on who asks: true while
     /// any process bound through the shared root exists (dead ones count until
     /// pruned). While false, every caller sees the default branch there.
