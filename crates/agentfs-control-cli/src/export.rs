@@ -26,6 +26,7 @@
 //! files belong to whoever runs the export).
 //! Directories written into are synced at the end.
 
+use agentfs_control::protocol::path_from_wire;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -70,33 +71,6 @@ pub struct Item {
     pub what: Vec<String>,
 }
 
-/// A diff path's bytes: the text with `\xNN` and `\\` escapes undone.
-pub fn unescape(text: &str) -> Vec<u8> {
-    let b = text.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 1 < b.len() {
-            if b[i + 1] == b'\\' {
-                out.push(b'\\');
-                i += 2;
-                continue;
-            }
-            let hex = |c: u8| (c as char).to_digit(16);
-            if b[i + 1] == b'x' && i + 4 <= b.len() {
-                if let (Some(hi), Some(lo)) = (hex(b[i + 2]), hex(b[i + 3])) {
-                    out.push((hi * 16 + lo) as u8);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
 /// The items of a diff reply's changes (a JSON array of `{change, path, from?}`).
 pub fn items_from_json(changes: &serde_json::Value) -> Result<Vec<Item>> {
     let Some(list) = changes.as_array() else {
@@ -112,8 +86,8 @@ pub fn items_from_json(changes: &serde_json::Value) -> Result<Vec<Item>> {
                 .context("a change without a path in the daemon's diff")?;
             Ok(Item {
                 kind,
-                path: unescape(path),
-                from: c["from"].as_str().map(unescape),
+                path: path_from_wire(path),
+                from: c["from"].as_str().map(path_from_wire),
                 what: c["what"]
                     .as_array()
                     .map(|w| {
@@ -516,10 +490,10 @@ mod tests {
 
     #[test]
     fn escapes_are_undone() {
-        assert_eq!(unescape("a/b.rs"), b"a/b.rs");
-        assert_eq!(unescape("x\\\\y"), b"x\\y");
-        assert_eq!(unescape("bad\\xff\\x00end"), b"bad\xff\x00end");
-        assert_eq!(unescape("trail\\"), b"trail\\");
+        assert_eq!(path_from_wire("a/b.rs"), b"a/b.rs");
+        assert_eq!(path_from_wire("x\\\\y"), b"x\\y");
+        assert_eq!(path_from_wire("bad\\xff\\x00end"), b"bad\xff\x00end");
+        assert_eq!(path_from_wire("trail\\"), b"trail\\");
     }
 
     #[test]

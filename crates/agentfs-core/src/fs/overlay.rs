@@ -226,18 +226,7 @@ impl FsCore {
             loaded.children.push((e.name, child, node));
         }
 
-        let (mut branches, snapshots) = {
-            let reg = self.registry.read();
-            let branches: Vec<Arc<BranchState>> = reg
-                .branches
-                .values()
-                .chain(reg.snapshot_views.values())
-                .cloned()
-                .collect();
-            let snapshots: Vec<Arc<super::SnapshotState>> =
-                reg.snapshots.values().cloned().collect();
-            (branches, snapshots)
-        };
+        let (mut branches, snapshots) = self.registered_trees();
         if !branches.iter().any(|b| Arc::ptr_eq(b, branch)) {
             branches.push(Arc::clone(branch)); // A deleted branch's open handle.
         }
@@ -824,22 +813,23 @@ impl FsCore {
         out
     }
 
+    /// The registered trees: branches and snapshots' views, and snapshots.
+    fn registered_trees(&self) -> (Vec<Arc<BranchState>>, Vec<Arc<super::SnapshotState>>) {
+        let reg = self.registry.read();
+        let branches = reg
+            .branches
+            .values()
+            .chain(reg.snapshot_views.values())
+            .cloned()
+            .collect();
+        (branches, reg.snapshots.values().cloned().collect())
+    }
+
     /// Every tree that may name lower paths: the branches, the snapshots'
     /// views, deleted branches still read through open handles; and the
     /// snapshots.
     fn every_tree(&self) -> (Vec<Arc<BranchState>>, Vec<Arc<super::SnapshotState>>) {
-        let (mut branches, snapshots) = {
-            let reg = self.registry.read();
-            let branches: Vec<Arc<BranchState>> = reg
-                .branches
-                .values()
-                .chain(reg.snapshot_views.values())
-                .cloned()
-                .collect();
-            let snapshots: Vec<Arc<super::SnapshotState>> =
-                reg.snapshots.values().cloned().collect();
-            (branches, snapshots)
-        };
+        let (mut branches, snapshots) = self.registered_trees();
         let deleted: Vec<Arc<BranchState>> = self
             .handles
             .read()
