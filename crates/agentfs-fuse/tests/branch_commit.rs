@@ -180,3 +180,33 @@ fn three_levels_commit_up_and_a_kept_branch_commits_again() {
     assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "again\n");
     assert_eq!(fs::read_to_string(m.join("main-only")).unwrap(), "m\n");
 }
+
+/// A snapshot taken while the parent still has a file open for writing
+/// (the kernel sends RELEASE after `close` returns, so `echo > f` followed
+/// at once by `snapshot-create` meets this too) gives the snapshot its own
+/// copy of the file. The copy carries the file's own mtime, and a commit
+/// compares its bytes, so the parent's file counts as unchanged and the
+/// child's edit of it commits cleanly.
+#[test]
+fn a_file_open_for_writing_at_the_snapshot_is_no_conflict_later() {
+    let m = mount_or_skip!();
+    let mut f = fs::File::create(m.join("f")).unwrap();
+    std::io::Write::write_all(&mut f, b"0\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    m.snapshot("open");
+    let in_main = fs::metadata(m.join("f")).unwrap().modified().unwrap();
+    let in_snap = fs::metadata(m.join(".agentfs/snapshots/open/f"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        in_snap, in_main,
+        "the snapshot's copy keeps the file's mtime"
+    );
+    drop(f);
+    m.branch("open", "child");
+    m.in_branch_ok("child", &format!("echo child > {}", shq(&m.join("f"))));
+    let r = m.cli_json(&["branch-commit", "child"]);
+    assert_eq!(r["committed"], true, "{r}");
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "child\n");
+}

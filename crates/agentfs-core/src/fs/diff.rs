@@ -139,7 +139,7 @@ pub struct DiffStats {
 /// a larger one whose object was copied is reported as `data` changed even
 /// if no byte differs (reading two huge files would make the diff cost the
 /// file size).
-const COMPARE_MAX: u64 = 64 << 20;
+pub(super) const COMPARE_MAX: u64 = 64 << 20;
 
 /// Reads part of a content object at an offset.
 type ReadAt<'f> = &'f dyn Fn(&Content, &mut [u8], u64) -> std::io::Result<usize>;
@@ -691,7 +691,7 @@ impl FsCore {
 
     /// Whether `x` and `y` hold the same first `len` bytes, read in chunks;
     /// counts the bytes read into `count`.
-    fn same_bytes(
+    pub(super) fn same_bytes(
         &self,
         x: &Content,
         y: &Content,

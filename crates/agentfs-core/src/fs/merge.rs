@@ -35,10 +35,11 @@
 //! the parent did not change since the branch point, its tree becomes the
 //! child's frozen tree as is.
 
+use super::diff::COMPARE_MAX;
 use super::tree::{Body, Node, Tree, Walk};
 use super::{BranchState, FsCore};
 use crate::error::{FsError, FsResult};
-use crate::ids::{BranchId, NodeId, SnapshotId};
+use crate::ids::{BranchId, ContentId, NodeId, SnapshotId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -191,13 +192,21 @@ fn same_node(a: &Arc<Node>, b: &Arc<Node>) -> bool {
     meta && body && same_xattrs(&a.xattrs, &b.xattrs)
 }
 
-/// Whether two nodes hold the same data: body (content object, symlink
-/// target), size and mtime, which a write changes together.
-fn same_data(a: &Node, b: &Node) -> bool {
+/// Two distinct content objects known to hold the same bytes, smaller id first.
+type Alike = HashSet<(ContentId, ContentId)>;
+
+fn alike_key(x: ContentId, y: ContentId) -> (ContentId, ContentId) {
+    (x.min(y), x.max(y))
+}
+
+/// Whether two nodes hold the same data: body (content object, or another
+/// object `alike` says has the same bytes; symlink target), size and mtime,
+/// which a write changes together.
+fn same_data(a: &Node, b: &Node, alike: &Alike) -> bool {
     let body = match (&a.body, &b.body) {
         (Body::File { content: x }, Body::File { content: y }) => match (x, y) {
             (None, None) => true,
-            (Some(x), Some(y)) => x.id == y.id,
+            (Some(x), Some(y)) => x.id == y.id || alike.contains(&alike_key(x.id, y.id)),
             _ => false,
         },
         (Body::Symlink(x), Body::Symlink(y)) => x == y,
@@ -228,7 +237,7 @@ fn pick<T: Clone>(base: &T, child: &T, parent: &T, same: impl Fn(&T, &T) -> bool
 /// directories (merged by name instead), and for a node either side has
 /// only as an open orphan. A rename changes only the node's ctime and name
 /// hint, so a rename on one side and an edit on the other merge cleanly.
-fn merge_fields(base: &Node, child: &Node, parent: &Node) -> Option<Node> {
+fn merge_fields(base: &Node, child: &Node, parent: &Node, alike: &Alike) -> Option<Node> {
     let kind = base.meta.kind;
     if base.entries().is_some() || child.meta.kind != kind || parent.meta.kind != kind {
         return None;
@@ -236,7 +245,7 @@ fn merge_fields(base: &Node, child: &Node, parent: &Node) -> Option<Node> {
     if child.meta.nlink == 0 || parent.meta.nlink == 0 {
         return None;
     }
-    let data = pick(&base, &child, &parent, |a, b| same_data(a, b))?;
+    let data = pick(&base, &child, &parent, |a, b| same_data(a, b, alike))?;
     let mut out = Node::clone(data);
     let (b, c, p) = (&base.meta, &child.meta, &parent.meta);
     out.meta.perm = pick(&b.perm, &c.perm, &p.perm, PartialEq::eq)?;
@@ -751,6 +760,41 @@ impl FsCore {
         id
     }
 
+    /// Objects that hold their base's bytes though they are other objects,
+    /// among the files the child changed: the child's or the parent's copy
+    /// made by an open for writing that wrote nothing, or by a snapshot of a
+    /// file open for writing. Such a copy keeps the size and mtime, so only
+    /// those pairs are read and compared (up to [`COMPARE_MAX`] bytes each),
+    /// before the parent's tree is locked for the merge.
+    fn alike_objects(&self, parent: &BranchState, dc: &BTreeMap<NodeId, Pair>) -> Alike {
+        let mut pairs = Vec::new();
+        {
+            let pt = parent.tree.read();
+            for (&id, (b, c)) in dc {
+                let Some((b, bc)) = b.as_ref().and_then(|b| Some((b, b.content()?))) else {
+                    continue;
+                };
+                for side in [c.as_ref(), pt.get(id)].into_iter().flatten() {
+                    let Some(sc) = side.content() else { continue };
+                    if sc.id != bc.id
+                        && side.meta.size == b.meta.size
+                        && side.meta.mtime == b.meta.mtime
+                    {
+                        pairs.push((Arc::clone(bc), Arc::clone(sc), b.meta.size));
+                    }
+                }
+            }
+        }
+        let read = std::cell::Cell::new(0);
+        pairs
+            .into_iter()
+            .filter(|(x, y, len)| {
+                *len <= COMPARE_MAX && self.same_bytes(x, y, *len, &read).unwrap_or(false)
+            })
+            .map(|(x, y, _)| alike_key(x.id, y.id))
+            .collect()
+    }
+
     /// Apply branch `child`'s changes since its branch point onto the branch
     /// its base snapshot was taken of, atomically. Refused (`committed:
     /// false`, with the conflicts) when both changed the same paths and
@@ -840,6 +884,7 @@ impl FsCore {
         };
         let dc = changes(&base_tree, &frozen);
         report.child_changes = dc.len();
+        let alike = self.alike_objects(&p, &dc);
         // Copies of files open for writing in the child are in `frozen`:
         // their bytes reach the disk before the record naming them.
         if self.journal.get().is_some() {
@@ -903,7 +948,7 @@ impl FsCore {
                         continue;
                     }
                     if let (Some(b), Some(c_n), Some(p_n)) = (b, c_n, p_n) {
-                        if let Some(merged) = merge_fields(b, c_n, p_n) {
+                        if let Some(merged) = merge_fields(b, c_n, p_n, &alike) {
                             m.put(id, &Some(Arc::new(merged)), &p);
                             continue;
                         }

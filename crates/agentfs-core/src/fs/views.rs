@@ -248,8 +248,13 @@ impl FsCore {
                     if Arc::ptr_eq(c, old) {
                         *c = Arc::clone(copy);
                         if open.get(n).is_some_and(|c| c.passthrough_writers > 0) {
-                            // The kernel wrote the object directly: its length is the file's.
-                            if let Ok((len, mtime)) = self.backstore.len_and_mtime(copy.id) {
+                            // The kernel wrote the object directly: the copy's
+                            // length is the file's, and the time of the last
+                            // write is the original's (the copy's is when it
+                            // was made).
+                            let len = self.backstore.len_and_mtime(copy.id).map(|(l, _)| l);
+                            let mtime = self.backstore.len_and_mtime(old.id).map(|(_, t)| t);
+                            if let (Ok(len), Ok(mtime)) = (len, mtime) {
                                 node.meta.size = len;
                                 node.meta.mtime = mtime;
                             }

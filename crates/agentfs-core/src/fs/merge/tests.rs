@@ -885,3 +885,36 @@ fn a_rename_or_chmod_against_a_write_merges_attribute_by_attribute() {
         }]
     );
 }
+
+/// An open for writing copies a shared object before the first byte is
+/// written; an editor that opens a file read-write and writes nothing
+/// leaves such a copy. The copy holds the base's bytes, so it is no change
+/// of data: the other side's write of that file commits without a conflict,
+/// whichever side holds the copy.
+#[test]
+fn a_copy_that_wrote_nothing_is_no_conflict() {
+    let core = core();
+    let (main, child) = forked(&core);
+    let ctx = Ctx::root();
+    let open_and_close = |b: BranchId, path: &str| {
+        let id = find(&core, b, path).unwrap();
+        let fh = core.open(&ctx, b, id, RW).unwrap();
+        core.release(fh).unwrap();
+    };
+    open_and_close(main, "dir/a");
+    put(&core, child, "dir/a", b"a-child");
+    open_and_close(child, "top");
+    put(&core, main, "top", b"t-parent");
+    let r = commit(&core, child);
+    assert!(r.committed && r.conflicts.is_empty(), "{r:?}");
+    assert_eq!(text(&core, main, "dir/a").unwrap(), "a-child");
+    assert_eq!(text(&core, main, "top").unwrap(), "t-parent");
+
+    // A real write on both sides is still a conflict.
+    let s = core.snapshot_create(main, None).unwrap();
+    let child = core.branch_create(s.id, None).unwrap().id;
+    put(&core, child, "dir/b", b"b-child");
+    put(&core, main, "dir/b", b"b-main");
+    let r = commit(&core, child);
+    assert!(!r.committed && r.conflicts.len() == 1, "{r:?}");
+}
