@@ -130,12 +130,26 @@ impl FsCore {
         !direct || (c.lower.is_none() && self.backstore.host_file_is_quick(c.id))
     }
 
-    /// Whether releasing `fh` answers from memory: it does unless the handle
-    /// wrote (the last direct writer's size is read from its object).
+    /// Whether releasing `fh` answers without waiting on the storage: it
+    /// does unless the handle is the last one the kernel writes the object
+    /// through directly (passthrough) and the object's file is not open in
+    /// the backstore already (its size and mtime are read from the object
+    /// into the node: an `fstat` of an open file, or an open first).
     pub fn release_is_quick(&self, fh: HandleId) -> bool {
-        self.handle(fh)
-            .map(|h| !matches!(h.kind, HandleKind::File(f) if f.write))
-            .unwrap_or(true)
+        let Ok(h) = self.handle(fh) else {
+            return true;
+        };
+        let writes = matches!(h.kind, HandleKind::File(f) if f.write);
+        if !writes || !h.passthrough.load(Ordering::Acquire) {
+            return true;
+        }
+        if h.branch.open_count(h.node).passthrough_writers > 1 {
+            return true;
+        }
+        let t = h.branch.tree.read();
+        t.get(h.node)
+            .and_then(|n| n.content())
+            .is_none_or(|c| c.lower.is_none() && self.backstore.host_file_is_quick(c.id))
     }
 
     /// Offer the kernel direct access (passthrough) to handle `fh`'s data.
