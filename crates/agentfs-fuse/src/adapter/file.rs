@@ -80,7 +80,7 @@ impl AgentFs {
                 Route::Direct(backing) => {
                     reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &backing)
                 }
-                Route::Transport => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+                Route::Transport => reply.opened(FileHandle(fh.0), transport_flags(core_flags)),
             };
             if !answered {
                 // The deadline answered: the kernel never learns of this handle.
@@ -148,12 +148,19 @@ impl AgentFs {
             // while it is shared.
             let ttl = super::entry_ttl(core, p, ttl);
             let fattr = file_attr(ino, &attr);
-            let (gen, handle, flags) = (Generation(0), FileHandle(fh.0), FopenFlags::empty());
+            let (gen, handle) = (Generation(0), FileHandle(fh.0));
             let answered = match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
-                Route::Direct(backing) => {
-                    reply.created_passthrough(&ttl, &fattr, gen, handle, flags, &backing)
+                Route::Direct(backing) => reply.created_passthrough(
+                    &ttl,
+                    &fattr,
+                    gen,
+                    handle,
+                    FopenFlags::empty(),
+                    &backing,
+                ),
+                Route::Transport => {
+                    reply.created(&ttl, &fattr, gen, handle, transport_flags(core_flags))
                 }
-                Route::Transport => reply.created(&ttl, &fattr, gen, handle, flags),
             };
             if !answered {
                 // The deadline answered: the file exists, but the kernel holds
@@ -342,5 +349,23 @@ impl AgentFs {
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             );
         });
+    }
+}
+
+/// Open flags for a handle whose data goes through the daemon. A write-only
+/// handle bypasses the kernel's page cache (`FOPEN_DIRECT_IO`): its writes go
+/// from the writer's memory straight into the request the daemon reads, one
+/// copy of each byte fewer than a cached write, which first copies it into
+/// the FUSE inode's page cache only to send it on. A write-only descriptor
+/// can be neither read nor mapped, so nothing is lost by skipping the cache;
+/// the kernel drops the written range from the cache before each direct
+/// write (Linux 6.6+), so other handles of the file that read through the
+/// cache see the new bytes. Handles that read keep the cache (readahead,
+/// `mmap`).
+fn transport_flags(flags: CoreOpenFlags) -> FopenFlags {
+    if flags.write && !flags.read {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
     }
 }

@@ -1,0 +1,156 @@
+//! Write-only handles on the transport data path (`--passthrough off`, the
+//! second run of `just test-unit`) bypass the kernel's page cache
+//! (`FOPEN_DIRECT_IO`); with passthrough the kernel writes the object. What a
+//! user could notice if either went wrong, checked on a real mount:
+//!
+//! - another handle of the same file that read (and so cached) its pages,
+//!   and a shared read-only mapping of it, see bytes a write-only handle
+//!   wrote over them, at once;
+//! - `O_APPEND` on a write-only handle appends at the current end, also
+//!   after another handle grew the file;
+//! - a write past the end grows the file, and a new reader reads what was
+//!   written, holes as zeros;
+//! - a branch made from a snapshot taken after the write holds the bytes
+//!   (they reached the daemon, not only a cache).
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+use common::shq;
+
+const PAGE: usize = 4096;
+
+/// A shared read-only mapping of `len` bytes of `file`, read byte by byte.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(file: &File, len: usize) -> Mapping {
+        // SAFETY: a fresh mapping of an open descriptor; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Mapping { ptr, len }
+    }
+
+    fn bytes(&self, at: usize, n: usize) -> Vec<u8> {
+        assert!(at + n <= self.len);
+        // SAFETY: within the mapping, which lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>().add(at), n).to_vec() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+#[test]
+fn cached_readers_and_mappings_see_a_write_only_handles_bytes_at_once() {
+    let m = mount_or_skip!();
+    let path = m.join("f");
+    fs::write(&path, vec![b'a'; 4 * PAGE]).unwrap();
+
+    let reader = File::open(&path).unwrap();
+    let mut before = vec![0u8; 4 * PAGE];
+    reader.read_exact_at(&mut before, 0).unwrap();
+    assert!(before.iter().all(|&b| b == b'a'));
+    let map = Mapping::new(&reader, 4 * PAGE);
+    assert_eq!(map.bytes(PAGE + 10, 3), b"aaa");
+
+    let writer = OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all_at(b"XYZ", (PAGE + 10) as u64).unwrap();
+
+    let mut now = [0u8; 3];
+    reader.read_exact_at(&mut now, (PAGE + 10) as u64).unwrap();
+    assert_eq!(&now, b"XYZ", "a reader's cached page kept the old bytes");
+    assert_eq!(
+        map.bytes(PAGE + 10, 3),
+        b"XYZ",
+        "a mapping kept the old bytes"
+    );
+    assert_eq!(map.bytes(PAGE + 13, 1), b"a");
+}
+
+#[test]
+fn append_and_growth_through_a_write_only_handle() {
+    let m = mount_or_skip!();
+    let path = m.join("log");
+    fs::write(&path, b"one\n").unwrap();
+    let mut app = OpenOptions::new().append(true).open(&path).unwrap();
+    // Another handle grows the file between the appends.
+    let mut other = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    app.write_all(b"two\n").unwrap();
+    other.seek(SeekFrom::End(0)).unwrap();
+    other.write_all(b"three\n").unwrap();
+    app.write_all(b"four\n").unwrap();
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        "one\ntwo\nthree\nfour\n"
+    );
+
+    // A write past the end leaves a hole that reads as zeros.
+    let wo = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(m.join("sparse"))
+        .unwrap();
+    wo.write_all_at(b"end", 3 * PAGE as u64).unwrap();
+    drop(wo);
+    assert_eq!(
+        fs::metadata(m.join("sparse")).unwrap().len(),
+        3 * PAGE as u64 + 3
+    );
+    let mut all = Vec::new();
+    File::open(m.join("sparse"))
+        .unwrap()
+        .read_to_end(&mut all)
+        .unwrap();
+    assert!(all[..3 * PAGE].iter().all(|&b| b == 0));
+    assert_eq!(&all[3 * PAGE..], b"end");
+}
+
+#[test]
+fn a_snapshot_after_a_write_only_write_holds_it() {
+    let m = mount_or_skip!();
+    let path = m.join("data");
+    {
+        let mut f = File::create(&path).unwrap();
+        f.write_all(&vec![7u8; 1 << 20]).unwrap();
+        f.write_all(b"tail").unwrap();
+    }
+    m.snapshot("after");
+    m.branch("after", "b");
+    let out = m.in_branch_ok(
+        "b",
+        &format!("tail -c 4 {}; wc -c < {}", shq(&path), shq(&path)),
+    );
+    assert_eq!(out, format!("tail{}\n", (1 << 20) + 4));
+}
