@@ -571,3 +571,29 @@ fn an_object_from_the_pool_is_as_new_as_its_create() {
         "object mtime {mtime:?} predates its create at {before:?}"
     );
 }
+
+/// An object whose file left the descriptor cache but whose path the kernel
+/// still has cached is opened by `host_file_is_quick` itself (openat2 with
+/// RESOLVE_CACHED), so an open of it can be answered without a hand-off; an
+/// object that does not exist is not quick, and nothing is opened for it.
+#[test]
+fn an_evicted_object_with_a_cached_path_is_reopened_quickly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = HostFs::open(
+        &dir.path().join("root"),
+        HostFsOptions { max_open_files: 4 },
+    )
+    .expect("open");
+    let first = fs.create().expect("create");
+    fs.write_at(first, b"kept", 0).expect("write");
+    for _ in 0..16 {
+        fs.create().expect("create");
+    }
+    assert!(!fs.cache.contains(first), "evicted by the later objects");
+    assert!(fs.host_file_is_quick(first));
+    assert!(fs.cache.contains(first), "opened into the cache");
+    assert_eq!(read_all(&fs, first, 4), b"kept");
+    let missing = ContentId(first.0 + 1_000_000);
+    assert!(!fs.host_file_is_quick(missing));
+    assert!(!fs.cache.contains(missing));
+}
