@@ -98,6 +98,10 @@ fmt:
 test-fuse-performance *ARGS:
     bash scripts/test-fuse-performance.sh {{ ARGS }}
 
+# The FUSE requests behind the metadata workloads (create, cold and warm stat, unlink of 20,000 files), traced by the kernel: requests per file, latency per opcode and answering thread, time between requests (ARGS e.g. --files 5000 --passthrough off).
+fuse-trace *ARGS:
+    bash scripts/perf/fuse-trace.sh {{ ARGS }}
+
 # The performance harness at tiny sizes, one run, debug build (CI): fails only on a failed measurement, never on a time.
 test-fuse-performance-smoke *ARGS:
     bash scripts/test-fuse-performance.sh --smoke {{ ARGS }}
