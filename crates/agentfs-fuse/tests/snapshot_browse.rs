@@ -219,10 +219,10 @@ fn a_snapshot_reads_as_it_was_while_the_branch_moves_on() {
     let mut first = vec![0u8; 4096];
     f.read_exact(&mut first).unwrap();
     assert!(first[..] == big_content(0)[..4096]);
-    let map = Mmap::of(&f, BIG);
+    let map = common::Mmap::of(&f, BIG);
     assert!(map.bytes() == big_content(0));
     // A read-only mapping: shared writable mappings of it are refused.
-    assert!(Mmap::try_shared_writable(&f, BIG).is_err());
+    assert!(try_shared_writable(&f, BIG).is_err());
     drop(map);
     drop(f);
 
@@ -795,65 +795,24 @@ fn a_snapshot_keeps_the_permissions_it_had_for_other_users() {
     assert!(out.status.success(), "the branch's 0644 file is readable");
 }
 
-/// A read-only mapping of a file, unmapped on drop.
-struct Mmap {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mmap {
-    fn of(f: &fs::File, len: usize) -> Mmap {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh private read-only mapping of an open descriptor;
-        // the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(
-            ptr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            io::Error::last_os_error()
+/// Whether `f` can be mapped shared and writable (the mapping is undone at once).
+fn try_shared_writable(f: &fs::File, len: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh mapping of an open descriptor, checked; a successful
+    // mapping is unmapped at once.
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
         );
-        Mmap { ptr, len }
-    }
-
-    fn try_shared_writable(f: &fs::File, len: usize) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as in `of`; a successful mapping is unmapped at once.
-        unsafe {
-            let ptr = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            );
-            if ptr == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
-            libc::munmap(ptr, len);
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
         }
-        Ok(())
+        libc::munmap(ptr, len);
     }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` readable bytes and lives as long as self.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are the mapping made in `of`, unmapped once.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
+    Ok(())
 }

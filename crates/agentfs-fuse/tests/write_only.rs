@@ -21,54 +21,11 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use common::shq;
 
 const PAGE: usize = 4096;
-
-/// A shared read-only mapping of `len` bytes of `file`, read byte by byte.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(file: &File, len: usize) -> Mapping {
-        // SAFETY: a fresh mapping of an open descriptor; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(
-            ptr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        Mapping { ptr, len }
-    }
-
-    fn bytes(&self, at: usize, n: usize) -> Vec<u8> {
-        assert!(at + n <= self.len);
-        // SAFETY: within the mapping, which lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>().add(at), n).to_vec() }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
 
 #[test]
 fn cached_readers_and_mappings_see_a_write_only_handles_bytes_at_once() {
@@ -80,8 +37,8 @@ fn cached_readers_and_mappings_see_a_write_only_handles_bytes_at_once() {
     let mut before = vec![0u8; 4 * PAGE];
     reader.read_exact_at(&mut before, 0).unwrap();
     assert!(before.iter().all(|&b| b == b'a'));
-    let map = Mapping::new(&reader, 4 * PAGE);
-    assert_eq!(map.bytes(PAGE + 10, 3), b"aaa");
+    let map = common::Mmap::of(&reader, 4 * PAGE);
+    assert_eq!(&map.bytes()[PAGE + 10..PAGE + 13], b"aaa");
 
     let writer = OpenOptions::new().write(true).open(&path).unwrap();
     writer.write_all_at(b"XYZ", (PAGE + 10) as u64).unwrap();
@@ -90,11 +47,11 @@ fn cached_readers_and_mappings_see_a_write_only_handles_bytes_at_once() {
     reader.read_exact_at(&mut now, (PAGE + 10) as u64).unwrap();
     assert_eq!(&now, b"XYZ", "a reader's cached page kept the old bytes");
     assert_eq!(
-        map.bytes(PAGE + 10, 3),
+        &map.bytes()[PAGE + 10..PAGE + 13],
         b"XYZ",
         "a mapping kept the old bytes"
     );
-    assert_eq!(map.bytes(PAGE + 13, 1), b"a");
+    assert_eq!(&map.bytes()[PAGE + 13..PAGE + 14], b"a");
 }
 
 #[test]

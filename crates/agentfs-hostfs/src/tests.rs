@@ -14,6 +14,14 @@ fn fresh() -> (tempfile::TempDir, HostFs) {
     (dir, fs)
 }
 
+/// A fresh backstore whose descriptor cache holds at most `max_open_files`.
+fn fresh_with_cache(max_open_files: usize) -> (tempfile::TempDir, HostFs) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = HostFs::open(&dir.path().join("root"), HostFsOptions { max_open_files })
+        .expect("open backstore");
+    (dir, fs)
+}
+
 fn read_all(fs: &HostFs, id: ContentId, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     let n = fs.read_at(id, &mut buf, 0).expect("read");
@@ -460,12 +468,7 @@ fn sparse_copy_keeps_holes() {
 
 #[test]
 fn the_descriptor_cache_stays_bounded() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fs = HostFs::open(
-        &dir.path().join("root"),
-        HostFsOptions { max_open_files: 64 },
-    )
-    .expect("open");
+    let (_dir, fs) = fresh_with_cache(64);
     let root = fs.root().to_path_buf();
     let before = fds_under(&root);
     assert_eq!(
@@ -578,12 +581,7 @@ fn an_object_from_the_pool_is_as_new_as_its_create() {
 /// object that does not exist is not quick, and nothing is opened for it.
 #[test]
 fn an_evicted_object_with_a_cached_path_is_reopened_quickly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fs = HostFs::open(
-        &dir.path().join("root"),
-        HostFsOptions { max_open_files: 4 },
-    )
-    .expect("open");
+    let (_dir, fs) = fresh_with_cache(4);
     let first = fs.create().expect("create");
     fs.write_at(first, b"kept", 0).expect("write");
     for _ in 0..16 {

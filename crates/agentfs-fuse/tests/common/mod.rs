@@ -798,3 +798,46 @@ pub fn spawn_py_in(
         .expect("spawn python3 helper");
     Guarded::new(child, pidfile)
 }
+
+/// A read-only mapping of a file, unmapped on drop.
+pub struct Mmap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mmap {
+    pub fn of(f: &std::fs::File, len: usize) -> Mmap {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared read-only mapping of an open descriptor;
+        // the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Mmap { ptr, len }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are the mapping made in `of`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
