@@ -167,3 +167,52 @@ fn a_burst_of_creates_keeps_every_files_bytes() {
         );
     }
 }
+
+/// A file made longer before it had any data (ftruncate up, right after a
+/// create the transport answered because no object was ready, or after
+/// mknod) keeps that length when it is reopened and written in the middle,
+/// which goes straight to its object with passthrough. fsx found this:
+/// `TRUNCATE UP 0 -> 0x3c3b7`, close, open, `WRITE 0x14505..0x1c2ed`, and
+/// the size read 0x1c2ed.
+#[test]
+fn a_file_made_longer_before_it_had_data_keeps_its_size() {
+    let m = mount_or_skip!();
+    let made = m.join("made");
+    // The first create of a fresh mount finds no object ready.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&made)
+        .unwrap();
+    f.set_len(0x3c3b7).unwrap();
+    drop(f);
+    let nod = m.join("nod");
+    let c = std::ffi::CString::new(nod.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mknod of a regular file.
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFREG | 0o644, 0) },
+        0
+    );
+    File::options()
+        .write(true)
+        .open(&nod)
+        .unwrap()
+        .set_len(0x3c3b7)
+        .unwrap();
+    for path in [&made, &nod] {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        f.write_all_at(&[7u8; 0x7de8], 0x14505).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 0x3c3b7, "{path:?} while open");
+        drop(f);
+        let data = fs::read(path).unwrap();
+        assert_eq!(data.len(), 0x3c3b7, "{path:?} after close");
+        assert!(data[..0x14505].iter().all(|&b| b == 0));
+        assert!(data[0x14505..0x1c2ed].iter().all(|&b| b == 7));
+        assert!(data[0x1c2ed..].iter().all(|&b| b == 0));
+    }
+}

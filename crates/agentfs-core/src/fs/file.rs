@@ -623,16 +623,29 @@ impl FsCore {
                 return Ok(c);
             }
             let epoch = branch.epoch();
+            // A file with no data yet may have a size (a truncate-up): its
+            // first object gets that length, holes included, so that the
+            // object's length is the file's wherever the kernel reads or
+            // writes it directly (passthrough).
+            let size = {
+                let t = branch.tree.read();
+                super::node(&t, id)?.meta.size
+            };
             let fresh = Content::new(self.backstore.create()?, epoch, &self.reaper);
+            if size > 0 {
+                self.backstore.set_len(fresh.id, size)?;
+            }
             self.note_object_changed(&fresh);
             let installed = Self::write_branch_tree(branch, |t| {
                 let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+                let same_size = n.meta.size == size;
                 match &mut n.body {
-                    Body::File { content } if content.is_none() => {
+                    Body::File { content } if content.is_none() && same_size => {
                         *content = Some(Arc::clone(&fresh));
                         t.insert(id, n);
                         Ok(true)
                     }
+                    // Someone else gave it an object, or changed its size: again.
                     Body::File { .. } => Ok(false),
                     _ => Err(FsError::Invalid),
                 }
