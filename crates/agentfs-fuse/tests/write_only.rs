@@ -169,24 +169,27 @@ fn a_burst_of_creates_keeps_every_files_bytes() {
 }
 
 /// A file made longer before it had any data (ftruncate up, right after a
-/// create the transport answered because no object was ready, or after
-/// mknod) keeps that length when it is reopened and written in the middle,
-/// which goes straight to its object with passthrough. fsx found this:
-/// `TRUNCATE UP 0 -> 0x3c3b7`, close, open, `WRITE 0x14505..0x1c2ed`, and
-/// the size read 0x1c2ed.
+/// create the transport answered because a burst emptied the object pool,
+/// or after mknod) keeps that length when it is reopened and written in the
+/// middle, which goes straight to its object with passthrough. fsx found
+/// this: `TRUNCATE UP 0 -> 0x3c3b7`, close, open, `WRITE 0x14505..0x1c2ed`,
+/// and the size read 0x1c2ed.
 #[test]
 fn a_file_made_longer_before_it_had_data_keeps_its_size() {
     let m = mount_or_skip!();
-    let made = m.join("made");
-    // The first create of a fresh mount finds no object ready.
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&made)
-        .unwrap();
-    f.set_len(0x3c3b7).unwrap();
-    drop(f);
+    let mut paths = Vec::new();
+    // A burst: some of these creates find no object ready.
+    for i in 0..200 {
+        let path = m.join(&format!("made{i}"));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(0x3c3b7).unwrap();
+        paths.push(path);
+    }
     let nod = m.join("nod");
     let c = std::ffi::CString::new(nod.to_str().unwrap()).unwrap();
     // SAFETY: a NUL-terminated path; mknod of a regular file.
@@ -200,7 +203,8 @@ fn a_file_made_longer_before_it_had_data_keeps_its_size() {
         .unwrap()
         .set_len(0x3c3b7)
         .unwrap();
-    for path in [&made, &nod] {
+    paths.push(nod);
+    for path in &paths {
         let f = OpenOptions::new()
             .read(true)
             .write(true)

@@ -120,24 +120,27 @@ impl AgentFs {
         let (paths, twins) = (Arc::clone(&self.paths), Arc::clone(&self.twins));
         // A new name is in memory but for the content object a passthrough
         // open needs at once: it is answered inline, through passthrough when
-        // the backstore has an object ready, else through the transport (the
-        // object is made at its first write, on a data worker), so a burst of
-        // creates that empties the pool never waits for the disk on a worker.
-        // An existing name (O_TRUNC may copy or cut its object) goes to a
-        // data worker.
+        // the backstore has an object ready, else, while it makes objects
+        // ahead (a burst of creates outran that), through the transport: the
+        // object is made at the file's first write, on a data worker, so a
+        // burst never waits for the disk on a worker. The first create of a
+        // mount (nothing made ahead yet) and an existing name (O_TRUNC may
+        // copy or cut its object) go to a data worker.
+        let direct = self.paths.enabled();
         let probe = name.clone();
         let inline = Arc::new(AtomicBool::new(false));
         let answered_inline = Arc::clone(&inline);
         let quick = move |core: &FsCore, pid| {
-            let new_name = match resolve(core, p, pid) {
+            let inline_now = match resolve(core, p, pid) {
                 Ok((b, n)) => {
                     let name = std::os::unix::ffi::OsStrExt::as_bytes(probe.as_os_str());
                     !core.has_entry(b, n, name)
+                        && (!direct || core.create_is_quick() || core.makes_objects_ahead())
                 }
                 Err(_) => true,
             };
-            answered_inline.store(new_name, Ordering::Relaxed);
-            new_name
+            answered_inline.store(inline_now, Ordering::Relaxed);
+            inline_now
         };
         self.submit_data_unless_quick(call, reply, quick, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
