@@ -136,12 +136,7 @@ fn deleting_branches_and_snapshots_frees_what_nothing_else_holds() {
 #[test]
 fn branch_delete_is_refused_while_busy_unless_forced() {
     let e = env();
-    let snap = e.core.snapshot_create(e.main(), None).unwrap();
-    let br = e
-        .core
-        .branch_create(snap.id, Some("busy".into()))
-        .unwrap()
-        .id;
+    let br = e.branch_from_main(Some("busy"));
     e.write_file(br, "f", b"x");
     let fh = e.open(br, "f", RO);
     assert!(matches!(
@@ -168,12 +163,7 @@ fn branch_delete_is_refused_while_busy_unless_forced() {
 #[test]
 fn branch_delete_waits_for_a_handle_being_closed() {
     let e = env();
-    let snap = e.core.snapshot_create(e.main(), None).unwrap();
-    let br = e
-        .core
-        .branch_create(snap.id, Some("closing".into()))
-        .unwrap()
-        .id;
+    let br = e.branch_from_main(Some("closing"));
     e.write_file(br, "f", b"x");
     let fh = e.open(br, "f", RO);
     std::thread::scope(|s| {
@@ -628,8 +618,7 @@ fn bindings_inherit_and_ignore_reused_pids() {
     e.procs.spawn(1, 0, 1, 0);
     e.procs.spawn(100, 1, 50, 1000);
     e.procs.spawn(101, 100, 60, 1000);
-    let s = e.core.snapshot_create(e.main(), None).unwrap();
-    let b = e.core.branch_create(s.id, None).unwrap().id;
+    let b = e.branch_from_main(None);
     assert_eq!(e.core.branch_of(101), e.main());
     e.core.bind(100, b).unwrap();
     assert_eq!(e.core.branch_of(101), b);
@@ -656,8 +645,7 @@ fn only_bindings_through_the_shared_root_make_it_caller_dependent() {
     e.procs.spawn(1, 0, 1, 0);
     e.procs.spawn(300, 1, 10, 0);
     e.procs.spawn(301, 1, 11, 0);
-    let s = e.core.snapshot_create(e.main(), None).unwrap();
-    let b = e.core.branch_create(s.id, None).unwrap().id;
+    let b = e.branch_from_main(None);
     assert!(
         !e.core.root_is_shared(),
         "nobody bound: everyone sees main at the root"

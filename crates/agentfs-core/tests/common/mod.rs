@@ -83,6 +83,16 @@ impl Env {
         self.core.default_branch()
     }
 
+    /// A new branch (named `name`, if given) made from a snapshot of the
+    /// default branch taken now.
+    pub fn branch_from_main(&self, name: Option<&str>) -> BranchId {
+        let snap = self.core.snapshot_create(self.main(), None).unwrap();
+        self.core
+            .branch_create(snap.id, name.map(String::from))
+            .unwrap()
+            .id
+    }
+
     /// Resolve a slash-separated path from the root of branch `b`.
     pub fn resolve(&self, b: BranchId, path: &str) -> agentfs_core::FsResult<Attr> {
         let mut attr = self.core.getattr(b, NodeId::ROOT)?;
