@@ -233,6 +233,9 @@ pub struct FsCore {
     next_handle: AtomicU64,
     next_epoch: AtomicU64,
     cow_clones: AtomicU64,
+    /// Serialize, per node (striped), the end of a direct writer with the
+    /// decision whether it was the last: see [`FsCore::drop_direct_writer`].
+    direct_ends: [Mutex<()>; DIRECT_END_STRIPES],
     /// Set once by `FsCore::open_persisted`: the metadata journal.
     journal: std::sync::OnceLock<Arc<Journal>>,
     /// Set once by `FsCore::attach_lower` on an overlay mount: the lower
@@ -242,6 +245,8 @@ pub struct FsCore {
 
 /// Epoch stamped on objects that belong to a snapshot alone: no branch has it.
 pub(crate) const FROZEN_EPOCH: u64 = 0;
+
+const DIRECT_END_STRIPES: usize = 64;
 
 impl FsCore {
     /// A core with one empty default branch, its root owned by this process's user.
@@ -283,6 +288,7 @@ impl FsCore {
             next_handle: AtomicU64::new(1),
             next_epoch: AtomicU64::new(FROZEN_EPOCH + 1),
             cow_clones: AtomicU64::new(0),
+            direct_ends: std::array::from_fn(|_| Mutex::new(())),
             journal: std::sync::OnceLock::new(),
             lower: std::sync::OnceLock::new(),
         };
@@ -595,27 +601,12 @@ impl FsCore {
         let branch = &handle.branch;
         let writes = matches!(handle.kind, HandleKind::File(f) if f.write);
         let direct = handle.passthrough.load(Ordering::Acquire);
-        if direct && writes && branch.open_count(handle.node).passthrough_writers == 1 {
-            // The last direct writer: take the object's size into the node while
-            // the handle still counts, so no getattr in between sees a stale size.
-            self.fold_direct_writes(branch, handle.node);
-        }
-        let last = {
-            let mut open = branch.open.lock();
-            let count = open.entry(handle.node).or_default();
+        let last = self.drop_direct_writer(branch, handle.node, direct && writes, |count| {
             count.handles = count.handles.saturating_sub(1);
             count.writers = count.writers.saturating_sub(u32::from(writes));
             count.passthrough = count.passthrough.saturating_sub(u32::from(direct));
-            let direct_writer = direct && writes;
-            count.passthrough_writers = count
-                .passthrough_writers
-                .saturating_sub(u32::from(direct_writer));
-            let last = count.handles == 0;
-            if last {
-                open.remove(&handle.node);
-            }
-            last
-        };
+            count.handles == 0
+        });
         branch.open_handles.fetch_sub(1, Ordering::AcqRel);
         if last {
             // An orphan (nlink 0, kept alive for open handles) goes with its last handle.

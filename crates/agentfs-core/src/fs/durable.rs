@@ -331,7 +331,13 @@ impl FsCore {
                 .map(|(n, _)| *n)
                 .collect();
             for n in direct {
-                self.fold_direct_writes(b, n);
+                // Under the node's direct-end lock, so a release folding the
+                // final size at the same time cannot be overwritten by an
+                // earlier length read here.
+                let _serial = self.direct_end_lock(n);
+                if b.open_count(n).passthrough_writers > 0 {
+                    self.fold_direct_writes(b, n);
+                }
             }
         }
         drop(branches);

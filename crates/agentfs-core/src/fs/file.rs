@@ -131,10 +131,10 @@ impl FsCore {
     }
 
     /// Whether releasing `fh` answers without waiting on the storage: it
-    /// does unless the handle is the last one the kernel writes the object
-    /// through directly (passthrough) and the object's file is not open in
-    /// the backstore already (its size and mtime are read from the object
-    /// into the node: an `fstat` of an open file, or an open first).
+    /// does unless the kernel writes the object through the handle directly
+    /// (passthrough) and the object's file is not open in the backstore
+    /// already (the last such handle reads the object's size and mtime into
+    /// the node: an `fstat` of an open file, or an open first).
     pub fn release_is_quick(&self, fh: HandleId) -> bool {
         let Ok(h) = self.handle(fh) else {
             return true;
@@ -143,9 +143,8 @@ impl FsCore {
         if !writes || !h.passthrough.load(Ordering::Acquire) {
             return true;
         }
-        if h.branch.open_count(h.node).passthrough_writers > 1 {
-            return true;
-        }
+        // Even with other direct writers left, this one may turn out the last
+        // by the time it runs (they may be released at the same moment).
         let t = h.branch.tree.read();
         t.get(h.node)
             .and_then(|n| n.content())
@@ -210,15 +209,59 @@ impl FsCore {
         if h.passthrough.swap(on, Ordering::AcqRel) == on {
             return;
         }
-        let mut open = h.branch.open.lock();
-        let count = open.entry(h.node).or_default();
         if on {
+            let mut open = h.branch.open.lock();
+            let count = open.entry(h.node).or_default();
             count.passthrough += 1;
             count.passthrough_writers += u32::from(writes);
         } else {
-            count.passthrough = count.passthrough.saturating_sub(1);
-            count.passthrough_writers = count.passthrough_writers.saturating_sub(u32::from(writes));
+            self.drop_direct_writer(&h.branch, h.node, writes, |count| {
+                count.passthrough = count.passthrough.saturating_sub(1);
+                false
+            });
         }
+    }
+
+    /// Uncount a handle of node `id`: `uncount` takes it from the node's open
+    /// count (answering whether the entry goes: its last handle), and with
+    /// `direct_writer` one direct writer goes too. If that is the last direct
+    /// writer, the object's size and mtime are first taken into the node,
+    /// while it still counts, so no getattr in between sees a stale size.
+    /// Answers what `uncount` did.
+    ///
+    /// Whether a writer is the last and its count dropping are one step for
+    /// the writers of a node: apart, two writers closed at once (the kernel
+    /// sends RELEASE after close(2) returns, so a file created, closed,
+    /// reopened, written and closed has both in flight) each saw the other
+    /// still counted, neither took the size, and the file lost its data.
+    pub(super) fn drop_direct_writer(
+        &self,
+        branch: &BranchState,
+        id: NodeId,
+        direct_writer: bool,
+        uncount: impl FnOnce(&mut super::OpenCount) -> bool,
+    ) -> bool {
+        let _serial = direct_writer.then(|| self.direct_end_lock(id));
+        if direct_writer && branch.open_count(id).passthrough_writers == 1 {
+            self.fold_direct_writes(branch, id);
+        }
+        let mut open = branch.open.lock();
+        let count = open.entry(id).or_default();
+        count.passthrough_writers = count
+            .passthrough_writers
+            .saturating_sub(u32::from(direct_writer));
+        let gone = uncount(count);
+        if gone {
+            open.remove(&id);
+        }
+        gone
+    }
+
+    /// The lock [`FsCore::drop_direct_writer`] holds for node `id` (one of a
+    /// few stripes: the ends of direct writers of unrelated nodes rarely wait
+    /// on each other, and then only for an `fstat`).
+    pub(super) fn direct_end_lock(&self, id: NodeId) -> parking_lot::MutexGuard<'_, ()> {
+        self.direct_ends[(id.0 % self.direct_ends.len() as u64) as usize].lock()
     }
 
     /// The last direct writer of a node closed: take the size and time the
