@@ -146,6 +146,11 @@ pub(crate) struct BranchState {
     epoch: AtomicU64,
     /// Nodes with open handles, and how many of those write.
     open: Mutex<HashMap<NodeId, OpenCount>>,
+    /// A lock for each node whose direct writer is ending (or whose object's
+    /// size is being taken into it) right now: see
+    /// [`FsCore::drop_direct_writer`]. Per node, so a fold that waits on a
+    /// slow backstore holds up nobody else's. Leaf lock for the map.
+    direct_ends: Mutex<HashMap<NodeId, Arc<Mutex<()>>>>,
     /// How many lookups of each node the kernel holds (FUSE `nlookup`: counted
     /// up by every reply that hands it the node, down by FORGET). A file whose
     /// last name goes while the kernel still holds it stays as an orphan, as
@@ -168,6 +173,21 @@ impl BranchState {
 
     fn open_count(&self, node: NodeId) -> OpenCount {
         self.open.lock().get(&node).copied().unwrap_or_default()
+    }
+
+    /// Run `f` holding node `id`'s direct-end lock (see `direct_ends`).
+    fn with_direct_end<R>(&self, id: NodeId, f: impl FnOnce() -> R) -> R {
+        let lock = Arc::clone(self.direct_ends.lock().entry(id).or_default());
+        let answer = {
+            let _held = lock.lock();
+            f()
+        };
+        let mut ends = self.direct_ends.lock();
+        // Nobody else has it (the map's and this one): it goes.
+        if Arc::strong_count(&lock) == 2 {
+            ends.remove(&id);
+        }
+        answer
     }
 
     /// Whether an unlinked node must stay (as an orphan): handles are open on
@@ -233,9 +253,6 @@ pub struct FsCore {
     next_handle: AtomicU64,
     next_epoch: AtomicU64,
     cow_clones: AtomicU64,
-    /// Serialize, per node (striped), the end of a direct writer with the
-    /// decision whether it was the last: see [`FsCore::drop_direct_writer`].
-    direct_ends: [Mutex<()>; DIRECT_END_STRIPES],
     /// Set once by `FsCore::open_persisted`: the metadata journal.
     journal: std::sync::OnceLock<Arc<Journal>>,
     /// Set once by `FsCore::attach_lower` on an overlay mount: the lower
@@ -245,8 +262,6 @@ pub struct FsCore {
 
 /// Epoch stamped on objects that belong to a snapshot alone: no branch has it.
 pub(crate) const FROZEN_EPOCH: u64 = 0;
-
-const DIRECT_END_STRIPES: usize = 64;
 
 impl FsCore {
     /// A core with one empty default branch, its root owned by this process's user.
@@ -288,7 +303,6 @@ impl FsCore {
             next_handle: AtomicU64::new(1),
             next_epoch: AtomicU64::new(FROZEN_EPOCH + 1),
             cow_clones: AtomicU64::new(0),
-            direct_ends: std::array::from_fn(|_| Mutex::new(())),
             journal: std::sync::OnceLock::new(),
             lower: std::sync::OnceLock::new(),
         };
@@ -337,6 +351,7 @@ impl FsCore {
             tree: RwLock::new(tree),
             epoch: AtomicU64::new(self.new_epoch()),
             open: Mutex::new(HashMap::new()),
+            direct_ends: Mutex::default(),
             kernel_refs: Mutex::new(HashMap::new()),
             orphans: Mutex::default(),
             open_handles: AtomicUsize::new(0),

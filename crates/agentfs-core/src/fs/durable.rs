@@ -246,6 +246,7 @@ impl FsCore {
                     tree: RwLock::new(r.tree),
                     epoch: AtomicU64::new(epochs[&id]),
                     open: Mutex::new(HashMap::new()),
+                    direct_ends: Mutex::default(),
                     kernel_refs: Mutex::new(HashMap::new()),
                     orphans: Mutex::default(),
                     open_handles: AtomicUsize::new(0),
@@ -331,13 +332,7 @@ impl FsCore {
                 .map(|(n, _)| *n)
                 .collect();
             for n in direct {
-                // Under the node's direct-end lock, so a release folding the
-                // final size at the same time cannot be overwritten by an
-                // earlier length read here.
-                let _serial = self.direct_end_lock(n);
-                if b.open_count(n).passthrough_writers > 0 {
-                    self.fold_direct_writes(b, n);
-                }
+                self.fold_if_direct(b, n);
             }
         }
         drop(branches);

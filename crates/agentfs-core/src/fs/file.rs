@@ -241,32 +241,45 @@ impl FsCore {
         direct_writer: bool,
         uncount: impl FnOnce(&mut super::OpenCount) -> bool,
     ) -> bool {
-        let _serial = direct_writer.then(|| self.direct_end_lock(id));
-        if direct_writer && branch.open_count(id).passthrough_writers == 1 {
-            self.fold_direct_writes(branch, id);
+        let end = || {
+            if direct_writer && branch.open_count(id).passthrough_writers == 1 {
+                self.fold_direct_writes(branch, id);
+            }
+            let mut open = branch.open.lock();
+            let count = open.entry(id).or_default();
+            count.passthrough_writers = count
+                .passthrough_writers
+                .saturating_sub(u32::from(direct_writer));
+            let gone = uncount(count);
+            if gone {
+                open.remove(&id);
+            }
+            gone
+        };
+        if direct_writer {
+            branch.with_direct_end(id, end)
+        } else {
+            end()
         }
-        let mut open = branch.open.lock();
-        let count = open.entry(id).or_default();
-        count.passthrough_writers = count
-            .passthrough_writers
-            .saturating_sub(u32::from(direct_writer));
-        let gone = uncount(count);
-        if gone {
-            open.remove(&id);
-        }
-        gone
     }
 
-    /// The lock [`FsCore::drop_direct_writer`] holds for node `id` (one of a
-    /// few stripes: the ends of direct writers of unrelated nodes rarely wait
-    /// on each other, and then only for an `fstat`).
-    pub(super) fn direct_end_lock(&self, id: NodeId) -> parking_lot::MutexGuard<'_, ()> {
-        self.direct_ends[(id.0 % self.direct_ends.len() as u64) as usize].lock()
+    /// While the kernel writes node `id`'s object directly, take the
+    /// object's size and mtime into the node now (fsync, checkpoint). Under
+    /// the node's direct-end lock: a last writer's release folding the final
+    /// size at the same moment must not be overwritten by a length read here
+    /// before it.
+    pub(super) fn fold_if_direct(&self, branch: &BranchState, id: NodeId) {
+        branch.with_direct_end(id, || {
+            if branch.open_count(id).passthrough_writers > 0 {
+                self.fold_direct_writes(branch, id);
+            }
+        });
     }
 
-    /// The last direct writer of a node closed: take the size and time the
-    /// kernel gave the object into the node.
-    pub(super) fn fold_direct_writes(&self, branch: &BranchState, id: NodeId) {
+    /// Take the size and time the kernel gave node `id`'s object (writing it
+    /// directly) into the node. The caller holds the node's direct-end lock
+    /// (`BranchState::with_direct_end`).
+    fn fold_direct_writes(&self, branch: &BranchState, id: NodeId) {
         let content = {
             let t = branch.tree.read();
             t.get(id).and_then(|n| n.content().cloned())
@@ -432,11 +445,9 @@ impl FsCore {
         // A lower file is never written: nothing of it to sync.
         if let Some(c) = content.filter(|c| c.lower.is_none()) {
             self.backstore.sync(c.id, data_only)?;
-            if h.branch.open_count(h.node).passthrough_writers > 0 {
-                // The kernel wrote the object directly: its size and mtime
-                // are the file's, and must be recorded with it.
-                self.fold_direct_writes(&h.branch, h.node);
-            }
+            // If the kernel writes the object directly, its size and mtime
+            // are the file's, and must be recorded with it.
+            self.fold_if_direct(&h.branch, h.node);
         }
         // The file's metadata (and every change before it) is durable too.
         if let Some(j) = self.journal.get() {
@@ -607,15 +618,20 @@ impl FsCore {
                 self.note_object_changed(c);
                 truncated?;
             }
-            Self::write_branch_tree(branch, |t| {
-                let mut n = t.edit(id).ok_or(FsError::NotFound)?;
-                if n.meta.size != size {
-                    n.meta.size = size;
-                    kill_privileges(ctx, &mut n);
-                }
-                n.meta.touch_mc();
-                t.insert(id, n);
-                Ok(())
+            // Under the node's direct-end lock: a direct writer's release
+            // folding the object's length into the node must not read it
+            // before the cut and store it after this.
+            branch.with_direct_end(id, || {
+                Self::write_branch_tree(branch, |t| {
+                    let mut n = t.edit(id).ok_or(FsError::NotFound)?;
+                    if n.meta.size != size {
+                        n.meta.size = size;
+                        kill_privileges(ctx, &mut n);
+                    }
+                    n.meta.touch_mc();
+                    t.insert(id, n);
+                    Ok(())
+                })
             })?;
             drop(guard);
             self.reap();

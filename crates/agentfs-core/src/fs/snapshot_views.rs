@@ -92,6 +92,7 @@ impl FsCore {
                 tree: RwLock::new(snap.tree.read().clone()),
                 epoch: AtomicU64::new(self.new_epoch()),
                 open: Mutex::new(HashMap::new()),
+                direct_ends: Mutex::default(),
                 kernel_refs: Mutex::new(HashMap::new()),
                 orphans: Mutex::default(),
                 open_handles: AtomicUsize::new(0),
