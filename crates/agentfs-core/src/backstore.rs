@@ -71,6 +71,12 @@ pub trait Backstore: Send + Sync + 'static {
     fn create_is_quick(&self) -> bool {
         false
     }
+    /// Whether objects are being made ahead of time, so that `create_is_quick`
+    /// saying no means a burst of creates is outrunning that, not that none
+    /// has been asked for yet. `false`, the default, is always safe.
+    fn makes_objects_ahead(&self) -> bool {
+        false
+    }
     /// Whether [`Backstore::host_file`] of `id` would answer now without
     /// asking the storage (the file is open already). A hint for where to
     /// run an open; `false`, the default, is always safe.

@@ -538,6 +538,12 @@ impl FsCore {
         self.backstore.create_is_quick()
     }
 
+    /// Whether the backstore makes content objects ahead of time (see
+    /// [`Backstore::makes_objects_ahead`]).
+    pub fn makes_objects_ahead(&self) -> bool {
+        self.backstore.makes_objects_ahead()
+    }
+
     /// Whether the attributes of node `id` in branch `b` can be answered from
     /// memory alone, without asking the backstore (which may be slow): false
     /// while the kernel writes the node's object directly, or if its allocated

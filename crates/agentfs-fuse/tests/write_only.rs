@@ -13,9 +13,9 @@
 //! - a branch made from a snapshot taken after the write holds the bytes
 //!   (they reached the daemon, not only a cache);
 //! - a burst of creates larger than HostFs's pool of ready objects (the
-//!   creates that find it empty make their objects on a data worker) keeps
-//!   every file's bytes, read back at once, after reopening, and in a
-//!   snapshot;
+//!   creates that find it empty are answered through the transport, with
+//!   their objects made at the first write) keeps every file's bytes, read
+//!   back at once, after reopening, and in a snapshot;
 //! - files created, closed, reopened to append and closed again from many
 //!   threads keep their bytes once both handles are released.
 
@@ -171,7 +171,7 @@ fn a_burst_of_creates_keeps_every_files_bytes() {
 }
 
 /// A file made longer before it had any data (ftruncate up, right after a
-/// create in a burst that emptied the object pool,
+/// create the transport answered because a burst emptied the object pool,
 /// or after mknod) keeps that length when it is reopened and written in the
 /// middle, which goes straight to its object with passthrough. fsx found
 /// this: `TRUNCATE UP 0 -> 0x3c3b7`, close, open, `WRITE 0x14505..0x1c2ed`,

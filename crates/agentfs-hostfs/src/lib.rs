@@ -422,6 +422,10 @@ impl Backstore for HostFs {
         self.file(id)
     }
 
+    fn makes_objects_ahead(&self) -> bool {
+        self.filler_started.load(Ordering::Acquire)
+    }
+
     fn create_is_quick(&self) -> bool {
         self.pool.len() > 0
     }

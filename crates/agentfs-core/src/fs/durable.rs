@@ -546,6 +546,9 @@ impl Backstore for Deferred {
     fn create_is_quick(&self) -> bool {
         self.inner.create_is_quick()
     }
+    fn makes_objects_ahead(&self) -> bool {
+        self.inner.makes_objects_ahead()
+    }
     fn host_file_is_quick(&self, id: ContentId) -> bool {
         self.inner.host_file_is_quick(id)
     }

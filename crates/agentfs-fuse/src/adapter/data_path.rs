@@ -84,12 +84,15 @@ impl DataPaths {
     }
 
     /// Decide the path of a new open `fh` of inode `ino`. `open_backing` asks
-    /// the kernel for a backing id (the reply object's method).
+    /// the kernel for a backing id (the reply object's method). With
+    /// `direct_ok` false, an inode whose path is not decided yet takes the
+    /// transport (an inode already open keeps its path).
     pub(crate) fn route(
         &self,
         core: &FsCore,
         ino: u64,
         fh: HandleId,
+        direct_ok: bool,
         open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> Route {
         loop {
@@ -115,6 +118,10 @@ impl DataPaths {
                         tracing::error!(ino, "inode has a backing file but FsCore refused passthrough; serving without cache");
                         Route::Transport
                     }
+                }
+                None if !direct_ok => {
+                    e.io = Some(InodeIo::Transport { opens: 1 });
+                    Route::Transport
                 }
                 None => {
                     let (io, route) = self.decide(core, ino, fh, open_backing);

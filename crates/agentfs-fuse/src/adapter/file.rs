@@ -18,6 +18,7 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
 };
 use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The file handle of every open of a virtual node (they need no state).
@@ -76,7 +77,7 @@ impl AgentFs {
             if exec {
                 exec_opens.opened(fh.0, ino);
             }
-            let answered = match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
+            let answered = match paths.route(core, ino, fh, true, |file| reply.open_backing(file)) {
                 Route::Direct(backing) => {
                     reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &backing)
                 }
@@ -117,18 +118,29 @@ impl AgentFs {
         let (ctx, name) = (ctx(req), name.to_os_string());
         let ttl = self.ttl;
         let (paths, twins) = (Arc::clone(&self.paths), Arc::clone(&self.twins));
-        // A new file is in memory but for the content object a passthrough
-        // open needs at once: inline when the backstore has one ready. An
-        // existing name (O_TRUNC may copy or cut its object) goes to a data
-        // worker, as does a create when no object is ready.
+        // A new name is in memory but for the content object a passthrough
+        // open needs at once: it is answered inline, through passthrough when
+        // the backstore has an object ready, else, while it makes objects
+        // ahead (a burst of creates outran that), through the transport: the
+        // object is made at the file's first write, on a data worker, so a
+        // burst never waits for the disk on a worker. The first create of a
+        // mount (nothing made ahead yet) and an existing name (O_TRUNC may
+        // copy or cut its object) go to a data worker.
         let direct = self.paths.enabled();
         let probe = name.clone();
-        let quick = move |core: &FsCore, pid| match resolve(core, p, pid) {
-            Ok((b, n)) => {
-                let name = std::os::unix::ffi::OsStrExt::as_bytes(probe.as_os_str());
-                !core.has_entry(b, n, name) && (!direct || core.create_is_quick())
-            }
-            Err(_) => true,
+        let inline = Arc::new(AtomicBool::new(false));
+        let answered_inline = Arc::clone(&inline);
+        let quick = move |core: &FsCore, pid| {
+            let inline_now = match resolve(core, p, pid) {
+                Ok((b, n)) => {
+                    let name = std::os::unix::ffi::OsStrExt::as_bytes(probe.as_os_str());
+                    !core.has_entry(b, n, name)
+                        && (!direct || core.create_is_quick() || core.makes_objects_ahead())
+                }
+                Err(_) => true,
+            };
+            answered_inline.store(inline_now, Ordering::Relaxed);
+            inline_now
         };
         self.submit_data_unless_quick(call, reply, quick, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
@@ -149,7 +161,10 @@ impl AgentFs {
             let ttl = super::entry_ttl(core, p, ttl);
             let fattr = file_attr(ino, &attr);
             let (gen, handle) = (Generation(0), FileHandle(fh.0));
-            let answered = match paths.route(core, ino, fh, |file| reply.open_backing(file)) {
+            // Inline with no object ready: the transport, whose create needs none.
+            let direct_ok = !inline.load(Ordering::Relaxed) || core.create_is_quick();
+            let open_backing = |file: &std::fs::File| reply.open_backing(file);
+            let answered = match paths.route(core, ino, fh, direct_ok, open_backing) {
                 Route::Direct(backing) => reply.created_passthrough(
                     &ttl,
                     &fattr,
