@@ -85,8 +85,21 @@ def scan(root):
         for f in filenames:
             p = os.path.join(dirpath, f)
             with open(p, "rb") as fh:
-                files[os.path.relpath(p, root)] = fh.read()
+                data = fh.read()
+                # The size the daemon reports must be the bytes read: with
+                # passthrough a read returns the backing object's bytes
+                # whatever size the node has, so a wrong size would pass the
+                # content check here and show only on a later read through
+                # the daemon.
+                size = os.fstat(fh.fileno()).st_size
+                if size != len(data):
+                    raise SizeMismatch("%s: stat says %d bytes, read %d" % (p, size, len(data)))
+                files[os.path.relpath(p, root)] = data
     return files
+
+
+class SizeMismatch(Exception):
+    pass
 
 
 def tree_root(mount, tree):
@@ -384,9 +397,9 @@ def run(args):
                 cli(args, mount, "branch-delete", "--force", name)
                 led.note({"t": "branch-deleted", "name": name}, True)
         led.note({"t": "done"}, True)
-    except (OSError, Dead) as e:
+    except (OSError, Dead, SizeMismatch) as e:
         # An error while the daemon still lives is a bug; report it.
-        if isinstance(e, OSError) and not killed_under(mount):
+        if isinstance(e, (OSError, SizeMismatch)) and not killed_under(mount):
             led.note({"t": "error", "what": repr(e), "where": traceback.format_exc()[-1500:]},
                      True)
             print("workload error: %r" % (e,), file=sys.stderr)
@@ -496,9 +509,12 @@ def verify(args):
         try:
             with open(p, "rb") as fh:
                 data = fh.read()
+                size = os.fstat(fh.fileno()).st_size
         except OSError as e:
             problems.append("%s:%s durable (%d bytes) but unreadable: %s" % (tree, rel, n, e))
             continue
+        if size != len(data):
+            problems.append("%s:%s reads %d bytes but its size is %d" % (tree, rel, len(data), size))
         if len(data) != n or sha(data) != h:
             problems.append("%s:%s has %d bytes sha %s, durable was %d bytes sha %s"
                             % (tree, rel, len(data), sha(data), n, h))

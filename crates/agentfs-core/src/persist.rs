@@ -191,6 +191,10 @@ pub(crate) struct Loaded {
     pub(crate) contents: codec::Contents,
     /// Journal records replayed (0 after a clean unmount).
     pub(crate) replayed: usize,
+    /// Whether the journal holds only the mark of a clean close: nothing
+    /// happened after the checkpoint, not even a write the kernel made
+    /// directly to an object.
+    pub(crate) clean_close: bool,
 }
 
 /// Load the checkpoint and replay its journal.
@@ -202,6 +206,7 @@ pub(crate) fn load(store: &dyn MetaStore, reaper: &Arc<Reaper>) -> Result<Loaded
             generation: 0,
             contents,
             replayed: 0,
+            clean_close: true,
         });
     };
     let (generation, mut state) = checkpoint::decode(&data, &mut contents)?;
@@ -213,10 +218,15 @@ pub(crate) fn load(store: &dyn MetaStore, reaper: &Arc<Reaper>) -> Result<Loaded
         record::apply(payload, &mut state, &mut replay, &mut contents)
             .map_err(|e| PersistError::Corrupt(format!("journal record at byte {at}: {e}")))?;
     }
+    let marks = frames
+        .iter()
+        .filter(|(_, payload)| record::is_clean_close(payload))
+        .count();
     Ok(Loaded {
         state: Some(state),
         generation,
         contents,
-        replayed: frames.len(),
+        replayed: frames.len() - marks,
+        clean_close: marks > 0 && marks == frames.len(),
     })
 }

@@ -160,8 +160,9 @@ impl FsCore {
                     continue;
                 }
                 c.epoch.store(epoch, Ordering::Release);
-                if report.replayed > 0 {
-                    // After a crash: the kernel may have written it directly.
+                if !loaded.clean_close {
+                    // After a crash (even one right after a checkpoint, with
+                    // nothing to replay): the kernel may have written it directly.
                     if let Ok((len, mtime)) = deferred.inner.len_and_mtime(c.id) {
                         if len != n.meta.size || mtime > n.meta.mtime {
                             fixes.push((id, len, mtime));
@@ -388,6 +389,21 @@ impl FsCore {
         drop(reg);
         drop(state);
         self.reap();
+        Ok(())
+    }
+
+    /// Close the store cleanly (unmount, after the kernel released every
+    /// file): a checkpoint, then the mark that tells the next load nothing
+    /// happened after it ([`crate::persist::record::clean`]). Without the
+    /// mark the next load takes every file's size and mtime from its object
+    /// where the kernel may have written it directly, as after a crash.
+    pub fn close_clean(&self) -> FsResult<()> {
+        self.checkpoint()?;
+        if let Some(journal) = self.journal.get() {
+            let _gate = journal.gate.write();
+            journal.append(&super::record::clean());
+            journal.sync()?;
+        }
         Ok(())
     }
 

@@ -23,6 +23,9 @@ const BRANCH_CREATE: u8 = 5;
 const BRANCH_DELETE: u8 = 6;
 /// A lower directory read into every tree where it was unread (format 2).
 const LOAD: u8 = 7;
+/// The store was closed cleanly right after the checkpoint before it: no
+/// change, only a mark (see [`is_clean_close`]).
+const CLEAN: u8 = 8;
 
 const CHANGE_REMOVE: u8 = 0;
 const CHANGE_PUT: u8 = 1;
@@ -184,6 +187,20 @@ pub(crate) fn load(l: &crate::fs::overlay::Loaded) -> Vec<u8> {
         enc.node(node);
     }
     enc.buf
+}
+
+/// The mark a clean close leaves in the journal after its checkpoint. Its
+/// absence tells the next load that the store was not closed cleanly even
+/// when the journal is empty (a crash right after a checkpoint taken while
+/// mounted): files the kernel wrote directly meanwhile may be longer or
+/// newer than their nodes, which recovery then takes from their objects.
+pub(crate) fn clean() -> Vec<u8> {
+    vec![CLEAN]
+}
+
+/// Whether a journal record is the clean-close mark.
+pub(crate) fn is_clean_close(payload: &[u8]) -> bool {
+    payload == [CLEAN]
 }
 
 pub(crate) fn branch_delete(id: BranchId) -> Vec<u8> {
@@ -396,6 +413,7 @@ pub(crate) fn apply(
                 loaded.apply(&mut r.tree, &mut shared);
             }
         }
+        CLEAN => {}
         _ => return Err(PersistError::Corrupt("unknown record type".into())),
     }
     if !dec.done() {

@@ -206,7 +206,7 @@ pub fn serve(
     for (name, value) in metrics.snapshot() {
         tracing::info!(metric = name, value, "final count");
     }
-    core.checkpoint()
+    core.close_clean()
         .map_err(|e| anyhow!("final checkpoint of the backstore failed: {e}"))?;
     tracing::info!("unmounted cleanly");
     Ok(())
