@@ -137,7 +137,7 @@ fn main() {
         core.release(fh).unwrap();
     }
     let t = Instant::now();
-    core.checkpoint().unwrap();
+    core.close_clean().unwrap();
     let checkpoint = t.elapsed();
     let checkpoint_bytes = size(&root.join("meta/checkpoint"));
     drop(core);

@@ -78,7 +78,7 @@ fn trees_snapshots_and_branches_survive_reopen_and_crash() {
         core.write(&ctx, fh, 0, b"VERSION").unwrap();
         core.fsync(fh, false).unwrap();
         core.release(fh).unwrap();
-        core.checkpoint().unwrap();
+        core.close_clean().unwrap();
         feature
     };
     {
