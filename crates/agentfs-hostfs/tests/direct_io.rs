@@ -1,18 +1,15 @@
 //! FsCore over HostFs with a writer that bypasses FsCore, as the kernel does
 //! with FUSE passthrough: sizes, snapshots and truncation must still be right.
 
+mod common;
+
 use agentfs_core::{CoreConfig, Ctx, FsCore, NodeId, OpenFlags, ProcFs, SetAttr};
 use agentfs_hostfs::{HostFs, HostFsOptions};
-use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-const RW: OpenFlags = OpenFlags {
-    read: true,
-    write: true,
-    append: false,
-    truncate: false,
-};
+use common::{create_rw, RW};
+
 const RO: OpenFlags = OpenFlags {
     read: true,
     write: false,
@@ -36,32 +33,13 @@ fn read_all(core: &FsCore, b: agentfs_core::BranchId, node: NodeId) -> Vec<u8> {
     data
 }
 
-/// Create `name` in the root of branch `b` and open it read-write, as root.
-fn create_rw(
-    core: &FsCore,
-    b: agentfs_core::BranchId,
-    name: &str,
-) -> (agentfs_core::Attr, agentfs_core::HandleId) {
-    core.create(
-        &Ctx::root(),
-        b,
-        NodeId::ROOT,
-        OsStr::new(name),
-        0o100644,
-        0,
-        RW,
-        true,
-    )
-    .unwrap()
-}
-
 #[test]
 fn direct_writes_show_in_sizes_snapshots_and_after_close() {
     let dir = tempfile::tempdir().unwrap();
     let core = core(dir.path());
     let root = Ctx::root();
     let main = core.default_branch();
-    let (attr, fh) = create_rw(&core, main, "f");
+    let (attr, fh) = create_rw(&core, main, "f", true);
     let file = core
         .open_passthrough(fh)
         .unwrap()
@@ -109,7 +87,7 @@ fn readers_of_shared_content_are_served_by_fscore() {
     let core = core(dir.path());
     let root = Ctx::root();
     let main = core.default_branch();
-    let (attr, fh) = create_rw(&core, main, "f");
+    let (attr, fh) = create_rw(&core, main, "f", true);
     core.write(&root, fh, 0, b"data").unwrap();
     core.release(fh).unwrap();
     let snap = core.snapshot_create(main, None).unwrap();
@@ -149,7 +127,7 @@ fn concurrent_releases_of_direct_writers_keep_the_size() {
     let main = core.default_branch();
     const WRITERS: usize = 8;
     for i in 0..1000 {
-        let (attr, first) = create_rw(&core, main, &format!("f{i}"));
+        let (attr, first) = create_rw(&core, main, &format!("f{i}"), true);
         let _ = core.open_passthrough(first).unwrap().expect("object");
         let mut handles = vec![first];
         for _ in 1..WRITERS {

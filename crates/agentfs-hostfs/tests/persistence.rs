@@ -2,11 +2,15 @@
 //! same backstore root, and a reopen after the core was abandoned without a
 //! checkpoint (a crash) recovers what was synced.
 
+mod common;
+
 use agentfs_core::{Backstore, CoreConfig, Ctx, FsCore, MetaStore, NodeId, OpenFlags, ProcFs};
 use agentfs_hostfs::{HostFs, HostFsOptions};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
+
+use common::{create_rw, RW};
 
 fn open(root: &Path) -> (FsCore, agentfs_core::RecoveryReport) {
     let store = Arc::new(HostFs::open(root, HostFsOptions::default()).expect("backstore"));
@@ -20,13 +24,6 @@ fn open(root: &Path) -> (FsCore, agentfs_core::RecoveryReport) {
     )
     .expect("open persisted core")
 }
-
-const RW: OpenFlags = OpenFlags {
-    read: true,
-    write: true,
-    append: false,
-    truncate: false,
-};
 
 fn read(core: &FsCore, b: agentfs_core::BranchId, name: &str) -> Vec<u8> {
     let ctx = Ctx::root();
@@ -42,25 +39,6 @@ fn read(core: &FsCore, b: agentfs_core::BranchId, name: &str) -> Vec<u8> {
     data
 }
 
-/// Create `name` in the root of branch `b` and open it read-write, as root.
-fn create_rw(
-    core: &FsCore,
-    b: agentfs_core::BranchId,
-    name: &str,
-) -> (agentfs_core::Attr, agentfs_core::HandleId) {
-    core.create(
-        &Ctx::root(),
-        b,
-        NodeId::ROOT,
-        OsStr::new(name),
-        0o644,
-        0,
-        RW,
-        false,
-    )
-    .unwrap()
-}
-
 #[test]
 fn trees_snapshots_and_branches_survive_reopen_and_crash() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,7 +48,7 @@ fn trees_snapshots_and_branches_survive_reopen_and_crash() {
         let (core, report) = open(&root);
         assert_eq!(report.generation, 0);
         let main = core.default_branch();
-        let (_, fh) = create_rw(&core, main, "f");
+        let (_, fh) = create_rw(&core, main, "f", false);
         core.write(&ctx, fh, 0, b"version one").unwrap();
         core.release(fh).unwrap();
         let snap = core.snapshot_create(main, Some("first".into())).unwrap();
@@ -96,7 +74,7 @@ fn trees_snapshots_and_branches_survive_reopen_and_crash() {
         assert_eq!(read(&core, main, "f"), b"version one");
         assert_eq!(read(&core, feature, "f"), b"VERSION one");
         // Changes after this open, synced, then a "crash": no checkpoint.
-        let (_, fh) = create_rw(&core, main, "g");
+        let (_, fh) = create_rw(&core, main, "g", false);
         core.write(&ctx, fh, 0, b"synced").unwrap();
         core.fsync(fh, false).unwrap();
         core.release(fh).unwrap();
@@ -131,7 +109,7 @@ fn a_crash_right_after_a_checkpoint_keeps_sizes_of_direct_writes() {
     {
         let (core, _) = open(&root);
         let main = core.default_branch();
-        let (_, fh) = create_rw(&core, main, "f");
+        let (_, fh) = create_rw(&core, main, "f", false);
         let file = core.open_passthrough(fh).unwrap().expect("object");
         file.write_all_at(&[1u8; 100], 0).unwrap();
         // A checkpoint while mounted (the journal past its threshold).
