@@ -102,6 +102,10 @@ test-fuse-performance *ARGS:
 fuse-trace *ARGS:
     bash scripts/perf/fuse-trace.sh {{ ARGS }}
 
+# One FUSE round trip through the /dev/fuse read loop (fuser's, so AgentFS's) against FUSE over io_uring, on a minimal filesystem of its own (ARGS e.g. --files 2000 --runs 3).
+fuse-uring-probe *ARGS:
+    bash scripts/perf/fuse-uring-probe.sh {{ ARGS }}
+
 # The performance harness at tiny sizes, one run, debug build (CI): fails only on a failed measurement, never on a time.
 test-fuse-performance-smoke *ARGS:
     bash scripts/test-fuse-performance.sh --smoke {{ ARGS }}

@@ -1,0 +1,375 @@
+// fuse-uring-probe: what one FUSE round trip costs on this machine, through
+// the classic /dev/fuse read loop (what fuser, and so AgentFS, uses today)
+// and through FUSE over io_uring (Linux 6.14+, `fuse.enable_uring=Y`).
+//
+// It mounts a tiny filesystem of its own (a root directory holding NFILES
+// empty files f0, f1, ...; names cached for 0 s, attributes for an hour, so
+// every lstat(2) of a name costs exactly one LOOKUP round trip) and lstat()s
+// all names PASSES times from its main thread, then prints one JSON line:
+// microseconds per lstat and the requests served. The server does no work
+// beyond building the reply, so the figure is the transport's own cost.
+//
+//   read   THREADS server threads, unpinned, each blocked in read(/dev/fuse)
+//          (fuser's model: the kernel wakes one of them per request)
+//   uring  one server thread per CPU, pinned to it, each with its own
+//          io_uring and one ring entry; the kernel queues a request on the
+//          ring of the CPU the caller runs on
+//
+// Usage: fuse-uring-probe read|uring MOUNTPOINT NFILES PASSES [THREADS] [CLIENT_CPU]
+// CLIENT_CPU pins the lstat loop to one CPU (-1, the default: not pinned).
+// Needs root (mount(2)). Build: gcc -O2 -pthread -o fuse-uring-probe fuse-uring-probe.c
+// Run through scripts/perf/fuse-uring-probe.sh, which sets enable_uring and
+// puts it back.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <linux/io_uring.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+// The FUSE-over-io_uring uapi (include/uapi/linux/fuse.h since 6.14); the
+// system's <linux/fuse.h> may predate it.
+#define PROBE_FUSE_OVER_IO_URING (1ULL << 41)
+#define PROBE_URING_CMD_REGISTER 1
+#define PROBE_URING_CMD_COMMIT_AND_FETCH 2
+struct probe_ent_in_out {
+    uint64_t flags;
+    uint64_t commit_id;
+    uint32_t payload_sz;
+    uint32_t padding;
+    uint64_t reserved;
+};
+struct probe_req_header {
+    char in_out[128];
+    char op_in[128];
+    struct probe_ent_in_out ent;
+};
+struct probe_cmd_req {
+    uint64_t flags;
+    uint64_t commit_id;
+    uint16_t qid;
+    uint8_t padding[6];
+};
+
+#define PAYLOAD (1u << 20) // >= max_write and max_pages * 4 KiB
+#define READ_BUF (PAYLOAD + 4096)
+
+static int fuse_fd;
+static unsigned nfiles;
+static atomic_ulong served_read, served_ring;
+
+static void die(const char *what) {
+    fprintf(stderr, "fuse-uring-probe: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static void fill_attr(struct fuse_attr *a, uint64_t ino) {
+    memset(a, 0, sizeof(*a));
+    a->ino = ino;
+    a->mode = ino == FUSE_ROOT_ID ? (S_IFDIR | 0755) : (S_IFREG | 0644);
+    a->nlink = ino == FUSE_ROOT_ID ? 2 : 1;
+    a->blksize = 4096;
+}
+
+// Answer one request into `out`; return its length, or a negative errno.
+static int handle(const struct fuse_in_header *ih, const char *name, void *out) {
+    switch (ih->opcode) {
+    case FUSE_LOOKUP: {
+        unsigned i;
+        char end;
+        if (ih->nodeid != FUSE_ROOT_ID || sscanf(name, "f%u%c", &i, &end) != 1 || i >= nfiles)
+            return -ENOENT;
+        struct fuse_entry_out *e = out;
+        memset(e, 0, sizeof(*e));
+        e->nodeid = 2 + (uint64_t)i;
+        e->attr_valid = 3600;
+        fill_attr(&e->attr, e->nodeid);
+        return sizeof(*e);
+    }
+    case FUSE_GETATTR: {
+        struct fuse_attr_out *a = out;
+        memset(a, 0, sizeof(*a));
+        a->attr_valid = 3600;
+        fill_attr(&a->attr, ih->nodeid);
+        return sizeof(*a);
+    }
+    case FUSE_DESTROY:
+        return 0;
+    default:
+        return -ENOSYS;
+    }
+}
+
+static void reply(uint64_t unique, int res, const void *payload) {
+    struct fuse_out_header oh = {.unique = unique};
+    struct iovec iov[2] = {{&oh, sizeof(oh)}, {(void *)payload, 0}};
+    if (res < 0)
+        oh.error = res;
+    else
+        iov[1].iov_len = (size_t)res;
+    oh.len = (uint32_t)(sizeof(oh) + iov[1].iov_len);
+    if (writev(fuse_fd, iov, 2) < 0 && errno != ENOENT)
+        die("writev /dev/fuse");
+}
+
+// The first request is INIT; offer io_uring when asked to.
+static void init_session(int want_uring) {
+    char *buf = malloc(READ_BUF);
+    ssize_t n = read(fuse_fd, buf, READ_BUF);
+    if (n < 0)
+        die("read INIT");
+    struct fuse_in_header *ih = (void *)buf;
+    struct fuse_init_in *in = (void *)(ih + 1);
+    if (ih->opcode != FUSE_INIT)
+        die("first request is not INIT");
+    uint64_t offered = in->flags | ((uint64_t)in->flags2 << 32);
+    if (want_uring && !(offered & PROBE_FUSE_OVER_IO_URING)) {
+        errno = EOPNOTSUPP;
+        die("the kernel does not offer FUSE over io_uring (fuse.enable_uring=N?)");
+    }
+    struct fuse_init_out out = {0};
+    out.major = FUSE_KERNEL_VERSION;
+    out.minor = in->minor;
+    out.max_readahead = in->max_readahead;
+    uint64_t flags = FUSE_INIT_EXT | FUSE_MAX_PAGES | (want_uring ? PROBE_FUSE_OVER_IO_URING : 0);
+    out.flags = (uint32_t)flags;
+    out.flags2 = (uint32_t)(flags >> 32);
+    out.max_background = 16;
+    out.congestion_threshold = 12;
+    out.max_write = 128 * 1024;
+    out.time_gran = 1;
+    out.max_pages = 32;
+    reply(ih->unique, sizeof(out), &out);
+    free(buf);
+}
+
+// Classic: block in read(2), answer with writev(2).
+static void *read_loop(void *arg) {
+    (void)arg;
+    char *buf = malloc(READ_BUF);
+    char out[512];
+    for (;;) {
+        ssize_t n = read(fuse_fd, buf, READ_BUF);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
+                continue;
+            return NULL; // ENODEV: unmounted
+        }
+        struct fuse_in_header *ih = (void *)buf;
+        if (ih->opcode == FUSE_FORGET || ih->opcode == FUSE_BATCH_FORGET)
+            continue;
+        // LOOKUP's name follows the header; no other op here reads past it.
+        int res = handle(ih, buf + sizeof(*ih), out);
+        atomic_fetch_add(&served_read, 1);
+        reply(ih->unique, res, out);
+    }
+}
+
+struct ring {
+    int fd;
+    unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes; // 128 bytes each (SQE128)
+    struct io_uring_cqe *cqes;
+};
+
+static void ring_setup(struct ring *r, unsigned entries) {
+    struct io_uring_params p = {0};
+    p.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    r->fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (r->fd < 0)
+        die("io_uring_setup");
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    size_t len = sq_len > cq_len ? sq_len : cq_len;
+    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQ_RING);
+    if (m == MAP_FAILED)
+        die("mmap ring");
+    r->sq_tail = (unsigned *)(m + p.sq_off.tail);
+    r->sq_mask = (unsigned *)(m + p.sq_off.ring_mask);
+    r->sq_array = (unsigned *)(m + p.sq_off.array);
+    r->cq_head = (unsigned *)(m + p.cq_off.head);
+    r->cq_tail = (unsigned *)(m + p.cq_off.tail);
+    r->cq_mask = (unsigned *)(m + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)(m + p.cq_off.cqes);
+    r->sqes = mmap(NULL, p.sq_entries * 128, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
+                   IORING_OFF_SQES);
+    if (r->sqes == MAP_FAILED)
+        die("mmap sqes");
+}
+
+// Queue one FUSE uring command for entry `iov` (header, payload).
+static void ring_push(struct ring *r, uint32_t op, struct iovec *iov, uint16_t qid, uint64_t commit_id) {
+    unsigned tail = *r->sq_tail;
+    unsigned idx = tail & *r->sq_mask;
+    struct io_uring_sqe *sqe = (struct io_uring_sqe *)((char *)r->sqes + (size_t)idx * 128);
+    memset(sqe, 0, 128);
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = fuse_fd;
+    sqe->cmd_op = op;
+    sqe->addr = (uint64_t)(uintptr_t)iov;
+    sqe->len = 2;
+    sqe->user_data = (uint64_t)(uintptr_t)iov;
+    struct probe_cmd_req *cmd = (void *)sqe->cmd;
+    cmd->qid = qid;
+    cmd->commit_id = commit_id;
+    r->sq_array[idx] = idx;
+    __atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
+}
+
+struct queue_arg {
+    int cpu;
+};
+
+static void *uring_loop(void *argp) {
+    struct queue_arg *qa = argp;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(qa->cpu, &set);
+    if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+        die("pin queue thread");
+    struct ring r;
+    ring_setup(&r, 8);
+    struct iovec *iov = calloc(2, sizeof(*iov));
+    struct probe_req_header *hdr = aligned_alloc(4096, 4096);
+    char *payload = aligned_alloc(4096, PAYLOAD);
+    iov[0] = (struct iovec){hdr, sizeof(*hdr)};
+    iov[1] = (struct iovec){payload, PAYLOAD};
+    ring_push(&r, PROBE_URING_CMD_REGISTER, iov, (uint16_t)qa->cpu, 0);
+    unsigned to_submit = 1;
+    char out[512];
+    for (;;) {
+        int n = (int)syscall(__NR_io_uring_enter, r.fd, to_submit, 1, IORING_ENTER_GETEVENTS, NULL, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("io_uring_enter");
+        }
+        to_submit = 0;
+        unsigned head = *r.cq_head;
+        unsigned tail = __atomic_load_n(r.cq_tail, __ATOMIC_ACQUIRE);
+        for (; head != tail; head++) {
+            struct io_uring_cqe *cqe = &r.cqes[head & *r.cq_mask];
+            if (cqe->res < 0) {
+                if (cqe->res == -ENOTCONN || cqe->res == -ECANCELED)
+                    return NULL; // unmounted
+                errno = -cqe->res;
+                die("FUSE uring command");
+            }
+            struct fuse_in_header ih;
+            memcpy(&ih, hdr->in_out, sizeof(ih));
+            // LOOKUP's zero-size first argument leaves the name in the payload.
+            int res = handle(&ih, payload, out);
+            atomic_fetch_add(&served_ring, 1);
+            struct fuse_out_header oh = {.unique = ih.unique};
+            if (res < 0) {
+                oh.error = res;
+                res = 0;
+            }
+            oh.len = (uint32_t)(sizeof(oh) + (unsigned)res);
+            memcpy(payload, out, (size_t)res);
+            memcpy(hdr->in_out, &oh, sizeof(oh));
+            hdr->ent.payload_sz = (uint32_t)res;
+            ring_push(&r, PROBE_URING_CMD_COMMIT_AND_FETCH, iov, (uint16_t)qa->cpu, hdr->ent.commit_id);
+            to_submit++;
+        }
+        __atomic_store_n(r.cq_head, head, __ATOMIC_RELEASE);
+    }
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: %s read|uring MOUNTPOINT NFILES PASSES [THREADS] [CLIENT_CPU]\n", argv[0]);
+        return 2;
+    }
+    int uring = strcmp(argv[1], "uring") == 0;
+    const char *mnt = argv[2];
+    nfiles = (unsigned)atoi(argv[3]);
+    int passes = atoi(argv[4]);
+    int threads = argc > 5 ? atoi(argv[5]) : 2;
+    int client_cpu = argc > 6 ? atoi(argv[6]) : -1;
+    long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+
+    fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fuse_fd < 0)
+        die("open /dev/fuse");
+    char opts[128];
+    snprintf(opts, sizeof(opts), "fd=%d,rootmode=40755,user_id=0,group_id=0", fuse_fd);
+    if (mount("fuse-uring-probe", mnt, "fuse.fuse-uring-probe", MS_NOSUID | MS_NODEV, opts) < 0)
+        die("mount");
+    // INIT arrives once the mount exists; the kernel queues other requests
+    // until it is answered.
+    init_session(uring);
+
+    pthread_t t;
+    // Requests the ring does not carry (FORGET, INTERRUPT) still come through
+    // read(2), so a reader runs in both modes.
+    for (int i = 0; i < (uring ? 1 : threads); i++)
+        if (pthread_create(&t, NULL, read_loop, NULL))
+            die("spawn reader");
+    if (uring) {
+        for (long c = 0; c < ncpu; c++) {
+            struct queue_arg *qa = malloc(sizeof(*qa));
+            qa->cpu = (int)c;
+            if (pthread_create(&t, NULL, uring_loop, qa))
+                die("spawn queue");
+        }
+        // The ring takes requests once every queue has an entry; until then
+        // they go through read(2). A moment is plenty for a few REGISTERs;
+        // the counts printed at the end show which path served the loop.
+        usleep(200 * 1000);
+    }
+    if (client_cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(client_cpu, &set);
+        if (sched_setaffinity(0, sizeof(set), &set))
+            die("pin client");
+    }
+    char path[4096];
+    struct stat st;
+    // One warm-up pass: the dentries then exist and every later lstat is a
+    // single revalidating LOOKUP.
+    for (unsigned i = 0; i < nfiles; i++) {
+        snprintf(path, sizeof(path), "%s/f%u", mnt, i);
+        if (lstat(path, &st) < 0)
+            die("lstat (warm-up)");
+    }
+    unsigned long read0 = atomic_load(&served_read), ring0 = atomic_load(&served_ring);
+    double t0 = now();
+    for (int p = 0; p < passes; p++)
+        for (unsigned i = 0; i < nfiles; i++) {
+            snprintf(path, sizeof(path), "%s/f%u", mnt, i);
+            if (lstat(path, &st) < 0)
+                die("lstat");
+        }
+    double secs = now() - t0;
+    unsigned long by_read = atomic_load(&served_read) - read0;
+    unsigned long by_ring = atomic_load(&served_ring) - ring0;
+    unsigned long stats = (unsigned long)passes * nfiles;
+    printf("{\"mode\":\"%s\",\"threads\":%d,\"client_cpu\":%d,\"lstats\":%lu,\"by_read\":%lu,\"by_ring\":%lu,"
+           "\"seconds\":%.4f,\"us_per_lstat\":%.2f}\n",
+           argv[1], uring ? (int)ncpu : threads, client_cpu, stats, by_read, by_ring, secs, secs * 1e6 / (double)stats);
+    fflush(stdout);
+    if (umount2(mnt, MNT_DETACH) < 0)
+        die("umount");
+    _exit(0);
+}
