@@ -244,6 +244,7 @@ fn status_report(s: &StatusView, names: &BranchNames) -> String {
         ("mountpoint", s.mountpoint.clone()),
         ("backstore", s.backstore.clone()),
         ("data path", s.data_path.clone()),
+        ("requests", s.request_channel.clone()),
         ("default branch", branch_label(&s.default_branch, &names)),
         ("your branch", branch_label(&s.caller_branch, &names)),
         ("snapshots", s.snapshots.to_string()),

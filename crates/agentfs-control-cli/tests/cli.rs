@@ -57,6 +57,7 @@ fn status() -> StatusView {
         mountpoint: "/mnt/agentfs".into(),
         backstore: "/var/agentfs".into(),
         data_path: "passthrough".into(),
+        request_channel: "dev-fuse".into(),
         default_branch: "b1".into(),
         caller_branch: "b2".into(),
         branches: branches(),

@@ -44,13 +44,19 @@ pub enum ClientError {
 }
 
 /// Read `<mount>/.agentfs/control`. A FUSE mount whose daemon died answers
-/// `ENOTCONN`: that is [`ClientError::DeadMount`], not "not AgentFS".
+/// `ENOTCONN`: that is [`ClientError::DeadMount`], not "not AgentFS". So is
+/// `ECONNABORTED`, what a request gets when it was waiting as the kernel
+/// tore the connection down (after a daemon serving over io_uring dies, the
+/// kernel ends its connection only once the ring is released, a moment later).
 pub fn discover(mount: &Path) -> Result<Endpoint, ClientError> {
     let not_agentfs = || ClientError::NotAgentFs {
         mount: mount.to_path_buf(),
     };
     let bytes = fs::read(control_file_path(mount)).map_err(|e| {
-        if e.raw_os_error() == Some(nix::libc::ENOTCONN) {
+        if matches!(
+            e.raw_os_error(),
+            Some(nix::libc::ENOTCONN | nix::libc::ECONNABORTED)
+        ) {
             ClientError::DeadMount {
                 mount: mount.to_path_buf(),
             }

@@ -274,6 +274,10 @@ pub struct BindingView {
     pub branch_name: String,
 }
 
+fn dev_fuse() -> String {
+    "dev-fuse".into()
+}
+
 /// The daemon's state at a glance.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct StatusView {
@@ -285,6 +289,11 @@ pub struct StatusView {
     pub backstore: String,
     /// `"transport"` or `"passthrough"`.
     pub data_path: String,
+    /// How requests reach the daemon: `"dev-fuse"` (read from /dev/fuse) or
+    /// `"io-uring"` (FUSE over io_uring, a queue per CPU). Absent from
+    /// daemons older than the field: `"dev-fuse"`.
+    #[serde(default = "dev_fuse")]
+    pub request_channel: String,
     /// Branch id unbound processes see.
     pub default_branch: String,
     /// Branch id the caller (the peer of the control socket) sees.
@@ -673,6 +682,7 @@ mod tests {
                 mountpoint: "/mnt".into(),
                 backstore: "/var/store".into(),
                 data_path: "passthrough".into(),
+                request_channel: "io-uring".into(),
                 default_branch: "b1".into(),
                 caller_branch: "b2".into(),
                 branches: vec![branch()],

@@ -24,8 +24,11 @@
 //! kernel keeps POSIX and flock locks locally per inode, which keeps locks of
 //! different branches apart.
 //!
-//! The operations live in the submodules by topic; the `Filesystem` impl at
-//! the bottom of this file only forwards to them.
+//! The operations live in the submodules by topic, as `do_*` methods taking
+//! [`crate::wire`]'s request and reply types. Two front ends call them: the
+//! `Filesystem` impl at the bottom of this file ([`FuserFs`], fuser's session
+//! on `/dev/fuse`), which only forwards, and the io_uring queues
+//! ([`crate::ring`]), which decode requests themselves.
 
 mod data_path;
 mod dir;
@@ -46,6 +49,7 @@ use crate::inode::{self, Ino, InodeError, ROOT_INO};
 use crate::metrics::{Metrics, Op};
 use crate::reply::Call;
 use crate::tri;
+use crate::wire::{self, FuseDevice};
 use agentfs_core::{Attr, BranchId, Ctx, FsCore, FsError, FsResult, NodeId};
 use agentfs_transport::{FsCoreTransport, Lane};
 use fuser::{
@@ -97,6 +101,9 @@ pub struct AdapterConfig {
     /// Deadline of each Data-lane request: past it the kernel gets ETIMEDOUT
     /// and the late result is dropped ([`crate::deadline`]). `None`: no deadline.
     pub op_timeout: Option<Duration>,
+    /// Ask the kernel for FUSE over io_uring ([`crate::ring`]); the host
+    /// starts the queues if INIT granted it.
+    pub uring: bool,
 }
 
 /// The xattr whose read panics when fault injection is on.
@@ -121,7 +128,18 @@ pub struct AgentFs {
     fair: Arc<crate::fair::FairShare>,
     /// Data buffers of reads and writes through the transport.
     buffers: Arc<crate::buffers::Buffers>,
+    /// Ask the kernel for FUSE over io_uring at INIT.
+    want_uring: bool,
+    /// Whether the kernel granted it.
+    uring_granted: std::sync::atomic::AtomicBool,
+    /// The connection's `/dev/fuse`, for registering passthrough backing
+    /// files; set once the session exists.
+    device: std::sync::OnceLock<Arc<FuseDevice>>,
 }
+
+/// [`AgentFs`] as fuser's `Filesystem`: the session's requests, answered by
+/// the adapter shared with the io_uring queues ([`crate::ring`]).
+pub struct FuserFs(pub Arc<AgentFs>);
 
 impl AgentFs {
     pub fn new(transport: Arc<dyn FsCoreTransport>, config: AdapterConfig) -> AgentFs {
@@ -147,7 +165,26 @@ impl AgentFs {
             exec_opens: Arc::default(),
             twins: config.twins,
             deadlines,
+            want_uring: config.uring,
+            uring_granted: std::sync::atomic::AtomicBool::new(false),
+            device: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Give the adapter the connection's `/dev/fuse` (once the session is
+    /// mounted), for passthrough backing files.
+    pub fn set_device(&self, device: Arc<FuseDevice>) {
+        let _ = self.device.set(device);
+    }
+
+    pub(crate) fn device(&self) -> Option<Arc<FuseDevice>> {
+        self.device.get().cloned()
+    }
+
+    /// Whether INIT granted FUSE over io_uring.
+    pub fn uring_granted(&self) -> bool {
+        self.uring_granted
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The adapter's counters.
@@ -155,7 +192,12 @@ impl AgentFs {
         &self.metrics
     }
 
-    fn call(&self, op: Op, ino: u64, req: &Request) -> Call {
+    /// Count a request answered without a job (FLUSH on a ring).
+    pub(crate) fn count_request(&self, op: Op, ino: u64, req: &wire::Request) {
+        let _ = self.call(op, ino, req);
+    }
+
+    fn call(&self, op: Op, ino: u64, req: &wire::Request) -> Call {
         Call::new(op, ino, req.pid(), &self.metrics)
     }
 
@@ -366,7 +408,7 @@ fn entry_ttl(core: &FsCore, parent: Ino, ttl: Duration) -> Duration {
 }
 
 /// The caller's credentials.
-fn ctx(req: &Request) -> Ctx {
+fn ctx(req: &wire::Request) -> Ctx {
     Ctx::new(req.uid(), req.gid(), req.pid())
 }
 
@@ -416,9 +458,9 @@ fn reply_entry(
     reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, attr), Generation(0));
 }
 
-#[allow(clippy::too_many_arguments)]
-impl Filesystem for AgentFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+impl AgentFs {
+    /// Negotiate the session's capabilities at INIT.
+    pub fn configure(&self, config: &mut KernelConfig) {
         if let Err(max) = config.set_max_write(MAX_WRITE) {
             let _ = config.set_max_write(max);
         }
@@ -467,12 +509,29 @@ impl Filesystem for AgentFs {
         }
         // No FUSE_WRITEBACK_CACHE: writes reach FsCore before write(2) returns,
         // which snapshots need and passthrough will require.
+        if self.want_uring {
+            let granted = config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok();
+            self.uring_granted
+                .store(granted, std::sync::atomic::Ordering::Relaxed);
+            if !granted {
+                tracing::warn!("kernel offers no FUSE over io_uring (fuse.enable_uring=N?): requests go through /dev/fuse");
+            }
+        }
         tracing::info!(abi = %config.kernel_abi(), "FUSE session initialised");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Filesystem for FuserFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        self.0.configure(config);
         Ok(())
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.do_lookup(req, parent, name, reply)
+        self.0.do_lookup(&req.into(), parent, name, reply.into())
     }
 
     fn readdirplus(
@@ -483,21 +542,23 @@ impl Filesystem for AgentFs {
         offset: u64,
         reply: fuser::ReplyDirectoryPlus,
     ) {
-        self.do_readdirplus(req, ino, fh, offset, reply)
+        self.0
+            .do_readdirplus(&req.into(), ino, fh, offset, reply.into())
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         // Inode numbers are computed, but FsCore keeps an unlinked file while
         // the kernel holds it (FsCore::remember), and lets it go here.
         if let Ok(Ino::Node(b, n)) = Ino::decode(ino.0) {
-            self.transport
+            self.0
+                .transport
                 .core()
                 .forget(inode::real_branch(b), n, nlookup);
         }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.do_getattr(req, ino, reply)
+        self.0.do_getattr(&req.into(), ino, reply.into())
     }
 
     fn setattr(
@@ -527,11 +588,11 @@ impl Filesystem for AgentFs {
             mtime: mtime.map(crate::attr::set_time),
             ctime,
         };
-        self.do_setattr(req, ino, set, reply)
+        self.0.do_setattr(&req.into(), ino, set, reply.into())
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.do_readlink(req, ino, reply)
+        self.0.do_readlink(&req.into(), ino, reply.into())
     }
 
     fn mknod(
@@ -544,7 +605,8 @@ impl Filesystem for AgentFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.do_mknod(req, parent, name, mode, umask, rdev, reply)
+        self.0
+            .do_mknod(&req.into(), parent, name, mode, umask, rdev, reply.into())
     }
 
     fn mkdir(
@@ -556,15 +618,18 @@ impl Filesystem for AgentFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.do_mkdir(req, parent, name, mode, umask, reply)
+        self.0
+            .do_mkdir(&req.into(), parent, name, mode, umask, reply.into())
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.do_remove(Op::Unlink, req, parent, name, reply)
+        self.0
+            .do_remove(Op::Unlink, &req.into(), parent, name, reply.into())
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.do_remove(Op::Rmdir, req, parent, name, reply)
+        self.0
+            .do_remove(Op::Rmdir, &req.into(), parent, name, reply.into())
     }
 
     fn symlink(
@@ -575,7 +640,8 @@ impl Filesystem for AgentFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.do_symlink(req, parent, link_name, target, reply)
+        self.0
+            .do_symlink(&req.into(), parent, link_name, target, reply.into())
     }
 
     fn rename(
@@ -588,7 +654,15 @@ impl Filesystem for AgentFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.do_rename(req, parent, name, newparent, newname, flags, reply)
+        self.0.do_rename(
+            &req.into(),
+            parent,
+            name,
+            newparent,
+            newname,
+            flags,
+            reply.into(),
+        )
     }
 
     fn link(
@@ -599,11 +673,17 @@ impl Filesystem for AgentFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.do_link(req, ino, newparent, newname, reply)
+        self.0
+            .do_link(&req.into(), ino, newparent, newname, reply.into())
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.do_open(req, ino, flags, reply)
+        self.0.do_open(
+            &req.into(),
+            ino,
+            flags,
+            wire::ReplyOpen::fuser(reply, self.0.device()),
+        )
     }
 
     fn read(
@@ -617,7 +697,8 @@ impl Filesystem for AgentFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.do_read(req, ino, fh, offset, size, reply)
+        self.0
+            .do_read(&req.into(), ino, fh, offset, size, reply.into())
     }
 
     fn write(
@@ -632,7 +713,8 @@ impl Filesystem for AgentFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.do_write(req, ino, fh, offset, data, reply)
+        self.0
+            .do_write(&req.into(), ino, fh, offset, data, reply.into())
     }
 
     fn flush(
@@ -648,7 +730,7 @@ impl Filesystem for AgentFs {
         // close(2) has nothing to flush. ENOSYS tells the kernel so once: it
         // then stops sending FLUSH, a round trip saved on every close, and
         // close(2) still returns 0.
-        self.call(Op::Flush, ino.0, req);
+        self.0.call(Op::Flush, ino.0, &req.into());
         reply.error(Errno::ENOSYS);
     }
 
@@ -662,7 +744,7 @@ impl Filesystem for AgentFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.do_release(req, ino, fh, reply)
+        self.0.do_release(&req.into(), ino, fh, reply.into())
     }
 
     fn fsync(
@@ -673,11 +755,16 @@ impl Filesystem for AgentFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.do_fsync(req, ino, fh, datasync, reply)
+        self.0
+            .do_fsync(&req.into(), ino, fh, datasync, reply.into())
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.do_opendir(req, ino, reply)
+        self.0.do_opendir(
+            &req.into(),
+            ino,
+            wire::ReplyOpen::fuser(reply, self.0.device()),
+        )
     }
 
     fn readdir(
@@ -688,7 +775,8 @@ impl Filesystem for AgentFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.do_readdir(req, ino, fh, offset, reply)
+        self.0
+            .do_readdir(&req.into(), ino, fh, offset, reply.into())
     }
 
     fn releasedir(
@@ -699,7 +787,7 @@ impl Filesystem for AgentFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.do_releasedir(req, ino, fh, reply)
+        self.0.do_releasedir(&req.into(), ino, fh, reply.into())
     }
 
     fn fsyncdir(
@@ -710,11 +798,11 @@ impl Filesystem for AgentFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.do_fsyncdir(req, ino, reply)
+        self.0.do_fsyncdir(&req.into(), ino, reply.into())
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.do_statfs(req, ino, reply)
+        self.0.do_statfs(&req.into(), ino, reply.into())
     }
 
     fn setxattr(
@@ -727,23 +815,25 @@ impl Filesystem for AgentFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
-        self.do_setxattr(req, ino, name, value, flags, position, reply)
+        self.0
+            .do_setxattr(&req.into(), ino, name, value, flags, position, reply.into())
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.do_getxattr(req, ino, name, size, reply)
+        self.0
+            .do_getxattr(&req.into(), ino, name, size, reply.into())
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.do_listxattr(req, ino, size, reply)
+        self.0.do_listxattr(&req.into(), ino, size, reply.into())
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.do_removexattr(req, ino, name, reply)
+        self.0.do_removexattr(&req.into(), ino, name, reply.into())
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.do_access(req, ino, mask, reply)
+        self.0.do_access(&req.into(), ino, mask, reply.into())
     }
 
     fn create(
@@ -756,7 +846,15 @@ impl Filesystem for AgentFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.do_create(req, parent, name, mode, umask, flags, reply)
+        self.0.do_create(
+            &req.into(),
+            parent,
+            name,
+            mode,
+            umask,
+            flags,
+            wire::ReplyCreate::fuser(reply, self.0.device()),
+        )
     }
 
     fn fallocate(
@@ -769,7 +867,8 @@ impl Filesystem for AgentFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.do_fallocate(req, ino, fh, offset, length, mode, reply)
+        self.0
+            .do_fallocate(&req.into(), ino, fh, offset, length, mode, reply.into())
     }
 
     /// No ioctls (shells probe TCGETS on every redirect): ENOTTY, quietly.
@@ -827,7 +926,8 @@ impl Filesystem for AgentFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.do_lseek(req, ino, fh, offset, whence, reply)
+        self.0
+            .do_lseek(&req.into(), ino, fh, offset, whence, reply.into())
     }
 }
 

@@ -41,6 +41,8 @@ pub struct CoreControl {
     facts: MountFacts,
     /// Whether the adapter serves file data through FUSE passthrough now.
     passthrough: Arc<AtomicBool>,
+    /// Whether requests come over FUSE io_uring.
+    uring: Arc<AtomicBool>,
     /// Whether users other than the owner and root may use the mount (and
     /// so its control plane): the mount's `--allow-other`.
     other_users: bool,
@@ -70,6 +72,7 @@ impl CoreControl {
             owner_uid,
             facts,
             passthrough: Arc::new(AtomicBool::new(false)),
+            uring: Arc::new(AtomicBool::new(false)),
             other_users: true,
             root_invalidator: OnceLock::new(),
             commit_invalidator: OnceLock::new(),
@@ -82,6 +85,12 @@ impl CoreControl {
     pub fn with_other_users(mut self, allowed: bool) -> CoreControl {
         self.other_users = allowed;
         self
+    }
+
+    /// Report that requests come over FUSE io_uring (the host sets it once
+    /// the rings run).
+    pub fn set_request_channel_uring(&self) {
+        self.uring.store(true, Ordering::Release);
     }
 
     /// Report the data path from this flag (the adapter's `passthrough_active`).
@@ -334,6 +343,12 @@ impl CoreControl {
                 "passthrough"
             } else {
                 "transport"
+            }
+            .to_string(),
+            request_channel: if self.uring.load(Ordering::Acquire) {
+                "io-uring"
+            } else {
+                "dev-fuse"
             }
             .to_string(),
             default_branch: core.default_branch().to_string(),

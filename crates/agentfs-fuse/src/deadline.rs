@@ -23,10 +23,11 @@
 
 use crate::metrics::Metrics;
 use crate::reply::ErrorReply;
-use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FopenFlags, Generation, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+use crate::wire::{
+    BackingId, ReplyAttr, ReplyCreate, ReplyData, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite,
 };
+use fuser::{Errno, FileAttr, FileHandle, FopenFlags, Generation};
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};

@@ -9,7 +9,9 @@
 //! - [`control`]: [`CoreControl`], the control-protocol handler over FsCore;
 //! - [`metrics`]: the adapter's counters and their names;
 //! - [`reply`], [`attr`]: the one error path and the type conversions;
-//! - [`deadline`]: per-request deadlines of jobs that may wait on the backstore.
+//! - [`deadline`]: per-request deadlines of jobs that may wait on the backstore;
+//! - [`wire`], [`ring`]: one request and its reply whichever way the kernel
+//!   sent it, and FUSE over io_uring (per-CPU queues beside fuser's session).
 //!
 //! The mount binary `agentfs-fuse-host` (src/main.rs) wires these together with
 //! HostFs, the in-process transport and the control server.
@@ -24,6 +26,8 @@ pub mod fair;
 pub mod inode;
 pub mod metrics;
 pub mod reply;
+pub mod ring;
+pub mod wire;
 
 pub use adapter::{AdapterConfig, AgentFs, DEFAULT_ATTR_TTL};
 pub use control::{CommitInvalidator, CoreControl, MountFacts, RootInvalidator};

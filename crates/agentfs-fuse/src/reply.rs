@@ -7,11 +7,12 @@
 //! `?` for job bodies: on `Err` it fails the call and returns from the job.
 
 use crate::metrics::{Metrics, Op};
-use agentfs_core::FsError;
-use fuser::{
-    Errno, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+use crate::wire::{
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
 };
+use agentfs_core::FsError;
+use fuser::Errno;
 use std::sync::Arc;
 
 /// A fuser reply that can carry an errno.

@@ -10,8 +10,8 @@
 //! every later open of that inode follows. Backing ids live here until the
 //! inode's last release, then close (their `Drop` tells the kernel).
 
+use crate::wire::BackingId;
 use agentfs_core::{FsCore, HandleId};
-use fuser::BackingId;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;

@@ -18,12 +18,10 @@ use crate::attr::{file_attr, file_type};
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
+use crate::wire::{ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyOpen, Request};
 use agentfs_core::{FsError, HandleId};
 use agentfs_transport::Lane;
-use fuser::{
-    FileHandle, FileType, FopenFlags, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyOpen, Request,
-};
+use fuser::{FileHandle, FileType, FopenFlags, Generation, INodeNo};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -39,7 +37,7 @@ const DIRENTPLUS_HEADER: usize = 128 + 24 + 8;
 const READDIRPLUS_MAX_BUFFER: usize = 128 * 1024;
 
 impl AgentFs {
-    pub(super) fn do_opendir(&self, req: &Request, ino: INodeNo, reply: ReplyOpen) {
+    pub(crate) fn do_opendir(&self, req: &Request, ino: INodeNo, reply: ReplyOpen) {
         let call = self.call(Op::Opendir, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         match target {
@@ -57,7 +55,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_readdir(
+    pub(crate) fn do_readdir(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -130,7 +128,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_readdirplus(
+    pub(crate) fn do_readdirplus(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -254,7 +252,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_releasedir(
+    pub(crate) fn do_releasedir(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -274,7 +272,7 @@ impl AgentFs {
     /// fsync of a directory makes the whole filesystem's metadata durable
     /// (`FsCore::sync_all`): FsCore keeps one journal for all directories, so
     /// there is nothing narrower to flush.
-    pub(super) fn do_fsyncdir(&self, req: &Request, ino: INodeNo, reply: ReplyEmpty) {
+    pub(crate) fn do_fsyncdir(&self, req: &Request, ino: INodeNo, reply: ReplyEmpty) {
         let call = self.call(Op::Fsyncdir, ino.0, req);
         if Ino::decode(ino.0).is_ok_and(Ino::is_virtual) {
             return reply.ok();

@@ -12,11 +12,11 @@ use crate::attr::file_attr;
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
-use agentfs_core::{FsCore, FsError, HandleId, OpenFlags as CoreOpenFlags};
-use fuser::{
-    FileHandle, FopenFlags, Generation, INodeNo, OpenFlags, ReplyCreate, ReplyData, ReplyEmpty,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+use crate::wire::{
+    ReplyCreate, ReplyData, ReplyEmpty, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
 };
+use agentfs_core::{FsCore, FsError, HandleId, OpenFlags as CoreOpenFlags};
+use fuser::{FileHandle, FopenFlags, Generation, INodeNo, OpenFlags};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use std::sync::Arc;
 const VIRTUAL_FH: FileHandle = FileHandle(0);
 
 impl AgentFs {
-    pub(super) fn do_open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    pub(crate) fn do_open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let call = self.call(Op::Open, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         let core_flags = CoreOpenFlags::from_raw(flags.0);
@@ -98,7 +98,7 @@ impl AgentFs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn do_create(
+    pub(crate) fn do_create(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -187,7 +187,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_read(
+    pub(crate) fn do_read(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -212,7 +212,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_write(
+    pub(crate) fn do_write(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -235,7 +235,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_release(
+    pub(crate) fn do_release(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -264,7 +264,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_fsync(
+    pub(crate) fn do_fsync(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -283,7 +283,7 @@ impl AgentFs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn do_fallocate(
+    pub(crate) fn do_fallocate(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -313,7 +313,7 @@ impl AgentFs {
     /// The kernel sends only SEEK_DATA and SEEK_HOLE here; it answers
     /// SEEK_SET/CUR/END itself from the file size. (Answering ENOSYS would make
     /// the kernel stop asking for the whole connection, so others get EINVAL.)
-    pub(super) fn do_lseek(
+    pub(crate) fn do_lseek(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -356,7 +356,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+    pub(crate) fn do_statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let call = self.call(Op::Statfs, ino.0, req);
         self.submit_data(call, reply, move |core, call, reply| {
             let s = tri!(call, reply, core.statfs());

@@ -8,18 +8,16 @@ use crate::deadline::Late;
 use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
+use crate::wire::{ReplyAttr, ReplyData, ReplyEmpty, ReplyEntry, Request};
 use agentfs_core::{Attr, BranchId, Ctx, FsCore, FsError, FsResult, NodeId, SetAttr};
-use fuser::{
-    AccessFlags, Generation, INodeNo, RenameFlags, ReplyAttr, ReplyData, ReplyEmpty, ReplyEntry,
-    Request,
-};
+use fuser::{AccessFlags, Generation, INodeNo, RenameFlags};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
 impl AgentFs {
-    pub(super) fn do_lookup(
+    pub(crate) fn do_lookup(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -78,7 +76,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_getattr(&self, req: &Request, ino: INodeNo, reply: ReplyAttr) {
+    pub(crate) fn do_getattr(&self, req: &Request, ino: INodeNo, reply: ReplyAttr) {
         let call = self.call(Op::Getattr, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         if let Some(attr) = self.virt.attr(target) {
@@ -97,7 +95,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_setattr(&self, req: &Request, ino: INodeNo, set: SetAttr, reply: ReplyAttr) {
+    pub(crate) fn do_setattr(&self, req: &Request, ino: INodeNo, set: SetAttr, reply: ReplyAttr) {
         let call = self.call(Op::Setattr, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         let (ctx, ttl) = (ctx(req), self.ttl);
@@ -119,7 +117,7 @@ impl AgentFs {
         self.submit_meta_if_late(call, reply, in_memory, job);
     }
 
-    pub(super) fn do_readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+    pub(crate) fn do_readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let call = self.call(Op::Readlink, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         if target.is_virtual() {
@@ -163,7 +161,7 @@ impl AgentFs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn do_mknod(
+    pub(crate) fn do_mknod(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -183,7 +181,7 @@ impl AgentFs {
         );
     }
 
-    pub(super) fn do_mkdir(
+    pub(crate) fn do_mkdir(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -202,7 +200,7 @@ impl AgentFs {
         );
     }
 
-    pub(super) fn do_symlink(
+    pub(crate) fn do_symlink(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -222,7 +220,7 @@ impl AgentFs {
     }
 
     /// `unlink` (op Unlink) or `rmdir` (op Rmdir).
-    pub(super) fn do_remove(
+    pub(crate) fn do_remove(
         &self,
         op: Op,
         req: &Request,
@@ -254,7 +252,7 @@ impl AgentFs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn do_rename(
+    pub(crate) fn do_rename(
         &self,
         req: &Request,
         parent: INodeNo,
@@ -290,7 +288,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_link(
+    pub(crate) fn do_link(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -324,7 +322,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_access(
+    pub(crate) fn do_access(
         &self,
         req: &Request,
         ino: INodeNo,

@@ -21,10 +21,9 @@ use crate::attr::file_attr;
 use crate::inode::{self, Ino};
 use crate::reply::Call;
 use crate::tri;
+use crate::wire::{ReplyDirectory, ReplyDirectoryPlus, ReplyEntry};
 use agentfs_core::{BranchId, FsCore, FsError, FsResult, NodeId, SnapshotId};
-use fuser::{
-    FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
-};
+use fuser::{FileAttr, FileType, Generation, INodeNo};
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,14 +6,15 @@ use crate::inode::Ino;
 use crate::metrics::Op;
 use crate::reply::Call;
 use crate::tri;
+use crate::wire::{ReplyEmpty, ReplyXattr, Request};
 use agentfs_core::FsError;
-use fuser::{INodeNo, ReplyEmpty, ReplyXattr, Request};
+use fuser::INodeNo;
 use std::ffi::OsStr;
 use std::sync::Arc;
 
 impl AgentFs {
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn do_setxattr(
+    pub(crate) fn do_setxattr(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -39,7 +40,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_getxattr(
+    pub(crate) fn do_getxattr(
         &self,
         req: &Request,
         ino: INodeNo,
@@ -68,7 +69,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    pub(crate) fn do_listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let call = self.call(Op::Listxattr, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         if target.is_virtual() {
@@ -82,7 +83,7 @@ impl AgentFs {
         });
     }
 
-    pub(super) fn do_removexattr(
+    pub(crate) fn do_removexattr(
         &self,
         req: &Request,
         ino: INodeNo,

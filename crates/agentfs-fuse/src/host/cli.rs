@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Mount AgentFS, a branching snapshot filesystem, at MOUNTPOINT.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "agentfs-fuse-host", version, about)]
+#[command(name = "agentfs-fuse-host", version, about, args_override_self = true)]
 pub struct Cli {
     /// Directory holding the file contents and state [default: $XDG_DATA_HOME/agentfs/default,
     /// else ~/.local/share/agentfs/default].
@@ -46,6 +46,13 @@ pub struct Cli {
     /// it (Linux 6.9+, CAP_SYS_ADMIN), `off` always serves data through the daemon.
     #[arg(long, value_enum, default_value_t = Passthrough::Auto)]
     pub passthrough: Passthrough,
+
+    /// Request channel: `auto` asks the kernel for FUSE over io_uring (Linux
+    /// 6.14+, with the fuse module's `enable_uring` parameter set to Y) and
+    /// serves requests on one pinned thread per CPU where it is granted;
+    /// `off` reads every request from /dev/fuse.
+    #[arg(long, value_name = "auto|off", default_value = "auto", value_parser = auto_off, action = clap::ArgAction::Set)]
+    pub fuse_uring: bool,
 
     /// Where metadata requests FsCore can answer from memory (lookup, getattr,
     /// readdir, mkdir, unlink, rename, xattrs, ...) run: `on` answers them on
@@ -150,6 +157,14 @@ fn on_off(value: &str) -> Result<bool, String> {
     }
 }
 
+fn auto_off(value: &str) -> Result<bool, String> {
+    match value {
+        "auto" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected auto or off, not {other:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +192,7 @@ mod tests {
         assert_eq!(cli.default_branch, "main");
         assert_eq!(cli.log_level, LogLevel::Info);
         assert!(cli.inline_meta);
+        assert!(cli.fuse_uring, "--fuse-uring auto by default");
         let cli = Cli::try_parse_from([
             "agentfs-fuse-host",
             "--backstore",
@@ -192,6 +208,10 @@ mod tests {
             "trunk",
             "--inline-meta",
             "off",
+            "--fuse-uring",
+            "auto",
+            "--fuse-uring",
+            "off",
             "--lower",
             "/src",
             "--lower-isolation",
@@ -205,6 +225,7 @@ mod tests {
         assert_eq!((cli.fuse_threads, cli.attr_ttl_ms), (4, 0));
         assert_eq!(cli.default_branch, "trunk");
         assert!(!cli.inline_meta);
+        assert!(!cli.fuse_uring, "the last of a repeated flag wins");
         assert_eq!(cli.lower, Some(PathBuf::from("/src")));
         assert_eq!(cli.lower_isolation, LowerIsolation::Copy);
         assert!(
@@ -214,6 +235,7 @@ mod tests {
             Cli::try_parse_from(["agentfs-fuse-host", "--inline-meta", "maybe", "/m"]).is_err()
         );
         assert!(Cli::try_parse_from(["agentfs-fuse-host", "--fuse-threads", "0", "/m"]).is_err());
+        assert!(Cli::try_parse_from(["agentfs-fuse-host", "--fuse-uring", "on", "/m"]).is_err());
         assert!(Cli::try_parse_from(["agentfs-fuse-host"]).is_err());
     }
 }

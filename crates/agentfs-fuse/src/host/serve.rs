@@ -20,6 +20,8 @@ use super::cli::{Cli, Passthrough};
 use super::daemon::Ready;
 use agentfs_control::{prepare_socket_path, ControlServer, Endpoint, PROTOCOL_VERSION};
 use agentfs_core::{Backstore, CoreConfig, FsCore, MetaStore, ProcFs};
+use agentfs_fuse::adapter::FuserFs;
+use agentfs_fuse::wire::FuseDevice;
 use agentfs_fuse::{AdapterConfig, AgentFs, CoreControl, MountFacts};
 use agentfs_hostfs::{HostFs, HostFsOptions};
 use agentfs_transport::{FsCoreTransport, InProcessTransport, TransportConfig};
@@ -35,6 +37,9 @@ use tracing_subscriber::EnvFilter;
 
 /// How long teardown waits for the FUSE session to end after unmounting.
 const SESSION_END_WAIT: Duration = Duration::from_secs(10);
+/// Payload buffer of a ring slot: the largest write or read (max_write)
+/// and its headers, at least what the kernel asks (max_pages pages).
+const RING_PAYLOAD: usize = agentfs_fuse::adapter::MAX_WRITE as usize + 4096;
 
 /// The signals the main thread waits for.
 fn wait_set() -> SigSet {
@@ -127,7 +132,7 @@ pub fn serve(
     };
 
     let twins = Arc::new(agentfs_fuse::adapter::Twins::default());
-    let fs = AgentFs::new(
+    let fs = Arc::new(AgentFs::new(
         Arc::clone(&transport) as Arc<dyn FsCoreTransport>,
         AdapterConfig {
             attr_ttl: Duration::from_millis(cli.attr_ttl_ms),
@@ -140,11 +145,27 @@ pub fn serve(
             passthrough_active,
             twins: Arc::clone(&twins),
             op_timeout: (cli.op_timeout_ms > 0).then(|| Duration::from_millis(cli.op_timeout_ms)),
+            uring: cli.fuse_uring,
         },
-    );
+    ));
     let metrics = Arc::clone(fs.metrics());
-    let mut session = Session::new(fs, mountpoint, &session_config(cli))
+    let mut session = Session::new(FuserFs(Arc::clone(&fs)), mountpoint, &session_config(cli))
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    // INIT is done: the kernel has the capabilities Session::new negotiated.
+    let device = FuseDevice::duplicate(&session).context("cannot duplicate /dev/fuse")?;
+    fs.set_device(Arc::clone(&device));
+    let _rings = if fs.uring_granted() {
+        let rings = agentfs_fuse::ring::start(Arc::clone(&fs), device, RING_PAYLOAD)
+            .context("cannot start the FUSE io_uring queues")?;
+        tracing::info!(
+            queues = rings.queues(),
+            "FUSE over io_uring: one queue per CPU"
+        );
+        handler.set_request_channel_uring();
+        Some(rings)
+    } else {
+        None
+    };
     let mut unmounter = session.unmount_callable();
     handler.set_root_invalidator(root_invalidator(session.notifier()));
     handler.set_commit_invalidator(commit_invalidator(session.notifier()));

@@ -319,9 +319,14 @@ impl Mount {
         // AGENTFS_PASSTHROUGH=off|auto picks the data path for the whole run,
         // so the same tests cover passthrough and the transport.
         let data_path = std::env::var("AGENTFS_PASSTHROUGH").unwrap_or_else(|_| "auto".into());
+        // AGENTFS_FUSE_URING=auto serves the run's mounts over io_uring
+        // (the fuse module's enable_uring must be Y; `just test-unit` sets it).
+        let channel = std::env::var("AGENTFS_FUSE_URING").unwrap_or_else(|_| "off".into());
         let mut child = Command::new(host_bin())
             .arg("--passthrough")
             .arg(data_path)
+            .arg("--fuse-uring")
+            .arg(channel)
             .args(&self.extra_args)
             .arg("--backstore")
             .arg(&self.backstore)
