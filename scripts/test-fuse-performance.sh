@@ -170,6 +170,11 @@ fi
 mkdir -p "$dir"
 work=$(mktemp -d "$dir/agentfs-perf.XXXXXX")
 daemon_pid=""
+# AgentFS serves requests over FUSE io_uring where the kernel lets FUSE
+# servers ask for it (the fuse module's enable_uring, which `just mount-fuse`
+# also sets); switched on for this run and put back at the end.
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring_old=$(cat "$uring_param" 2>/dev/null || echo none)
 
 fuse_mounts_under() { awk -v w="$1/" 'index($2, w) == 1 { print $2 }' /proc/self/mounts | sort -r; }
 
@@ -189,6 +194,7 @@ cleanup() {
         fi
     fi
     for m in $(fuse_mounts_under "$work"); do fusermount3 -u -z "$m" 2>/dev/null; done
+    [ "$uring_old" = none ] || echo "$uring_old" >"$uring_param" 2>/dev/null
     if [ -n "$(fuse_mounts_under "$work")" ]; then
         printf 'warning: mounts left under %s; not removing it\n' "$work" >&2
     else
@@ -217,6 +223,7 @@ ovl="$work/overlay"
 afs="$work/agentfs"
 mkdir -p "$host" "$ovl/lower" "$ovl/upper" "$ovl/work" "$ovl/mnt" "$afs/store" "$afs/mnt"
 
+[ "$uring_old" = none ] || echo Y >"$uring_param" 2>/dev/null || true
 say "mounting AgentFS on $afs/mnt (backstore $afs/store)${agentfs_args:+, flags $agentfs_args}"
 # shellcheck disable=SC2086 # the extra flags are meant to split into words
 "$bin/agentfs-fuse-host" $agentfs_args --backstore "$afs/store" "$afs/mnt" >"$work/mount.out" 2>&1 ||
@@ -230,11 +237,14 @@ mkdir "$afs/mnt/bench" "$ovl/mnt/bench"
 
 "$bin/agentfs-control-cli" --mount "$afs/mnt" status --json >"$out/status-before.json"
 data_path=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["value"]["data_path"])' <"$out/status-before.json")
+channel=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["value"].get("request_channel", "dev-fuse"))' <"$out/status-before.json")
+say "AgentFS: data path $data_path, requests over $channel"
 
 # --- meta.json -----------------------------------------------------------------
 read -r fs_type fs_source < <(findmnt -no FSTYPE,SOURCE -T "$work")
 export META_TS=$ts META_CMD=$command_line META_DIR=$dir META_FSTYPE=$fs_type META_FSSRC=$fs_source \
-    META_RUNS=$runs META_PERF=$perf_note META_PATH=$data_path META_PROFILE=$profile META_SMOKE=$smoke
+    META_RUNS=$runs META_PERF=$perf_note META_PATH=$data_path META_PROFILE=$profile META_SMOKE=$smoke \
+    META_CHANNEL=$channel META_FLAGS=$agentfs_args
 export META_SIZES="size_mib=$size_mib meta_files=$meta_files tree_files=$tree_files writer_mib=$writer_mib cow_mib=$cow_mib rand_seconds=$rand_seconds max_files=$max_files"
 python3 - "$out/meta.json" <<'EOF'
 import json, os, platform, subprocess, sys
@@ -249,7 +259,8 @@ meta = {
     "loadavg_before": " ".join(open("/proc/loadavg").read().split()[:3]),
     "runs": int(e["META_RUNS"]), "sizes": dict(kv.split("=") for kv in e["META_SIZES"].split()),
     "perf": e["META_PERF"], "agentfs_data_path": e["META_PATH"], "agentfs_build": e["META_PROFILE"],
-    "agentfs_mount_flags": "daemon mode, defaults (no flags besides --backstore)",
+    "agentfs_request_channel": e["META_CHANNEL"],
+    "agentfs_mount_flags": "daemon mode, " + (e["META_FLAGS"] or "defaults (no flags besides --backstore)"),
     "fuse_overlayfs_options": "lowerdir=<empty>,upperdir=<same disk>,workdir=<same disk>",
     "fio": sh("fio --version"), "fuse_overlayfs": sh("dpkg-query -W -f='${Version}' fuse-overlayfs 2>/dev/null || fuse-overlayfs --version 2>/dev/null | head -n1"),
     "git_commit": sh("git rev-parse HEAD"), "git_dirty": bool(sh("git status --porcelain -uno")),

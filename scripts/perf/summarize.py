@@ -127,7 +127,8 @@ def main() -> int:
         head.append(f"Run {meta.get('timestamp')} on {meta.get('fs_dir')} ({meta.get('fs_type')}, "
                     f"{meta.get('fs_source')}); kernel {meta.get('kernel')}; {meta.get('cpus')} CPUs; "
                     f"load average before {meta.get('loadavg_before')}, after {meta.get('loadavg_after')}; "
-                    f"runs {meta.get('runs')}; AgentFS data path {meta.get('agentfs_data_path')}; "
+                    f"runs {meta.get('runs')}; AgentFS data path {meta.get('agentfs_data_path')}, "
+                    f"requests over {meta.get('agentfs_request_channel', 'dev-fuse')}; "
                     f"perf counters: {meta.get('perf')}.")
         head.append(f"Command: `{meta.get('command')}`")
         head.append("Ratios are speeds relative to the host (>1 faster, <1 slower). Medians of the runs.")

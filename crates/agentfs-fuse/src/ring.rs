@@ -15,8 +15,8 @@
 //!   a header buffer (`struct fuse_uring_req_header`) and a payload buffer as
 //!   large as the biggest request or reply;
 //! - the kernel completes a registration when it puts a request in it; the
-//!   thread decodes it ([`dispatch`]) and calls the adapter, which answers
-//!   through an [`Answer`] (inside [`crate::wire`]'s reply types), at once on
+//!   thread decodes it (`dispatch`) and calls the adapter, which answers
+//!   through an `Answer` (inside [`crate::wire`]'s reply types), at once on
 //!   this thread or later from a transport worker;
 //! - an answer writes the reply into the slot's buffers and queues the slot
 //!   on the thread's done list, waking it through an eventfd when it came
@@ -680,7 +680,7 @@ fn serve_queue(
     }
 }
 
-/// Make an Answer for `slot` (used by [`dispatch`]).
+/// Make an Answer for `slot` (used by `dispatch`).
 fn answer(queue: &Arc<Queue>, slot: u16, unique: u64) -> Answer {
     Answer {
         queue: Arc::clone(queue),

@@ -5,7 +5,7 @@
 //! through AgentFS's own FUSE-over-io_uring queues ([`crate::ring`]). The
 //! adapter answers both through the types here, which have the names and
 //! methods of `fuser`'s reply types: each wraps either `fuser`'s reply or a
-//! ring [`Answer`], which encodes the same reply into the ring entry.
+//! ring `Answer`, which encodes the same reply into the ring entry.
 //!
 //! Backing files for passthrough ([`BackingId`]) are registered by AgentFS
 //! itself on the connection's `/dev/fuse` descriptor, so one id serves opens
