@@ -567,7 +567,9 @@ impl Out {
             .u32(a.gid)
             .u32(a.rdev)
             .u32(a.blksize)
-            .u32(a.flags)
+            // `flags` on Linux (FUSE_ATTR_SUBMOUNT, _DAX), not FileAttr's
+            // BSD flags; like fuser, AgentFS sets none.
+            .u32(0)
     }
 
     /// `struct fuse_entry_out`.

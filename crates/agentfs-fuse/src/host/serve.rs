@@ -154,15 +154,25 @@ pub fn serve(
     // INIT is done: the kernel has the capabilities Session::new negotiated.
     let device = FuseDevice::duplicate(&session).context("cannot duplicate /dev/fuse")?;
     fs.set_device(Arc::clone(&device));
+    // A ring that cannot start leaves the kernel on /dev/fuse: it switches
+    // to the rings only once every CPU's queue has registered.
     let _rings = if fs.uring_granted() {
-        let rings = agentfs_fuse::ring::start(Arc::clone(&fs), device, RING_PAYLOAD)
-            .context("cannot start the FUSE io_uring queues")?;
-        tracing::info!(
-            queues = rings.queues(),
-            "FUSE over io_uring: one queue per CPU"
-        );
-        handler.set_request_channel_uring();
-        Some(rings)
+        match agentfs_fuse::ring::start(Arc::clone(&fs), device, RING_PAYLOAD) {
+            Ok(rings) => {
+                tracing::info!(
+                    queues = rings.queues(),
+                    "FUSE over io_uring: one queue per CPU"
+                );
+                handler.set_request_channel_uring();
+                Some(rings)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot start the FUSE io_uring queues ({e}): requests go through /dev/fuse"
+                );
+                None
+            }
+        }
     } else {
         None
     };
