@@ -55,7 +55,10 @@ test:
     restore() { if [ "$old" != none ]; then echo "$old" > "$param"; fi; }
     trap restore EXIT
     if [ "$old" != none ]; then echo Y > "$param"; fi
-    {{ just_executable() }} test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-crash-short test-fuse-stress-short test-pjdfstest test-walkthrough-branches
+    # One at a time: a recipe taking *ARGS would swallow the names after it.
+    for recipe in test-unit test-fuse-control-plane test-fuse-performance-smoke test-fsx-short test-fio-short test-crash-short test-fuse-stress-short test-pjdfstest test-walkthrough-branches; do
+        {{ just_executable() }} "$recipe"
+    done
 
 # Format, lint, build, and every cargo test (the mount tests among them) on both data paths, and the mount tests once more over FUSE io_uring where the kernel has it.
 test-unit:
