@@ -120,11 +120,14 @@ for _ in $(seq 600); do
 done
 grep -q "mounted at" "$work/daemon.out" || { echo "the daemon did not mount within 60 s" >&2; exit 1; }
 
+# How the kernel hands this daemon its requests (dev-fuse or io-uring).
+channel=$(grep -q "FUSE over io_uring" "$work/daemon.log" && echo io-uring || echo dev-fuse)
+
 cmd="scripts/test-fuse-stress.sh --duration $duration --threads $threads --passthrough $passthrough --seed $seed --checkpoints $checkpoints"
 [[ " ${extra[*]} " == *" --self-test-corrupt "* ]] && cmd="$cmd --self-test-corrupt"
 [[ $lower == 1 ]] && cmd="$cmd --lower"
 [[ $profile == debug ]] && cmd="$cmd --debug"
-echo "fuse stress: $cmd; logs $logdir" | tee "$logdir/run.log"
+echo "fuse stress: $cmd; requests over $channel; logs $logdir" | tee "$logdir/run.log"
 rc=0
 python3 "$repo/scripts/stress/fstress.py" run --mount "$mnt" --cli "$cli" --daemon-pid "$daemon_pid" \
     --out "$logdir/summary.json" --threads "$threads" --duration "$duration" --seed "$seed" \
