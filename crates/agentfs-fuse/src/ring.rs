@@ -333,8 +333,21 @@ struct Done {
     slot: u16,
     unique: u64,
     error: i32,
-    data: Vec<u8>,
+    data: Data,
 }
+
+/// Where an answer's data is.
+enum Data {
+    /// Here, to be copied into the slot by the queue's thread.
+    Staged(Vec<u8>),
+    /// Already in the slot's payload buffer: this many bytes.
+    InSlot(usize),
+}
+
+/// Replies larger than this, made on a worker for a request that carried no
+/// payload (a READ through the transport), are written straight into the
+/// slot instead of being staged: one copy of the data instead of two.
+const STAGE_MAX: usize = 4096;
 
 // SAFETY: the raw pointers name memory owned by `_memory` for the queue's
 // whole life, and only the queue's own thread touches it: it reads a slot
@@ -399,24 +412,29 @@ impl Queue {
     /// Write an answer into its slot (the queue's thread only, the slot
     /// being ours: completed by the kernel and not yet committed).
     fn write_answer(&self, done: &Done) {
-        let (error, data) = if done.data.len() > self.payload_len {
-            tracing::error!(len = done.data.len(), "reply larger than the ring's buffer");
-            (-libc::EIO, &[][..])
-        } else {
-            (done.error, &done.data[..])
-        };
         let slot = &self.slots[done.slot as usize];
+        let (error, len) = match &done.data {
+            Data::Staged(data) if data.len() > self.payload_len => {
+                tracing::error!(len = data.len(), "reply larger than the ring's buffer");
+                (-libc::EIO, 0)
+            }
+            Data::Staged(data) => {
+                // SAFETY: see `Queue`: this thread owns the slot until it
+                // commits it; `data` fits the payload buffer (checked above).
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), slot.payload, data.len()) };
+                (done.error, data.len())
+            }
+            Data::InSlot(len) => (done.error, *len),
+        };
         let mut out_header = [0u8; 16];
-        out_header[0..4].copy_from_slice(&((16 + data.len()) as u32).to_ne_bytes());
+        out_header[0..4].copy_from_slice(&((16 + len) as u32).to_ne_bytes());
         out_header[4..8].copy_from_slice(&error.to_ne_bytes());
         out_header[8..16].copy_from_slice(&done.unique.to_ne_bytes());
-        // SAFETY: see `Queue`: this thread owns the slot until it commits it;
-        // `data` fits the payload buffer (checked above).
+        // SAFETY: as above.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), slot.payload, data.len());
             let header = &mut *slot.header;
             header.in_out[..16].copy_from_slice(&out_header);
-            header.ent.payload_sz = data.len() as u32;
+            header.ent.payload_sz = len as u32;
         }
     }
 }
@@ -429,20 +447,38 @@ pub(crate) struct Answer {
     slot: u16,
     unique: u64,
     sent: bool,
+    /// The request carried no payload, so nothing of the slot's payload
+    /// buffer can still be borrowed by its decoding: a worker may write the
+    /// reply's data there itself.
+    payload_free: bool,
 }
 
 impl Answer {
     /// Answer with `payload` as the reply's data.
     pub(crate) fn send(mut self, payload: &[u8]) {
-        self.finish(0, payload.to_vec())
+        let off_thread = std::thread::current().id() != self.queue.owner;
+        if self.payload_free
+            && off_thread
+            && payload.len() > STAGE_MAX
+            && payload.len() <= self.queue.payload_len
+        {
+            let slot = &self.queue.slots[self.slot as usize];
+            // SAFETY: the slot is this request's until `finished` hands it
+            // to the queue's thread (see `Queue`); the request had no
+            // payload, so no decoded argument borrows this buffer, and the
+            // queue's thread does not touch the slot before `finished`.
+            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), slot.payload, payload.len()) };
+            return self.finish(0, Data::InSlot(payload.len()));
+        }
+        self.finish(0, Data::Staged(payload.to_vec()))
     }
 
     /// Answer with an error.
     pub(crate) fn error(mut self, err: Errno) {
-        self.finish(-err.code(), Vec::new())
+        self.finish(-err.code(), Data::Staged(Vec::new()))
     }
 
-    fn finish(&mut self, error: i32, data: Vec<u8>) {
+    fn finish(&mut self, error: i32, data: Data) {
         self.sent = true;
         self.queue.finished(Done {
             slot: self.slot,
@@ -456,7 +492,7 @@ impl Answer {
 impl Drop for Answer {
     fn drop(&mut self) {
         if !self.sent {
-            self.finish(-libc::EIO, Vec::new());
+            self.finish(-libc::EIO, Data::Staged(Vec::new()));
         }
     }
 }
@@ -680,12 +716,14 @@ fn serve_queue(
     }
 }
 
-/// Make an Answer for `slot` (used by `dispatch`).
-fn answer(queue: &Arc<Queue>, slot: u16, unique: u64) -> Answer {
+/// Make an Answer for `slot`, whose request carried `payload_len` bytes of
+/// payload (used by `dispatch`).
+fn answer(queue: &Arc<Queue>, slot: u16, unique: u64, payload_len: usize) -> Answer {
     Answer {
         queue: Arc::clone(queue),
         slot,
         unique,
         sent: false,
+        payload_free: payload_len == 0,
     }
 }

@@ -151,9 +151,9 @@ pub(super) fn dispatch(
         tracing::error!("a ring request with a short header");
         // Nothing to address an answer to but the slot: answer unique 0,
         // which the kernel rejects; the slot is then fetched again.
-        return super::answer(queue, slot, 0).error(Errno::EIO);
+        return answer(queue, slot, 0, payload.len()).error(Errno::EIO);
     };
-    let answer = answer(queue, slot, h.unique);
+    let answer = answer(queue, slot, h.unique, payload.len());
     let req = Request::new(h.uid, h.gid, h.pid, h.unique);
     let ino = INodeNo(h.nodeid);
     let mut op = Args::new(op_in);
