@@ -419,28 +419,45 @@ enum Dir<F> {
     },
 }
 
-impl From<fuser::ReplyDirectory> for ReplyDirectory {
-    fn from(r: fuser::ReplyDirectory) -> ReplyDirectory {
-        ReplyDirectory(Dir::Fuser(r))
-    }
+macro_rules! dir_reply_type {
+    ($name:ident) => {
+        impl From<fuser::$name> for $name {
+            fn from(r: fuser::$name) -> $name {
+                $name(Dir::Fuser(r))
+            }
+        }
+
+        impl $name {
+            /// A ring answer holding at most `max` bytes of entries.
+            pub(crate) fn ring(answer: Answer, max: usize) -> $name {
+                $name(Dir::Ring {
+                    answer,
+                    buf: Out::default(),
+                    max,
+                })
+            }
+
+            pub fn ok(self) {
+                match self.0 {
+                    Dir::Fuser(r) => r.ok(),
+                    Dir::Ring { answer, buf, .. } => answer.send(&buf.0),
+                }
+            }
+
+            pub fn error(self, err: Errno) {
+                match self.0 {
+                    Dir::Fuser(r) => r.error(err),
+                    Dir::Ring { answer, .. } => answer.error(err),
+                }
+            }
+        }
+    };
 }
 
-impl From<fuser::ReplyDirectoryPlus> for ReplyDirectoryPlus {
-    fn from(r: fuser::ReplyDirectoryPlus) -> ReplyDirectoryPlus {
-        ReplyDirectoryPlus(Dir::Fuser(r))
-    }
-}
+dir_reply_type!(ReplyDirectory);
+dir_reply_type!(ReplyDirectoryPlus);
 
 impl ReplyDirectory {
-    /// A ring answer holding at most `max` bytes of entries.
-    pub(crate) fn ring(answer: Answer, max: usize) -> ReplyDirectory {
-        ReplyDirectory(Dir::Ring {
-            answer,
-            buf: Out::default(),
-            max,
-        })
-    }
-
     /// Add an entry; `true` when it did not fit (the reply is full).
     pub fn add<T: AsRef<OsStr>>(
         &mut self,
@@ -461,32 +478,9 @@ impl ReplyDirectory {
             }
         }
     }
-
-    pub fn ok(self) {
-        match self.0 {
-            Dir::Fuser(r) => r.ok(),
-            Dir::Ring { answer, buf, .. } => answer.send(&buf.0),
-        }
-    }
-
-    pub fn error(self, err: Errno) {
-        match self.0 {
-            Dir::Fuser(r) => r.error(err),
-            Dir::Ring { answer, .. } => answer.error(err),
-        }
-    }
 }
 
 impl ReplyDirectoryPlus {
-    /// A ring answer holding at most `max` bytes of entries.
-    pub(crate) fn ring(answer: Answer, max: usize) -> ReplyDirectoryPlus {
-        ReplyDirectoryPlus(Dir::Ring {
-            answer,
-            buf: Out::default(),
-            max,
-        })
-    }
-
     /// Add an entry; `true` when it did not fit (the reply is full).
     pub fn add<T: AsRef<OsStr>>(
         &mut self,
@@ -508,20 +502,6 @@ impl ReplyDirectoryPlus {
                 buf.dirent(ino.0, offset, attr.kind, name);
                 false
             }
-        }
-    }
-
-    pub fn ok(self) {
-        match self.0 {
-            Dir::Fuser(r) => r.ok(),
-            Dir::Ring { answer, buf, .. } => answer.send(&buf.0),
-        }
-    }
-
-    pub fn error(self, err: Errno) {
-        match self.0 {
-            Dir::Fuser(r) => r.error(err),
-            Dir::Ring { answer, .. } => answer.error(err),
         }
     }
 }
