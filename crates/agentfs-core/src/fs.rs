@@ -557,9 +557,25 @@ impl FsCore {
         Self::node_attr_in_memory(&branch, &t, id)
     }
 
-    /// [`FsCore::attr_in_memory`] for the entry `name` of directory `parent`
+    /// Whether the attributes of node `id` in branch `b` can be answered
+    /// without waiting on the storage: from memory, or from the object's host
+    /// file while it is open in the backstore already (an `fstat` of an open
+    /// file, or a `futimens` for a new mtime; see
+    /// [`Backstore::host_file_is_quick`]). A hint for where to run a request,
+    /// like [`FsCore::attr_in_memory`]; unlike it, not a statement that the
+    /// attributes cannot change behind FsCore's back (for that, and the TTL,
+    /// ask [`FsCore::attr_in_memory`]).
+    pub fn attr_is_quick(&self, b: BranchId, id: NodeId) -> bool {
+        let Ok(branch) = self.branch(b) else {
+            return true;
+        };
+        let t = branch.tree.read();
+        self.node_attr_is_quick(&branch, &t, id)
+    }
+
+    /// [`FsCore::attr_is_quick`] for the entry `name` of directory `parent`
     /// (true if there is none: the answer is ENOENT, from memory).
-    pub fn lookup_in_memory(&self, b: BranchId, parent: NodeId, name: &[u8]) -> bool {
+    pub fn lookup_is_quick(&self, b: BranchId, parent: NodeId, name: &[u8]) -> bool {
         let Ok(branch) = self.branch(b) else {
             return true;
         };
@@ -572,9 +588,18 @@ impl FsCore {
             .and_then(|p| p.entries())
             .and_then(|e| e.get(name).copied());
         match child {
-            Some(id) => Self::node_attr_in_memory(&branch, &t, id),
+            Some(id) => self.node_attr_is_quick(&branch, &t, id),
             None => true,
         }
+    }
+
+    fn node_attr_is_quick(&self, branch: &BranchState, t: &Tree, id: NodeId) -> bool {
+        if Self::node_attr_in_memory(branch, t, id) {
+            return true;
+        }
+        t.get(id)
+            .and_then(|n| n.content())
+            .is_none_or(|c| c.lower.is_none() && self.backstore.host_file_is_quick(c.id))
     }
 
     fn node_attr_in_memory(branch: &BranchState, t: &Tree, id: NodeId) -> bool {

@@ -265,14 +265,14 @@ impl AgentFs {
         &self,
         call: Call,
         reply: R,
-        in_memory: impl FnOnce(&FsCore, u32) -> bool,
+        quick: impl FnOnce(&FsCore, u32) -> bool,
         job: F,
     ) where
         R: crate::reply::ErrorReply + Send + 'static,
         F: FnOnce(&FsCore, Call, Late<R>) + Send + 'static,
     {
         let core = self.transport.core();
-        let inline = self.inline_meta && in_memory(core, call.pid);
+        let inline = self.inline_meta && quick(core, call.pid);
         let late = match &self.deadlines {
             Some(d) if !inline => d.guard(reply, call.op.name(), call.metrics()),
             _ => Late::without_deadline(reply, call.op.name(), call.metrics()),
@@ -320,15 +320,17 @@ impl AgentFs {
     }
 
     /// Run a metadata job inline (see [`AgentFs::submit_meta`]) only if
-    /// `in_memory` (given the core and the caller's pid) says FsCore can
-    /// answer it from memory; a job that may have to ask the backstore (the
-    /// size of a file the kernel is writing directly, say) goes to a meta
-    /// worker, so a slow backstore never stalls the threads reading `/dev/fuse`.
-    fn submit_meta_if<F>(&self, call: Call, in_memory: impl FnOnce(&FsCore, u32) -> bool, job: F)
+    /// `quick` (given the core and the caller's pid) says FsCore can answer
+    /// it without waiting on the storage: from memory, or from an object file
+    /// the backstore holds open. A job that may have to wait (the size of a
+    /// file the kernel is writing directly, whose object is not open, say)
+    /// goes to a meta worker, so a slow backstore never stalls the threads
+    /// that take requests from the kernel.
+    fn submit_meta_if<F>(&self, call: Call, quick: impl FnOnce(&FsCore, u32) -> bool, job: F)
     where
         F: FnOnce(&FsCore, Call) + Send + 'static,
     {
-        self.submit_inline_or(Lane::Meta, call, in_memory, job);
+        self.submit_inline_or(Lane::Meta, call, quick, job);
     }
 
     /// Run `job` on this FUSE thread if inline metadata is on and `quick`
@@ -362,11 +364,11 @@ impl AgentFs {
     }
 }
 
-/// Whether FsCore can answer the attributes of `ino` for `pid` from memory
-/// (an inode it cannot resolve fails from memory too).
-fn attr_in_memory(core: &FsCore, ino: Ino, pid: u32) -> bool {
+/// Whether FsCore can answer the attributes of `ino` for `pid` without
+/// waiting on the storage (an inode it cannot resolve fails from memory).
+fn attr_is_quick(core: &FsCore, ino: Ino, pid: u32) -> bool {
     match resolve(core, ino, pid) {
-        Ok((b, n)) => core.attr_in_memory(b, n),
+        Ok((b, n)) => core.attr_is_quick(b, n),
         Err(_) => true,
     }
 }

@@ -54,13 +54,14 @@ impl AgentFs {
             });
         }
         let probe = name.clone();
-        let in_memory = move |core: &FsCore, pid| match resolve(core, p, pid) {
-            Ok((b, n)) => core.lookup_in_memory(b, n, probe.as_bytes()),
+        let quick = move |core: &FsCore, pid| match resolve(core, p, pid) {
+            Ok((b, n)) => core.lookup_is_quick(b, n, probe.as_bytes()),
             Err(_) => true,
         };
         // A file the kernel writes directly asks the backstore for its size:
-        // on a worker, with the request deadline.
-        self.submit_meta_if_late(call, reply, in_memory, move |core, call, reply| {
+        // on a worker, with the request deadline, unless the object's file
+        // is open in the backstore already (an fstat).
+        self.submit_meta_if_late(call, reply, quick, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
             match core.lookup_for_kernel(&ctx, b, n, &name) {
                 Ok(attr) => reply_entry(core, &call, reply, p, b, &attr, ttl),
@@ -84,10 +85,11 @@ impl AgentFs {
             return;
         }
         let ttl = self.ttl;
-        let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
+        let quick = move |core: &FsCore, pid| super::attr_is_quick(core, target, pid);
         // A file the kernel writes directly asks the backstore for its size:
-        // on a worker, with the request deadline.
-        self.submit_meta_if_late(call, reply, in_memory, move |core, call, reply| {
+        // on a worker, with the request deadline, unless the object's file
+        // is open in the backstore already (an fstat).
+        self.submit_meta_if_late(call, reply, quick, move |core, call, reply| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let attr = tri!(call, reply, core.getattr(b, n));
             let ttl = super::node_attr_ttl(core, ino.0, b, n, ttl);
@@ -99,7 +101,7 @@ impl AgentFs {
         let call = self.call(Op::Setattr, ino.0, req);
         let target = tri!(call, reply, Ino::decode(ino.0));
         let (ctx, ttl) = (ctx(req), self.ttl);
-        let resize = set.size.is_some();
+        let (resize, sets_mtime) = (set.size.is_some(), set.mtime.is_some());
         let twins = Arc::clone(&self.twins);
         let job = move |core: &FsCore, call: crate::reply::Call, reply: Late<ReplyAttr>| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
@@ -113,8 +115,16 @@ impl AgentFs {
             // the data lane, with a deadline.
             return self.submit_data(call, reply, job);
         }
-        let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
-        self.submit_meta_if_late(call, reply, in_memory, job);
+        // A new mtime for a file the kernel writes directly is set on its
+        // object too (a futimens, which waits for the object's inode lock and
+        // the host's journal): on a worker. Anything else is FsCore's alone,
+        // read back with an fstat.
+        let quick = move |core: &FsCore, pid| match resolve(core, target, pid) {
+            Ok((b, n)) if sets_mtime => core.attr_in_memory(b, n),
+            Ok((b, n)) => core.attr_is_quick(b, n),
+            Err(_) => true,
+        };
+        self.submit_meta_if_late(call, reply, quick, job);
     }
 
     pub(crate) fn do_readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -306,9 +316,9 @@ impl AgentFs {
             return call.fail(FsError::Exists, reply);
         }
         let (ctx, newname, ttl) = (ctx(req), newname.to_os_string(), self.ttl);
-        let in_memory = move |core: &FsCore, pid| super::attr_in_memory(core, target, pid);
+        let quick = move |core: &FsCore, pid| super::attr_is_quick(core, target, pid);
         let twins = Arc::clone(&self.twins);
-        self.submit_meta_if(call, in_memory, move |core, call| {
+        self.submit_meta_if(call, quick, move |core, call| {
             let (b, n) = tri!(call, reply, resolve(core, target, call.pid));
             let (nb, nn) = tri!(call, reply, resolve(core, np, call.pid));
             if b != nb {
