@@ -3,7 +3,7 @@
 //! Every failed request goes through [`Call::fail`]: it logs the error at the
 //! level it deserves (debug for the caller's own mistakes such as ENOENT, warn
 //! for internal ones such as a failing backstore), counts it by errno in
-//! [`Metrics`], and replies with the errno FsCore chose. The [`tri!`] macro is
+//! [`Metrics`], and replies with the errno FsCore chose. The `tri!` macro is
 //! `?` for job bodies: on `Err` it fails the call and returns from the job.
 
 use crate::metrics::{Metrics, Op};

@@ -22,7 +22,10 @@
 //!   on the thread's done list, waking it through an eventfd when it came
 //!   from another thread; the thread commits each done slot with
 //!   `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`, which also makes it ready for the
-//!   next request.
+//!   next request;
+//! - after committing, the thread looks for the next request for a moment
+//!   before it sleeps (`poll`, `--ring-poll-us`), so that its CPU is not
+//!   idle when the answer wakes the caller.
 //!
 //! The kernel still sends FORGET and INTERRUPT, and takes notifications,
 //! through `/dev/fuse`: fuser's session keeps running beside the rings (it
@@ -42,6 +45,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 /// Ring entries (requests in flight) per CPU.
 pub const SLOTS: usize = 16;
@@ -254,6 +258,16 @@ impl Ring {
     /// Submit what was pushed; wait for at least `wait` completions.
     fn enter(&mut self, wait: u32) -> io::Result<()> {
         let flags = if wait > 0 { IORING_ENTER_GETEVENTS } else { 0 };
+        self.enter_with(wait, flags)
+    }
+
+    /// Submit what was pushed and run the completions the kernel deferred to
+    /// this thread (DEFER_TASKRUN), without waiting for any.
+    fn enter_nowait_getevents(&mut self) -> io::Result<()> {
+        self.enter_with(0, IORING_ENTER_GETEVENTS)
+    }
+
+    fn enter_with(&mut self, wait: u32, flags: u32) -> io::Result<()> {
         loop {
             // SAFETY: plain syscall on our ring descriptor, no pointers.
             let n = unsafe {
@@ -526,9 +540,15 @@ fn possible_cpus() -> usize {
 
 /// Start a queue per CPU serving `fs` over the connection `device`, whose
 /// INIT granted `FUSE_OVER_IO_URING`. `payload_len` must hold the largest
-/// request and reply (max_write plus headroom). Returns once every queue has
-/// registered its slots, or the first error.
-pub fn start(fs: Arc<AgentFs>, device: Arc<FuseDevice>, payload_len: usize) -> io::Result<Rings> {
+/// request and reply (max_write plus headroom); `poll` is how long a queue's
+/// thread looks for the next request before it sleeps (see `poll`).
+/// Returns once every queue has registered its slots, or the first error.
+pub fn start(
+    fs: Arc<AgentFs>,
+    device: Arc<FuseDevice>,
+    payload_len: usize,
+    poll: Duration,
+) -> io::Result<Rings> {
     let cpus = possible_cpus();
     let mut threads = Vec::with_capacity(cpus);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -537,7 +557,7 @@ pub fn start(fs: Arc<AgentFs>, device: Arc<FuseDevice>, payload_len: usize) -> i
         threads.push(
             std::thread::Builder::new()
                 .name(format!("fuse-ring-{cpu}"))
-                .spawn(move || serve_queue(fs, device, cpu, payload_len, ready))?,
+                .spawn(move || serve_queue(fs, device, cpu, payload_len, poll, ready))?,
         );
     }
     drop(ready_tx);
@@ -605,6 +625,7 @@ fn serve_queue(
     device: Arc<FuseDevice>,
     cpu: usize,
     payload_len: usize,
+    poll_window: Duration,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 ) {
     pin_to(cpu);
@@ -708,11 +729,53 @@ fn serve_queue(
                 commit_ids[slot],
             ));
         }
-        if let Err(e) = ring.enter(1) {
+        // Commit the answers and look for the next requests for a moment,
+        // then, if none came, sleep until one does.
+        let found = poll(&mut ring, &mut cqes, poll_window).and_then(|found| {
+            if !found {
+                ring.enter(1)?;
+                ring.completions(&mut cqes);
+            }
+            Ok(())
+        });
+        if let Err(e) = found {
             tracing::error!(cpu, error = %e, "io_uring_enter failed; this CPU's ring stops");
             return;
         }
-        ring.completions(&mut cqes);
+    }
+}
+
+/// Submit what `ring` has queued (the answers), then look for completions
+/// (new requests, worker answers) for up to `window` without sleeping,
+/// yielding the CPU between looks. Returns whether any came.
+///
+/// Why: the answer wakes the caller while this thread still runs on the
+/// caller's CPU, and the scheduler then moves the caller to an idle CPU if
+/// there is one (`select_idle_sibling` prefers the CPU the caller used
+/// before, which is idle). On virtual machines that halt idle vCPUs
+/// without polling, waking that CPU costs more than the whole request, and
+/// the caller's next request goes to that CPU's ring, whose answer moves it
+/// back: every request then crosses CPUs. While this thread looks for work,
+/// its CPU is busy and the other ring's CPU too if it answered a moment
+/// ago, so the caller stays where it is, runs at this thread's next yield,
+/// and its next request is found here without a wake-up. A CPU with other
+/// runnable threads runs them at each yield, so a busy CPU ends the window
+/// after a look or two. See specs/performance.md.
+fn poll(ring: &mut Ring, cqes: &mut Vec<(u64, i32)>, window: Duration) -> io::Result<bool> {
+    if window.is_zero() {
+        return Ok(false);
+    }
+    let start = Instant::now();
+    loop {
+        ring.enter_nowait_getevents()?;
+        ring.completions(cqes);
+        if !cqes.is_empty() {
+            return Ok(true);
+        }
+        if start.elapsed() >= window {
+            return Ok(false);
+        }
+        std::thread::yield_now();
     }
 }
 

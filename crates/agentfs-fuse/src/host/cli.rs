@@ -54,6 +54,14 @@ pub struct Cli {
     #[arg(long, value_name = "auto|off", default_value = "auto", value_parser = auto_off, action = clap::ArgAction::Set)]
     pub fuse_uring: bool,
 
+    /// Over FUSE io_uring: how long, in microseconds, a CPU's ring thread
+    /// keeps looking for the next request after answering one before it
+    /// sleeps (yielding to any other runnable thread meanwhile). While it
+    /// looks, its CPU is not idle, so the scheduler leaves the woken caller
+    /// on its CPU instead of moving it to a halted one. 0: sleep at once.
+    #[arg(long, value_name = "US", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub ring_poll_us: u64,
+
     /// Where metadata requests FsCore can answer from memory (lookup, getattr,
     /// readdir, mkdir, unlink, rename, xattrs, ...) run: `on` answers them on
     /// the threads reading /dev/fuse (two thread hand-offs fewer per request),
@@ -193,6 +201,7 @@ mod tests {
         assert_eq!(cli.log_level, LogLevel::Info);
         assert!(cli.inline_meta);
         assert!(cli.fuse_uring, "--fuse-uring auto by default");
+        assert_eq!(cli.ring_poll_us, 200);
         let cli = Cli::try_parse_from([
             "agentfs-fuse-host",
             "--backstore",
@@ -212,6 +221,8 @@ mod tests {
             "auto",
             "--fuse-uring",
             "off",
+            "--ring-poll-us",
+            "0",
             "--lower",
             "/src",
             "--lower-isolation",
@@ -226,6 +237,7 @@ mod tests {
         assert_eq!(cli.default_branch, "trunk");
         assert!(!cli.inline_meta);
         assert!(!cli.fuse_uring, "the last of a repeated flag wins");
+        assert_eq!(cli.ring_poll_us, 0);
         assert_eq!(cli.lower, Some(PathBuf::from("/src")));
         assert_eq!(cli.lower_isolation, LowerIsolation::Copy);
         assert!(
@@ -236,6 +248,9 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["agentfs-fuse-host", "--fuse-threads", "0", "/m"]).is_err());
         assert!(Cli::try_parse_from(["agentfs-fuse-host", "--fuse-uring", "on", "/m"]).is_err());
+        assert!(
+            Cli::try_parse_from(["agentfs-fuse-host", "--ring-poll-us", "100001", "/m"]).is_err()
+        );
         assert!(Cli::try_parse_from(["agentfs-fuse-host"]).is_err());
     }
 }

@@ -157,7 +157,8 @@ pub fn serve(
     // A ring that cannot start leaves the kernel on /dev/fuse: it switches
     // to the rings only once every CPU's queue has registered.
     let _rings = if fs.uring_granted() {
-        match agentfs_fuse::ring::start(Arc::clone(&fs), device, RING_PAYLOAD) {
+        let poll = Duration::from_micros(cli.ring_poll_us);
+        match agentfs_fuse::ring::start(Arc::clone(&fs), device, RING_PAYLOAD, poll) {
             Ok(rings) => {
                 tracing::info!(
                     queues = rings.queues(),
