@@ -13,7 +13,7 @@ pub struct Cli {
     pub backstore: Option<PathBuf>,
 
     /// Stay in the foreground and log to stderr (default: become a daemon logging to
-    /// <backstore>/agentfs.log).
+    /// DIR/agentfs.log, DIR being the backstore).
     #[arg(long)]
     pub foreground: bool,
 
