@@ -14,6 +14,10 @@
 #   summary.md     the same as a table (also printed)
 #   ratios.svg     a chart of the ratios
 #   status-*.json  agentfs-control-cli status before and after
+# The transport workloads (in the default set) mount a second AgentFS with
+# --passthrough off beside the first, so one run also measures the data path
+# through the daemon. Each result line carries the CPU time the target's
+# FUSE server process spent during the measured command.
 # It prints numbers; it never fails on a time, and a workload that fails on a
 # target is recorded as failed and the run goes on. It exits non-zero only if
 # it cannot set up (build, install, mount), or, with --smoke (CI), if a
@@ -22,7 +26,7 @@
 # Usage: scripts/test-fuse-performance.sh [--smoke] [--runs N] [--max-files N]
 #          [--dir DIR] [--out DIR] [--size-mib N] [--meta-files N]
 #          [--tree-files N] [--writer-size-mib N] [--cow-size-mib N]
-#          [--rand-seconds N] [--workloads seq,rand,meta,tree,writers,cow,scale]
+#          [--rand-seconds N] [--workloads seq,transport,rand,meta,tree,writers,cow,scale]
 #          [--targets host,agentfs,overlay] [--profile release|debug] [--no-perf]
 #          [--perf-events LIST] [--agentfs-args "FLAGS"]
 # Defaults (the issue's full run): 3 runs, 2 GiB sequential file, 20 s random
@@ -34,8 +38,8 @@
 # 64 MiB copy-on-write file, debug build (the one `just test` built), no
 # perf install, results under target/fuse-performance-smoke-<timestamp>/.
 #
-# --agentfs-args: extra agentfs-fuse-host flags for the AgentFS mount, e.g.
-# "--passthrough off" to measure the transport data path.
+# --agentfs-args: extra agentfs-fuse-host flags for the AgentFS mounts, e.g.
+# "--ring-poll-us 0" (the transport mount adds --passthrough off to them).
 #
 # Needs root (cache drops, FUSE mounts), /dev/fuse, python3, gcc, git.
 set -euo pipefail
@@ -55,7 +59,7 @@ tree_files=20000
 writer_mib=512
 cow_mib=1024
 rand_seconds=20
-workloads=seq,rand,meta,tree,writers,cow,scale
+workloads=seq,transport,rand,meta,tree,writers,cow,scale
 targets=host,agentfs,overlay
 profile=release
 use_perf=1
@@ -170,6 +174,7 @@ fi
 mkdir -p "$dir"
 work=$(mktemp -d "$dir/agentfs-perf.XXXXXX")
 daemon_pid=""
+tp_pid=""
 # AgentFS serves requests over FUSE io_uring where the kernel lets FUSE
 # servers ask for it (the fuse module's enable_uring, which `just mount-fuse`
 # also sets); switched on for this run and put back at the end.
@@ -185,14 +190,14 @@ cleanup() {
         fusermount3 -u "$m" 2>/dev/null || { sleep 1; fusermount3 -u "$m" 2>/dev/null; } ||
             fusermount3 -u -z "$m" 2>/dev/null
     done
-    if [ -n "$daemon_pid" ]; then
-        for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$daemon_pid" 2>/dev/null; then
-            kill -TERM "$daemon_pid" 2>/dev/null
+    for pid in $daemon_pid $tp_pid; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null
             sleep 2
-            kill -0 "$daemon_pid" 2>/dev/null && kill -KILL "$daemon_pid" 2>/dev/null
+            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
         fi
-    fi
+    done
     for m in $(fuse_mounts_under "$work"); do fusermount3 -u -z "$m" 2>/dev/null; done
     [ "$uring_old" = none ] || echo "$uring_old" >"$uring_param" 2>/dev/null
     if [ -n "$(fuse_mounts_under "$work")" ]; then
@@ -234,6 +239,28 @@ say "mounting fuse-overlayfs on $ovl/mnt"
 fuse-overlayfs -o "lowerdir=$ovl/lower,upperdir=$ovl/upper,workdir=$ovl/work" "$ovl/mnt" ||
     die "fuse-overlayfs did not mount"
 mkdir "$afs/mnt/bench" "$ovl/mnt/bench"
+# The transport workloads: a second AgentFS mount whose file data goes
+# through the daemon (--passthrough off), on its own fresh backstore.
+tp="$work/agentfs-transport"
+if [[ ",$workloads," == *,transport,* && ",$targets," == *,agentfs,* ]]; then
+    mkdir -p "$tp/store" "$tp/mnt"
+    say "mounting AgentFS with --passthrough off on $tp/mnt (the transport workloads)"
+    # shellcheck disable=SC2086 # the extra flags are meant to split into words
+    "$bin/agentfs-fuse-host" $agentfs_args --passthrough off --backstore "$tp/store" "$tp/mnt" \
+        >"$work/mount-transport.out" 2>&1 ||
+        die "agentfs-fuse-host (transport) did not mount: $(cat "$work/mount-transport.out")"
+    tp_pid=$(sed -n 's/.*daemon pid \([0-9][0-9]*\).*/\1/p' "$work/mount-transport.out" | head -n1)
+    mkdir "$tp/mnt/bench"
+fi
+# fuse-overlayfs's server process (it detaches), for its CPU time per workload.
+ovl_pid=""
+for c in /proc/[0-9]*/cmdline; do
+    if tr '\0' ' ' <"$c" 2>/dev/null | grep -q "^fuse-overlayfs .*$ovl/mnt"; then
+        ovl_pid=${c#/proc/}
+        ovl_pid=${ovl_pid%/cmdline}
+        break
+    fi
+done
 
 "$bin/agentfs-control-cli" --mount "$afs/mnt" status --json >"$out/status-before.json"
 data_path=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["value"]["data_path"])' <"$out/status-before.json")
@@ -280,7 +307,9 @@ python3 scripts/perf/bench.py --out "$out/results.jsonl" --work "$work" \
     --targets "$targets" --workloads "$workloads" --runs "$runs" \
     --size $((size_mib * MiB)) --rand-seconds "$rand_seconds" --meta-files "$meta_files" \
     --writer-size $((writer_mib * MiB)) --cow-size $((cow_mib * MiB)) --max-files "$max_files" \
-    --perf-events "$perf_events" ${strict:+--fail-on-error} || bench_rc=$?
+    --perf-events "$perf_events" ${tp_pid:+--agentfs-transport "$tp/mnt/bench"} \
+    --server-pids "agentfs=$daemon_pid${ovl_pid:+,overlay=$ovl_pid}${tp_pid:+,transport=$tp_pid}" \
+    ${strict:+--fail-on-error} || bench_rc=$?
 
 "$bin/agentfs-control-cli" --mount "$afs/mnt" status --json >"$out/status-after.json" || true
 python3 - "$out/meta.json" <<'EOF'

@@ -16,6 +16,10 @@ Workloads (sizes from the flags; `--smoke` makes them tiny):
                    process start-up, which for fio is ~0.5 s here).
   seq_read         dd of the same file to /dev/null, 1 MiB reads, after a
                    cache drop.
+  transport_seq_write, transport_seq_read
+                   the same two on a second AgentFS mount with
+                   --passthrough off (file data through the daemon's
+                   transport), against the host again, runs interleaved.
   rand_read        fio (psync), 4 KiB random reads, 2 jobs on that file,
                    after a cache drop, --rand-seconds long, O_DIRECT (see rand());
                    value: IOPS of both jobs, as fio counts them.
@@ -98,6 +102,13 @@ class Bench:
         self.passed = 0
         self.env = dict(os.environ, AGENTFS_MOUNT=str(self.mount))
         self.sock_path = json.loads((self.mount / ".agentfs" / "control").read_text())["socket"]
+        # The FUSE servers' processes, to charge each command the CPU time
+        # its target's server spent meanwhile (polling included).
+        self.servers = {}
+        for kv in filter(None, (args.server_pids or "").split(",")):
+            target, pid = kv.split("=")
+            self.servers[target] = int(pid)
+        self.server_cpu = {}
 
     # --- recording ----------------------------------------------------------
 
@@ -123,6 +134,8 @@ class Bench:
             self.failures += 1
         else:
             self.passed += 1
+        if target in self.server_cpu:
+            line["server_cpu_seconds"] = self.server_cpu.pop(target)
         line.update(extra)
         self.out.write(json.dumps(line) + "\n")
         if ok:
@@ -144,9 +157,31 @@ class Bench:
         except OSError:
             return False
 
+    @staticmethod
+    def cpu_seconds(pid):
+        """User + system CPU time of process pid, all its threads (None if gone)."""
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def run(self, argv, timeout=None, cwd=None, ops=None, env=None):
         """Run argv (under perf stat when enabled); return (ok, seconds,
-        stdout, error, perf). The time is the wall time of the command."""
+        stdout, error, perf). The time is the wall time of the command. The
+        CPU time each FUSE server spent meanwhile goes with the next record
+        of its target (server_cpu_seconds)."""
+        servers = dict(self.servers)
+        cpu0 = {t: self.cpu_seconds(pid) for t, pid in servers.items()}
+        try:
+            return self._run(argv, timeout, cwd, ops, env)
+        finally:
+            for t, pid in servers.items():
+                after = self.cpu_seconds(pid)
+                if cpu0[t] is not None and after is not None:
+                    self.server_cpu[t] = round(after - cpu0[t], 3)
+
+    def _run(self, argv, timeout, cwd, ops, env):
         timeout = timeout or self.a.step_timeout
         perf_file = None
         full = list(argv)
@@ -234,30 +269,60 @@ class Bench:
     # --- workloads ----------------------------------------------------------
 
     def seq(self):
-        size = self.a.size
-        mib = size // MiB
         for r in range(1, self.a.runs + 1):
             for t in self.targets():
-                f = self.dirs[t] / "seq.dat"
-                if f.exists():
-                    f.unlink()
-                self.drop_caches()
-                ok, secs, out, err, perf = self.run(
-                    ["sh", "-c", f'dd if=/dev/zero of="$1" bs=1M count={mib} conv=fdatasync 2>&1', "dd", str(f)],
-                    ops=mib)
-                dd_s = dd_seconds(out) if ok else None
-                self.record("seq_write", t, r, ok and dd_s is not None, mib / dd_s if dd_s else None, "MiB/s", True,
-                            dd_s, mib, err or (None if dd_s else f"no time in dd output: {out!r}"), perf,
-                            wall_seconds=secs)
-                if not ok:
+                self.seq_once("", t, self.dirs[t], r)
+
+    def seq_once(self, prefix, target, d, r):
+        """One sequential write, then read after a cache drop, of the file
+        d/<prefix>seq.dat, recorded as <prefix>seq_write and <prefix>seq_read."""
+        mib = self.a.size // MiB
+        f = d / f"{prefix}seq.dat"
+        if f.exists():
+            f.unlink()
+        self.drop_caches()
+        ok, secs, out, err, perf = self.run(
+            ["sh", "-c", f'dd if=/dev/zero of="$1" bs=1M count={mib} conv=fdatasync 2>&1', "dd", str(f)],
+            ops=mib)
+        dd_s = dd_seconds(out) if ok else None
+        self.record(f"{prefix}seq_write", target, r, ok and dd_s is not None, mib / dd_s if dd_s else None,
+                    "MiB/s", True, dd_s, mib, err or (None if dd_s else f"no time in dd output: {out!r}"), perf,
+                    wall_seconds=secs)
+        if not ok:
+            return
+        self.drop_caches()
+        ok, secs, out, err, perf = self.run(["sh", "-c", 'dd if="$1" of=/dev/null bs=1M 2>&1', "dd", str(f)],
+                                            ops=mib)
+        dd_s = dd_seconds(out) if ok else None
+        self.record(f"{prefix}seq_read", target, r, ok and dd_s is not None, mib / dd_s if dd_s else None,
+                    "MiB/s", True, dd_s, mib, err or (None if dd_s else f"no time in dd output: {out!r}"), perf,
+                    wall_seconds=secs)
+
+    def transport(self):
+        """seq_write and seq_read on a second AgentFS mount whose file data
+        goes through the daemon (--passthrough off), against the host again
+        (runs interleaved), as transport_seq_write / transport_seq_read."""
+        if not self.a.agentfs_transport:
+            self.record("transport_seq_write", "agentfs", 1, False, error="no --agentfs-transport mount")
+            return
+        d = Path(self.a.agentfs_transport)
+        for r in range(1, self.a.runs + 1):
+            for t in ("host", "agentfs"):
+                if t not in self.targets():
                     continue
-                self.drop_caches()
-                ok, secs, out, err, perf = self.run(
-                    ["sh", "-c", 'dd if="$1" of=/dev/null bs=1M 2>&1', "dd", str(f)], ops=mib)
-                dd_s = dd_seconds(out) if ok else None
-                self.record("seq_read", t, r, ok and dd_s is not None, mib / dd_s if dd_s else None, "MiB/s", True,
-                            dd_s, mib, err or (None if dd_s else f"no time in dd output: {out!r}"), perf,
-                            wall_seconds=secs)
+                # The transport mount's daemon is the server to charge.
+                saved = self.servers.pop("agentfs", None)
+                if t == "agentfs" and "transport" in self.servers:
+                    self.servers["agentfs"] = self.servers["transport"]
+                try:
+                    self.seq_once("transport_", t, d if t == "agentfs" else self.dirs["host"], r)
+                finally:
+                    self.servers.pop("agentfs", None)
+                    if saved is not None:
+                        self.servers["agentfs"] = saved
+        for f in (d / "transport_seq.dat", self.dirs["host"] / "transport_seq.dat"):
+            if f.exists():
+                f.unlink()
 
     def rand(self):
         size = self.a.size
@@ -547,11 +612,13 @@ def main() -> int:
     p.add_argument("--agentfs", required=True, help="a directory inside the AgentFS mount")
     p.add_argument("--agentfs-mount", required=True)
     p.add_argument("--overlay", required=True)
+    p.add_argument("--agentfs-transport", default="",
+                   help="a directory inside a second AgentFS mount with --passthrough off (transport workloads)")
     p.add_argument("--cli", required=True, help="agentfs-control-cli")
     p.add_argument("--metaops", required=True)
     p.add_argument("--tree-src", required=True)
     p.add_argument("--targets", default=",".join(TARGETS))
-    p.add_argument("--workloads", default="seq,rand,meta,tree,writers,cow,scale")
+    p.add_argument("--workloads", default="seq,transport,rand,meta,tree,writers,cow,scale")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--size", type=int, default=2048 * MiB)
     p.add_argument("--rand-seconds", type=int, default=20)
@@ -562,6 +629,8 @@ def main() -> int:
     p.add_argument("--scale-reps", type=int, default=10,
                    help="snapshot/branch creations timed per tree size (at least --runs)")
     p.add_argument("--perf-events", default="")
+    p.add_argument("--server-pids", default="",
+                   help="TARGET=PID,... of the FUSE servers, to record their CPU time per command")
     p.add_argument("--step-timeout", type=int, default=1200)
     p.add_argument("--populate-timeout", type=int, default=7200)
     p.add_argument("--fail-on-error", action="store_true",
@@ -572,8 +641,8 @@ def main() -> int:
     for w in a.workloads.split(","):
         t0 = time.monotonic()
         print(f"==> workload group {w}", flush=True)
-        getattr(b, {"seq": "seq", "rand": "rand", "meta": "meta", "tree": "tree", "writers": "writers",
-                    "cow": "cow", "scale": "scale"}[w])()
+        getattr(b, {"seq": "seq", "transport": "transport", "rand": "rand", "meta": "meta", "tree": "tree",
+                    "writers": "writers", "cow": "cow", "scale": "scale"}[w])()
         print(f"    ({w}: {time.monotonic() - t0:.1f} s)", flush=True)
     # Measurements that completed vs failed (an error or a wrong result, never a slow time).
     print(f"measurements: {b.passed} passed, {b.failures} failed", flush=True)

@@ -17,9 +17,9 @@ import statistics
 import sys
 from pathlib import Path
 
-ORDER = ["seq_write", "seq_read", "rand_read", "meta_create", "meta_stat_cold", "meta_stat_warm", "meta_unlink",
-         "tree_copy", "tree_git_refresh", "tree_find", "tree_du", "tree_git_status", "tree_rm", "writers4",
-         "cow_first_write"]
+ORDER = ["seq_write", "seq_read", "transport_seq_write", "transport_seq_read", "rand_read", "meta_create",
+         "meta_stat_cold", "meta_stat_warm", "meta_unlink", "tree_copy", "tree_git_refresh", "tree_find", "tree_du",
+         "tree_git_status", "tree_rm", "writers4", "cow_first_write"]
 TARGETS = ("host", "agentfs", "overlay")
 
 
@@ -62,9 +62,11 @@ def main() -> int:
         if ln["ok"]:
             w["unit"] = ln["unit"]
             w["higher_is_better"] = ln["higher_is_better"]
-        t = w["targets"].setdefault(ln["target"], {"values": [], "failed": 0, "perf_per_op": []})
+        t = w["targets"].setdefault(ln["target"], {"values": [], "failed": 0, "perf_per_op": [], "cpu": []})
         if ln["ok"] and ln["value"] is not None:
             t["values"].append(ln["value"])
+            if ln.get("server_cpu_seconds") is not None:
+                t["cpu"].append(ln["server_cpu_seconds"])
             per_op = (ln.get("perf") or {}).get("per_op")
             if per_op:
                 t["perf_per_op"].append(per_op)
@@ -78,6 +80,8 @@ def main() -> int:
         for t, d in w["targets"].items():
             med = statistics.median(d["values"]) if d["values"] else None
             entry = {"median": med, "runs": d["values"], "failed_runs": d["failed"]}
+            if d["cpu"]:
+                entry["server_cpu_seconds_median"] = statistics.median(d["cpu"])
             if d["perf_per_op"]:
                 events = d["perf_per_op"][0].keys()
                 entry["perf_per_op_median"] = {
@@ -121,6 +125,14 @@ def main() -> int:
                 vals = [(r.get(t) or {}).get("perf_per_op_median", {}).get(e) for t in TARGETS]
                 if any(v is not None for v in vals):
                     out.append(f"| {r['workload']} | {e} | " + " | ".join(fmt(v) for v in vals) + " |")
+    if any((r.get(t) or {}).get("server_cpu_seconds_median") is not None for r in rows for t in TARGETS):
+        out += ["", "CPU time of the FUSE server process during each workload's command (user + system, "
+                "all threads, medians; the AgentFS daemon's ring threads' polling included):", "",
+                "| workload | AgentFS daemon s | fuse-overlayfs s |", "|---|---:|---:|"]
+        for r in rows:
+            vals = [(r.get(t) or {}).get("server_cpu_seconds_median") for t in ("agentfs", "overlay")]
+            if any(v is not None for v in vals):
+                out.append(f"| {r['workload']} | " + " | ".join(fmt(v) for v in vals) + " |")
     table = "\n".join(out)
     head = []
     if meta:
