@@ -25,15 +25,14 @@ fn uring_allowed() -> bool {
     fs::read_to_string(PARAM).is_ok_and(|v| v.trim() == "Y")
 }
 
-/// Voluntary context switches of the daemon's ring threads: each request a
-/// ring brings wakes its thread once.
-fn ring_thread_wakeups(pid: u32) -> (usize, u64) {
-    let mut threads = 0;
-    let mut switches = 0;
+/// What the daemon's threads whose names start with `prefix` have done so
+/// far: (threads, voluntary context switches, nanoseconds on a CPU).
+fn thread_stats(pid: u32, prefix: &str) -> (usize, u64, u64) {
+    let (mut threads, mut switches, mut ran_ns) = (0, 0, 0);
     for task in fs::read_dir(format!("/proc/{pid}/task")).expect("daemon tasks") {
         let dir = task.expect("task").path();
         let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("fuse-ring-") {
+        if !comm.starts_with(prefix) {
             continue;
         }
         threads += 1;
@@ -43,39 +42,92 @@ fn ring_thread_wakeups(pid: u32) -> (usize, u64) {
             .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
+        // schedstat: time on a CPU (ns), time waiting to run, timeslices.
+        let schedstat = fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        ran_ns += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     }
-    (threads, switches)
+    (threads, switches, ran_ns)
 }
 
-fn start() -> Option<Mount> {
+fn start_rings(extra: &[&str]) -> Option<Mount> {
     if !common::fuse_available() || !uring_allowed() {
         eprintln!("skipping: FUSE over io_uring is off here ({PARAM} is not Y)");
         return None;
     }
-    Mount::start_with(&["--fuse-uring", "auto"])
-}
-
-#[test]
-fn requests_come_from_the_rings() {
-    let Some(m) = start() else { return };
+    let mut args = vec!["--fuse-uring", "auto"];
+    args.extend_from_slice(extra);
+    let m = Mount::start_with(&args)?;
     assert!(
         m.daemon_stderr().contains("FUSE over io_uring"),
         "the daemon did not start its rings:\n{}",
         m.daemon_stderr()
     );
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (threads, before) = ring_thread_wakeups(m.daemon_pid());
-    assert!(threads >= cpus, "{threads} ring threads for {cpus} CPUs");
-    // 300 names the kernel has never seen: one LOOKUP each.
+    Some(m)
+}
+
+fn start() -> Option<Mount> {
+    start_rings(&[])
+}
+
+/// 300 names the kernel has never seen: one LOOKUP each.
+fn look_up_300_new_names(m: &Mount) {
     for i in 0..300 {
         assert!(fs::symlink_metadata(m.join(&format!("absent-{i}"))).is_err());
     }
-    let (_, after) = ring_thread_wakeups(m.daemon_pid());
+}
+
+#[test]
+fn requests_come_from_the_rings() {
+    // Without polling each request wakes a ring thread once: countable.
+    let Some(m) = start_rings(&["--ring-poll-us", "0"]) else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (threads, before, _) = thread_stats(m.daemon_pid(), "fuse-ring-");
+    assert!(threads >= cpus, "{threads} ring threads for {cpus} CPUs");
+    look_up_300_new_names(&m);
+    let (_, after, _) = thread_stats(m.daemon_pid(), "fuse-ring-");
     assert!(
         after - before >= 300,
         "300 lookups woke the ring threads {} times: they did not serve them",
         after - before
     );
+}
+
+#[test]
+fn polling_rings_serve_requests_without_dev_fuse() {
+    // With the default poll window a ring thread may find the next request
+    // without sleeping, so count the other way: the threads reading
+    // /dev/fuse stay asleep (no lookup comes to them), the ring threads run.
+    let Some(m) = start() else { return };
+    let pid = m.daemon_pid();
+    // fuser starts its reader threads (fuser-N) once the mount is up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while thread_stats(pid, "fuser-").0 == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (readers, readers_before, _) = thread_stats(pid, "fuser-");
+    assert!(
+        readers > 0,
+        "no /dev/fuse reader threads (fuser-N) within 10 s"
+    );
+    let (_, _, ran_before) = thread_stats(pid, "fuse-ring-");
+    look_up_300_new_names(&m);
+    let (_, readers_after, _) = thread_stats(pid, "fuser-");
+    let (_, _, ran_after) = thread_stats(pid, "fuse-ring-");
+    assert!(
+        readers_after - readers_before < 30,
+        "300 lookups woke the /dev/fuse readers {} times: they came that way",
+        readers_after - readers_before
+    );
+    assert!(ran_after > ran_before, "the ring threads never ran");
+    // And the answers were right: a name made now is found at once.
+    fs::write(m.join("present"), b"x").unwrap();
+    assert_eq!(fs::read(m.join("present")).unwrap(), b"x");
 }
 
 #[test]
