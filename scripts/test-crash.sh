@@ -221,7 +221,7 @@ print("branch-commits acknowledged before a kill and found after it: %d; kills a
       % (acked, sys.argv[2], fl.count("before") + fl.count("after"), fl.count("before"), fl.count("after")))
 PY
     echo "checkpoints written while mounted (journal past its threshold): $(grep -c 'checkpoint written' "$work/daemon.log" || true)"
-    echo "mounts serving requests over FUSE io_uring: $(grep -c 'FUSE over io_uring' "$work/daemon.log" || true) (the others read /dev/fuse)"
+    echo "mounts serving requests over FUSE io_uring: $(grep -c 'FUSE over io_uring: one queue per CPU' "$work/daemon.log" || true) (the others read /dev/fuse)"
     echo "backstore objects at the end: $(find "$store/objects" -type f | wc -l); journal bytes: $(stat -c %s "$store/meta/journal"); checkpoint bytes: $(stat -c %s "$store/meta/checkpoint")"
     echo "elapsed: ${elapsed}s"
 } | tee "$logdir/summary.txt"

@@ -121,7 +121,7 @@ done
 grep -q "mounted at" "$work/daemon.out" || { echo "the daemon did not mount within 60 s" >&2; exit 1; }
 
 # How the kernel hands this daemon its requests (dev-fuse or io-uring).
-channel=$(grep -q "FUSE over io_uring" "$work/daemon.log" && echo io-uring || echo dev-fuse)
+channel=$(grep -q "FUSE over io_uring: one queue per CPU" "$work/daemon.log" && echo io-uring || echo dev-fuse)
 
 cmd="scripts/test-fuse-stress.sh --duration $duration --threads $threads --passthrough $passthrough --seed $seed --checkpoints $checkpoints"
 [[ " ${extra[*]} " == *" --self-test-corrupt "* ]] && cmd="$cmd --self-test-corrupt"
