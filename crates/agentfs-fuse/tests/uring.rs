@@ -62,7 +62,8 @@ fn start_rings(extra: &[&str]) -> Option<Mount> {
     args.extend_from_slice(extra);
     let m = Mount::start_with(&args)?;
     assert!(
-        m.daemon_stderr().contains("FUSE over io_uring: one queue per CPU"),
+        m.daemon_stderr()
+            .contains("FUSE over io_uring: one queue per CPU"),
         "the daemon did not start its rings:\n{}",
         m.daemon_stderr()
     );
