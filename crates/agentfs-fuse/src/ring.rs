@@ -666,6 +666,7 @@ fn serve_queue(
     drop(ready);
 
     let mut commit_ids = [0u64; SLOTS];
+    let mut paused_until: Option<Instant> = None;
     let mut live = SLOTS;
     let mut done = Vec::with_capacity(SLOTS);
     loop {
@@ -729,10 +730,20 @@ fn serve_queue(
                 commit_ids[slot],
             ));
         }
-        // Commit the answers and look for the next requests for a moment,
-        // then, if none came, sleep until one does.
-        let found = poll(&mut ring, &mut cqes, poll_window).and_then(|found| {
-            if !found {
+        // Commit the answers and look for the next requests for a moment
+        // (unless the CPU was found busy lately), then, if none came, sleep
+        // until one does.
+        let now = Instant::now();
+        let window = if paused_until.is_some_and(|t| now < t) {
+            Duration::ZERO
+        } else {
+            poll_window
+        };
+        let found = poll(&mut ring, &mut cqes, window).and_then(|looked| {
+            if looked == Looked::Contended {
+                paused_until = Some(Instant::now() + POLL_PAUSE);
+            }
+            if looked != Looked::Found {
                 ring.enter(1)?;
                 ring.completions(&mut cqes);
             }
@@ -745,9 +756,32 @@ fn serve_queue(
     }
 }
 
+/// What [`poll`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Looked {
+    /// Completions: requests or worker answers to serve.
+    Found,
+    /// Nothing within the window.
+    Nothing,
+    /// One yield gave the CPU away for [`BUSY_YIELD`] or more.
+    Contended,
+}
+
+/// A yield that gave the CPU away this long means other threads want it
+/// (the caller's own turn between an answer and its next request is a few
+/// microseconds to a few tens).
+const BUSY_YIELD: Duration = Duration::from_micros(50);
+
+/// After [`poll`] finds the CPU busy, a ring thread sleeps at once after
+/// each answer for this long before it looks again. Shorter pauses, or
+/// pauses ended by the first look that finds the CPU free, let a CPU kept
+/// busy by other threads see looks often enough to slow a metadata loop
+/// there to half (specs/performance.md).
+const POLL_PAUSE: Duration = Duration::from_millis(200);
+
 /// Submit what `ring` has queued (the answers), then look for completions
 /// (new requests, worker answers) for up to `window` without sleeping,
-/// yielding the CPU between looks. Returns whether any came.
+/// yielding the CPU between looks.
 ///
 /// Why: the answer wakes the caller while this thread still runs on the
 /// caller's CPU, and the scheduler then moves the caller to an idle CPU if
@@ -758,24 +792,34 @@ fn serve_queue(
 /// back: every request then crosses CPUs. While this thread looks for work,
 /// its CPU is busy and the other ring's CPU too if it answered a moment
 /// ago, so the caller stays where it is, runs at this thread's next yield,
-/// and its next request is found here without a wake-up. A CPU with other
-/// runnable threads runs them at each yield, so a busy CPU ends the window
-/// after a look or two. See specs/performance.md.
-fn poll(ring: &mut Ring, cqes: &mut Vec<(u64, i32)>, window: Duration) -> io::Result<bool> {
+/// and its next request is found here without a wake-up.
+///
+/// On a CPU other threads want, looking is worse than sleeping: a thread
+/// that yielded waits its turn behind them (a slice each), while a request
+/// that wakes a sleeping thread gets the CPU at once. So a CPU found busy
+/// (which then has no idle neighbour to lose the caller to either) ends
+/// the looking: when one yield gives the CPU away for
+/// [`BUSY_YIELD`] or more, `Contended`, and the ring thread sleeps at once
+/// for [`POLL_PAUSE`] before looking again. See specs/performance.md.
+fn poll(ring: &mut Ring, cqes: &mut Vec<(u64, i32)>, window: Duration) -> io::Result<Looked> {
     if window.is_zero() {
-        return Ok(false);
+        return Ok(Looked::Nothing);
     }
     let start = Instant::now();
     loop {
         ring.enter_nowait_getevents()?;
         ring.completions(cqes);
         if !cqes.is_empty() {
-            return Ok(true);
+            return Ok(Looked::Found);
         }
         if start.elapsed() >= window {
-            return Ok(false);
+            return Ok(Looked::Nothing);
         }
+        let yielded = Instant::now();
         std::thread::yield_now();
+        if yielded.elapsed() >= BUSY_YIELD {
+            return Ok(Looked::Contended);
+        }
     }
 }
 
