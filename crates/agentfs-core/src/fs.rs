@@ -560,8 +560,9 @@ impl FsCore {
     /// Whether the attributes of node `id` in branch `b` can be answered
     /// without waiting on the storage: from memory, or from the object's host
     /// file while it is open in the backstore already (an `fstat` of an open
-    /// file, or a `futimens` for a new mtime; see
-    /// [`Backstore::host_file_is_quick`]). A hint for where to run a request,
+    /// file; see [`Backstore::host_file_is_quick`]). Setting the mtime of such
+    /// a file (a `futimens` of the object) is not covered: it can wait on the
+    /// object's inode lock and the host's journal. A hint for where to run a request,
     /// like [`FsCore::attr_in_memory`]; unlike it, not a statement that the
     /// attributes cannot change behind FsCore's back (for that, and the TTL,
     /// ask [`FsCore::attr_in_memory`]).
