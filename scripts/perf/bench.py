@@ -113,7 +113,7 @@ class Bench:
     # --- recording ----------------------------------------------------------
 
     def record(self, workload, target, run, ok, value=None, unit="s", higher_is_better=False,
-               seconds=None, ops=None, error=None, perf=None, **extra):
+               seconds=None, ops=None, error=None, perf=None, server=None, **extra):
         line = {
             "workload": workload,
             "target": target,
@@ -134,8 +134,9 @@ class Bench:
             self.failures += 1
         else:
             self.passed += 1
-        if target in self.server_cpu:
-            line["server_cpu_seconds"] = self.server_cpu.pop(target)
+        # The FUSE server charged: the target's own unless `server` names another.
+        if (server or target) in self.server_cpu:
+            line["server_cpu_seconds"] = self.server_cpu.pop(server or target)
         line.update(extra)
         self.out.write(json.dumps(line) + "\n")
         if ok:
@@ -273,9 +274,10 @@ class Bench:
             for t in self.targets():
                 self.seq_once("", t, self.dirs[t], r)
 
-    def seq_once(self, prefix, target, d, r):
+    def seq_once(self, prefix, target, d, r, server=None):
         """One sequential write, then read after a cache drop, of the file
-        d/<prefix>seq.dat, recorded as <prefix>seq_write and <prefix>seq_read."""
+        d/<prefix>seq.dat, recorded as <prefix>seq_write and <prefix>seq_read
+        (charged to FUSE server `server`, default the target's)."""
         mib = self.a.size // MiB
         f = d / f"{prefix}seq.dat"
         if f.exists():
@@ -287,7 +289,7 @@ class Bench:
         dd_s = dd_seconds(out) if ok else None
         self.record(f"{prefix}seq_write", target, r, ok and dd_s is not None, mib / dd_s if dd_s else None,
                     "MiB/s", True, dd_s, mib, err or (None if dd_s else f"no time in dd output: {out!r}"), perf,
-                    wall_seconds=secs)
+                    server=server, wall_seconds=secs)
         if not ok:
             return
         self.drop_caches()
@@ -296,7 +298,7 @@ class Bench:
         dd_s = dd_seconds(out) if ok else None
         self.record(f"{prefix}seq_read", target, r, ok and dd_s is not None, mib / dd_s if dd_s else None,
                     "MiB/s", True, dd_s, mib, err or (None if dd_s else f"no time in dd output: {out!r}"), perf,
-                    wall_seconds=secs)
+                    server=server, wall_seconds=secs)
 
     def transport(self):
         """seq_write and seq_read on a second AgentFS mount whose file data
@@ -311,15 +313,8 @@ class Bench:
                 if t not in self.targets():
                     continue
                 # The transport mount's daemon is the server to charge.
-                saved = self.servers.pop("agentfs", None)
-                if t == "agentfs" and "transport" in self.servers:
-                    self.servers["agentfs"] = self.servers["transport"]
-                try:
-                    self.seq_once("transport_", t, d if t == "agentfs" else self.dirs["host"], r)
-                finally:
-                    self.servers.pop("agentfs", None)
-                    if saved is not None:
-                        self.servers["agentfs"] = saved
+                server = "transport" if t == "agentfs" else None
+                self.seq_once("transport_", t, d if t == "agentfs" else self.dirs["host"], r, server)
         for f in (d / "transport_seq.dat", self.dirs["host"] / "transport_seq.dat"):
             if f.exists():
                 f.unlink()
