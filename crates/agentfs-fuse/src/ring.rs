@@ -667,6 +667,7 @@ fn serve_queue(
 
     let mut commit_ids = [0u64; SLOTS];
     let mut paused_until: Option<Instant> = None;
+    let mut pressure = Pressure::open();
     let mut live = SLOTS;
     let mut done = Vec::with_capacity(SLOTS);
     loop {
@@ -739,7 +740,7 @@ fn serve_queue(
         } else {
             poll_window
         };
-        let found = poll(&mut ring, &mut cqes, window).and_then(|looked| {
+        let found = poll(&mut ring, &mut cqes, window, &mut pressure).and_then(|looked| {
             if looked == Looked::Contended {
                 paused_until = Some(Instant::now() + POLL_PAUSE);
             }
@@ -763,13 +764,14 @@ enum Looked {
     Found,
     /// Nothing within the window.
     Nothing,
-    /// One yield gave the CPU away for [`BUSY_YIELD`] or more.
+    /// A yield gave the CPU away for [`BUSY_YIELD`] or more on a machine
+    /// [`Pressure`] finds busy.
     Contended,
 }
 
-/// A yield that gave the CPU away this long means other threads want it
-/// (the caller's own turn between an answer and its next request is a few
-/// microseconds to a few tens).
+/// A yield that gave the CPU away this long means some other thread ran:
+/// either the caller computing between requests (git hashing a file) or a
+/// thread that has nothing to do with us. [`Pressure`] tells which.
 const BUSY_YIELD: Duration = Duration::from_micros(50);
 
 /// After [`poll`] finds the CPU busy, a ring thread sleeps at once after
@@ -778,6 +780,97 @@ const BUSY_YIELD: Duration = Duration::from_micros(50);
 /// busy by other threads see looks often enough to slow a metadata loop
 /// there to half (specs/performance.md).
 const POLL_PAUSE: Duration = Duration::from_millis(200);
+
+/// Whether threads wait for a CPU on this machine, judged from the
+/// kernel's CPU pressure (/proc/pressure/cpu, "some": the time in which at
+/// least one runnable thread waited for a CPU).
+///
+/// A long yield alone cannot tell a caller that computes between its
+/// requests (which then finds the ring thread still looking, as wanted)
+/// from threads that keep the CPU busy (where looking makes every request
+/// wait its turn behind them). Neither can the length of the yield, nor
+/// whether a request is there after it, nor the count of runnable threads
+/// at that moment (which counts the other ring thread while it looks, and
+/// jumps whenever a kernel thread runs). Measured (specs/performance.md):
+/// during `git update-index --refresh` and a loop
+/// of cold `lstat`s on an idle machine, threads waited for a CPU 15-19% of
+/// the time (the looking itself accounts for part of it); with three
+/// CPU-bound threads beside the loop, 70%.
+struct Pressure {
+    /// /proc/pressure/cpu, kept open and re-read from offset 0; `None`
+    /// where the kernel has no pressure accounting, and then every long
+    /// yield counts as a busy CPU (as if the pressure were high).
+    file: Option<std::fs::File>,
+    /// The last reading: when, and the "some" total in microseconds.
+    last: Option<(Instant, u64)>,
+    /// The verdict of the last span of at least [`PRESSURE_SPAN`].
+    busy: bool,
+}
+
+/// The shortest span a verdict is drawn from; a long yield within it of
+/// the last reading keeps the last verdict.
+const PRESSURE_SPAN: Duration = Duration::from_millis(10);
+
+/// The longest span a verdict is drawn from: a reading after a longer
+/// quiet spell starts a new span, with the CPU taken as free until then.
+const PRESSURE_STALE: Duration = Duration::from_secs(1);
+
+/// The share of a span in which threads waited for a CPU above which the
+/// CPU counts as busy.
+const PRESSURE_BUSY: f64 = 0.4;
+
+impl Pressure {
+    fn open() -> Pressure {
+        Pressure {
+            file: std::fs::File::open("/proc/pressure/cpu").ok(),
+            last: None,
+            busy: false,
+        }
+    }
+
+    /// Take a reading after a long yield; whether the CPU counts as busy.
+    fn busy(&mut self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Some(file) = &self.file else {
+            return true;
+        };
+        let mut buf = [0u8; 256];
+        let Some(total) = file
+            .read_at(&mut buf, 0)
+            .ok()
+            .and_then(|n| some_total(&buf[..n]))
+        else {
+            return true;
+        };
+        self.note(Instant::now(), total)
+    }
+
+    /// Feed one reading (its time, the "some" total in microseconds).
+    fn note(&mut self, now: Instant, total: u64) -> bool {
+        let since = self
+            .last
+            .map(|(then, before)| (now.duration_since(then), total.saturating_sub(before)));
+        match since {
+            Some((span, _)) if span < PRESSURE_SPAN => return self.busy,
+            Some((span, waited)) if span <= PRESSURE_STALE => {
+                self.busy = waited as f64 / span.as_micros() as f64 >= PRESSURE_BUSY;
+            }
+            _ => self.busy = false,
+        }
+        self.last = Some((now, total));
+        self.busy
+    }
+}
+
+/// The "some" total (microseconds) of a /proc/pressure/cpu text.
+fn some_total(pressure: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(pressure).ok()?;
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    some.split_ascii_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
 
 /// Submit what `ring` has queued (the answers), then look for completions
 /// (new requests, worker answers) for up to `window` without sleeping,
@@ -796,12 +889,16 @@ const POLL_PAUSE: Duration = Duration::from_millis(200);
 ///
 /// On a CPU other threads want, looking is worse than sleeping: a thread
 /// that yielded waits its turn behind them (a slice each), while a request
-/// that wakes a sleeping thread gets the CPU at once. So a CPU found busy
-/// (which then has no idle neighbour to lose the caller to either) ends
-/// the looking: when one yield gives the CPU away for
-/// [`BUSY_YIELD`] or more, `Contended`, and the ring thread sleeps at once
-/// for [`POLL_PAUSE`] before looking again. See specs/performance.md.
-fn poll(ring: &mut Ring, cqes: &mut Vec<(u64, i32)>, window: Duration) -> io::Result<Looked> {
+/// that wakes a sleeping thread gets the CPU at once. So when one yield
+/// gives the CPU away for [`BUSY_YIELD`] or more and [`Pressure`] finds
+/// threads waiting for a CPU much of the time, `Contended`, and the ring thread sleeps at
+/// once for [`POLL_PAUSE`] before looking again. See specs/performance.md.
+fn poll(
+    ring: &mut Ring,
+    cqes: &mut Vec<(u64, i32)>,
+    window: Duration,
+    pressure: &mut Pressure,
+) -> io::Result<Looked> {
     if window.is_zero() {
         return Ok(Looked::Nothing);
     }
@@ -817,7 +914,7 @@ fn poll(ring: &mut Ring, cqes: &mut Vec<(u64, i32)>, window: Duration) -> io::Re
         }
         let yielded = Instant::now();
         std::thread::yield_now();
-        if yielded.elapsed() >= BUSY_YIELD {
+        if yielded.elapsed() >= BUSY_YIELD && pressure.busy() {
             return Ok(Looked::Contended);
         }
     }
@@ -832,5 +929,44 @@ fn answer(queue: &Arc<Queue>, slot: u16, unique: u64, payload_len: usize) -> Ans
         unique,
         sent: false,
         payload_free: payload_len == 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{some_total, Pressure, PRESSURE_SPAN};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn some_total_is_read_from_pressure() {
+        let text = b"some avg10=8.88 avg60=11.91 avg300=9.49 total=23537709084\n\
+                     full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(some_total(text), Some(23_537_709_084));
+        assert_eq!(some_total(b"full avg10=0.00 total=5\n"), None);
+        assert_eq!(some_total(b"some avg10=0.00 total=x\n"), None);
+    }
+
+    #[test]
+    fn the_cpu_is_busy_while_threads_wait_for_it_most_of_a_span() {
+        let mut p = Pressure {
+            file: None,
+            last: None,
+            busy: false,
+        };
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // The first reading starts a span.
+        assert!(!p.note(ms(0), 1_000));
+        // 20 ms with 3 ms of waiting: free.
+        assert!(!p.note(ms(20), 4_000));
+        // 20 ms with 15 ms of waiting: busy, and the verdict holds for
+        // readings closer than a span.
+        assert!(p.note(ms(40), 19_000));
+        assert!(p.note(ms(40) + PRESSURE_SPAN / 2, 19_000));
+        // Free again after a span with little waiting.
+        assert!(!p.note(ms(70), 21_000));
+        // A reading after a long quiet spell starts a new span, free.
+        assert!(p.note(ms(90), 40_000));
+        assert!(!p.note(ms(5_000), 4_000_000));
     }
 }
