@@ -670,3 +670,134 @@ fn only_bindings_through_the_shared_root_make_it_caller_dependent() {
     names.sort();
     assert_eq!(names, vec![b"dir".to_vec(), b"top".to_vec()]);
 }
+
+/// A `system.posix_acl_access` value: version 2, then (tag, perm, id).
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn an_access_acl_the_mode_can_express_sets_the_mode() {
+    const UNDEFINED: u32 = u32::MAX;
+    let e = env();
+    let m = e.main();
+    let id = e.write_file(m, "f", b"");
+    let set = |ctx: &Ctx, value: &[u8]| {
+        e.core.setxattr(
+            ctx,
+            m,
+            id,
+            name("system.posix_acl_access"),
+            value,
+            XattrSet::Any,
+        )
+    };
+    let alice = Ctx::with_groups(1000, 1000, vec![]);
+    let owned_by_alice = SetAttr {
+        uid: Some(1000),
+        gid: Some(2000),
+        ..SetAttr::default()
+    };
+    e.core.setattr(&e.root, m, id, &owned_by_alice).unwrap();
+    let setid = SetAttr {
+        mode: Some(0o6600),
+        ..SetAttr::default()
+    };
+    e.core.setattr(&e.root, m, id, &setid).unwrap();
+    // Owner rw-, group r--, others r-- (what `cp -a` sends for a 0644 file).
+    let trivial = acl(&[
+        (0x01, 6, UNDEFINED),
+        (0x04, 4, UNDEFINED),
+        (0x20, 4, UNDEFINED),
+    ]);
+    set(&alice, &trivial).unwrap();
+    let attr = e.core.getattr(m, id).unwrap();
+    // setuid kept; setgid dropped (alice is not in group 2000).
+    assert_eq!(attr.perm, 0o4644);
+    // Nothing stored: no ACL beyond the mode, and no default ACL.
+    for acl_name in ["system.posix_acl_access", "system.posix_acl_default"] {
+        assert!(matches!(
+            e.core.getxattr(&e.root, m, id, name(acl_name)),
+            Err(FsError::NoXattr)
+        ));
+    }
+    assert_eq!(e.core.listxattr(&e.root, m, id).unwrap(), b"");
+    // Only the owner or root.
+    let bob = Ctx::with_groups(1001, 1001, vec![]);
+    assert!(matches!(set(&bob, &trivial), Err(FsError::Perm)));
+    // Removing an ACL leaves the mode (and only the owner or root may).
+    for acl_name in ["system.posix_acl_access", "system.posix_acl_default"] {
+        e.core.removexattr(&alice, m, id, name(acl_name)).unwrap();
+        assert!(matches!(
+            e.core.removexattr(&bob, m, id, name(acl_name)),
+            Err(FsError::Perm)
+        ));
+    }
+    assert_eq!(e.core.getattr(m, id).unwrap().perm, 0o4644);
+    // A default ACL would change new files' modes: not supported.
+    assert!(matches!(
+        e.core.setxattr(
+            &alice,
+            m,
+            id,
+            name("system.posix_acl_default"),
+            &trivial,
+            XattrSet::Any
+        ),
+        Err(FsError::NotSupported)
+    ));
+    let mode_700 = acl(&[
+        (0x01, 7, UNDEFINED),
+        (0x04, 0, UNDEFINED),
+        (0x20, 0, UNDEFINED),
+    ]);
+    set(&e.root, &mode_700).unwrap();
+    assert_eq!(e.core.getattr(m, id).unwrap().perm, 0o4700);
+    // A named user, or a mask: more than the mode says.
+    let named = acl(&[
+        (0x01, 6, UNDEFINED),
+        (0x02, 6, 1001),
+        (0x04, 4, UNDEFINED),
+        (0x10, 6, UNDEFINED),
+        (0x20, 4, UNDEFINED),
+    ]);
+    assert!(matches!(set(&alice, &named), Err(FsError::NotSupported)));
+    // Malformed: no other entry, a duplicate, bad bits, a bad version, a
+    // truncated entry.
+    for bad in [
+        acl(&[(0x01, 6, UNDEFINED), (0x04, 4, UNDEFINED)]),
+        acl(&[
+            (0x01, 6, UNDEFINED),
+            (0x01, 6, UNDEFINED),
+            (0x04, 4, UNDEFINED),
+            (0x20, 4, UNDEFINED),
+        ]),
+        acl(&[
+            (0x01, 0o10, UNDEFINED),
+            (0x04, 4, UNDEFINED),
+            (0x20, 4, UNDEFINED),
+        ]),
+        {
+            let mut v = trivial.clone();
+            v[0] = 1;
+            v
+        },
+        trivial[..trivial.len() - 1].to_vec(),
+    ] {
+        assert!(
+            matches!(set(&alice, &bad), Err(FsError::Invalid)),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        e.core.getattr(m, id).unwrap().perm,
+        0o4700,
+        "a refused ACL changed the mode"
+    );
+}

@@ -495,6 +495,65 @@ fn user_xattrs() {
     assert_eq!(getxattr(&d, "user.dir").unwrap(), b"on a dir");
 }
 
+/// A `system.posix_acl_access` value: version 2, then (tag, perm, id).
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn an_acl_the_mode_can_express_sets_the_mode() {
+    const UNDEFINED: u32 = u32::MAX;
+    let m = mount_or_skip!();
+    let p = m.join("acl");
+    write(&p, b"x");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    // What `cp -a` sets for a 0754 file before it falls back to fchmod.
+    let owner_group_other = acl(&[
+        (0x01, 7, UNDEFINED),
+        (0x04, 5, UNDEFINED),
+        (0x20, 4, UNDEFINED),
+    ]);
+    setxattr(&p, "system.posix_acl_access", &owner_group_other, 0).expect("a trivial ACL");
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o754);
+    // No ACL is stored: the mode is all there is.
+    assert!(!listxattr(&p).iter().any(|n| n.starts_with("system.")));
+    let named_user = acl(&[
+        (0x01, 7, UNDEFINED),
+        (0x02, 7, 4242),
+        (0x04, 5, UNDEFINED),
+        (0x10, 7, UNDEFINED),
+        (0x20, 4, UNDEFINED),
+    ]);
+    assert_eq!(
+        setxattr(&p, "system.posix_acl_access", &named_user, 0),
+        Err(libc::EOPNOTSUPP)
+    );
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o754);
+
+    // cp -a carries the mode over without a complaint, through the ACL.
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("tool");
+    fs::write(&file, b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o751)).unwrap();
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&file)
+        .arg(m.join("tool"))
+        .output()
+        .expect("cp");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "cp -a: {out:?}"
+    );
+    assert_eq!(fs::metadata(m.join("tool")).unwrap().mode() & 0o7777, 0o751);
+}
+
 #[test]
 fn special_files_and_unlinked_open_file() {
     let m = mount_or_skip!();
