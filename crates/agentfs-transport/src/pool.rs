@@ -1,7 +1,7 @@
 //! The worker pool behind the in-process transport, generic over the
 //! context its jobs run against.
 //!
-//! [`Pool<C>`] owns one [`lane`](self::lane) per [`Lane`]: an injector queue
+//! [`Pool<C>`] owns one `lane` per [`Lane`]: an injector queue
 //! feeding a fixed set of named worker threads, each job run as
 //! `job(&*ctx)` under `catch_unwind`. [`crate::InProcessTransport`] is a
 //! `Pool<FsCore>`; being generic is what lets the queueing, panic isolation

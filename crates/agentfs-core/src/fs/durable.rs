@@ -394,7 +394,7 @@ impl FsCore {
 
     /// Close the store cleanly (unmount, after the kernel released every
     /// file): a checkpoint, then the mark that tells the next load nothing
-    /// happened after it ([`crate::persist::record::clean`]). Without the
+    /// happened after it (`persist::record::clean`). Without the
     /// mark the next load takes every file's size and mtime from its object
     /// where the kernel may have written it directly, as after a crash.
     pub fn close_clean(&self) -> FsResult<()> {
