@@ -241,13 +241,7 @@ impl FsCore {
             let m = &mut n.meta;
             let mut changed = set.size.is_some();
             if let Some(mode) = set.mode {
-                perm::owner(ctx, &before)?;
-                let mut p = (mode & 0o7777) as u16;
-                // Setting setgid on a file of a group one is not in is silently dropped.
-                if !ctx.is_root() && m.kind != FileKind::Directory && !ctx.in_group(m.gid) {
-                    p &= !S_ISGID;
-                }
-                m.perm = p;
+                perm::chmod(ctx, m, mode)?;
                 changed = true;
             }
             if set.uid.is_some() || set.gid.is_some() {

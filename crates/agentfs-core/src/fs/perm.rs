@@ -54,6 +54,19 @@ pub(crate) fn owner(ctx: &Ctx, meta: &Meta) -> FsResult<()> {
     }
 }
 
+/// `chmod` of `meta` to `mode` (its low 12 bits) by `ctx`: the owner or
+/// root only; setting setgid on a file of a group the caller is not in is
+/// silently dropped.
+pub(crate) fn chmod(ctx: &Ctx, meta: &mut Meta, mode: u32) -> FsResult<()> {
+    owner(ctx, meta)?;
+    let mut p = (mode & 0o7777) as u16;
+    if !ctx.is_root() && meta.kind != FileKind::Directory && !ctx.in_group(meta.gid) {
+        p &= !S_ISGID;
+    }
+    meta.perm = p;
+    Ok(())
+}
+
 /// In a sticky directory only the owner of the entry, the owner of the
 /// directory or root may remove or rename the entry.
 pub(crate) fn sticky(ctx: &Ctx, dir: &Meta, victim: &Meta) -> FsResult<()> {

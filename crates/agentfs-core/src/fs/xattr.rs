@@ -3,7 +3,7 @@
 //! ACLs only as far as the mode bits express them (as ext4 keeps an ACL
 //! that says no more than the mode: as the mode, storing nothing).
 
-use super::perm::{self, R, S_ISGID, W};
+use super::perm::{self, R, W};
 use super::{node, FsCore, XattrSet};
 use crate::attr::FileKind;
 use crate::creds::Ctx;
@@ -157,9 +157,8 @@ impl FsCore {
     /// one that names only the owner, the owning group and others (what
     /// `cp -a` copies for an ordinary file, before it falls back to
     /// `fchmod`) says no more than the mode, and is set as ext4 sets it: as
-    /// a chmod of the permission bits, by the owner or root, keeping the
-    /// set-id and sticky bits (set-group-id dropped for a caller outside
-    /// the file's group), storing no attribute. An ACL that names users or
+    /// a chmod of the permission bits ([`perm::chmod`]), keeping the set-id
+    /// and sticky bits, storing no attribute. An ACL that names users or
     /// groups, or has a mask, is not supported, nor is a default ACL (which
     /// would change the modes of new files: the umask does not apply under
     /// one).
@@ -167,12 +166,8 @@ impl FsCore {
         let bits = acl_mode(value)?;
         self.write_tree(b, |t| {
             let mut n = t.edit(id).ok_or(FsError::NotFound)?;
-            perm::owner(ctx, &n.meta)?;
-            let mut p = (n.meta.perm & 0o7000) | bits;
-            if !ctx.is_root() && !ctx.in_group(n.meta.gid) {
-                p &= !S_ISGID;
-            }
-            n.meta.perm = p;
+            let mode = u32::from((n.meta.perm & 0o7000) | bits);
+            perm::chmod(ctx, &mut n.meta, mode)?;
             n.meta.ctime = SystemTime::now();
             t.insert(id, n);
             Ok(())
