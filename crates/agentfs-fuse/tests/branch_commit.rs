@@ -17,10 +17,11 @@ fn commit_is_seen_at_once_refused_on_conflict_and_persists() {
     fs::write(m.join("f"), "v1\n").unwrap();
     fs::write(m.join("dir/a"), "a\n").unwrap();
     // The kernel sends a file's RELEASE after `close` returns. A snapshot
-    // taken while a passthrough writer's release is still on its way copies
-    // the object for itself (writes could still come), and the parent then
-    // differs from the snapshot, which this test is not about: wait until
-    // the daemon has released every handle (specs/snapshots-and-branches.md).
+    // taken while a writer's release is still on its way copies the object
+    // for itself (writes could still come): the parent then holds another
+    // object than the snapshot, with the same bytes, and the commit below
+    // would merge rather than take the fast path it checks. Wait until the
+    // daemon has released every handle (specs/snapshots-and-branches.md).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while m.cli_json(&["status"])["open_handles"] != 0 {
         assert!(
@@ -197,14 +198,16 @@ fn three_levels_commit_up_and_a_kept_branch_commits_again() {
 /// A snapshot taken while the parent still has a file open for writing
 /// (the kernel sends RELEASE after `close` returns, so `echo > f` followed
 /// at once by `snapshot-create` meets this too) gives the snapshot its own
-/// copy of the file. The copy carries the file's own mtime, and a commit
-/// compares its bytes, so the parent's file counts as unchanged and the
-/// child's edit of it commits cleanly.
+/// copy of the file. The copy carries the file's own mtime and ctime, and a
+/// commit compares its bytes, so the parent's file counts as unchanged: the
+/// child's edit of one such file and deletion of another commit cleanly.
 #[test]
 fn a_file_open_for_writing_at_the_snapshot_is_no_conflict_later() {
     let m = mount_or_skip!();
     let mut f = fs::File::create(m.join("f")).unwrap();
     std::io::Write::write_all(&mut f, b"0\n").unwrap();
+    let mut g = fs::File::create(m.join("g")).unwrap();
+    std::io::Write::write_all(&mut g, b"g\n").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     m.snapshot("open");
     let in_main = fs::metadata(m.join("f")).unwrap().modified().unwrap();
@@ -216,10 +219,25 @@ fn a_file_open_for_writing_at_the_snapshot_is_no_conflict_later() {
         in_snap, in_main,
         "the snapshot's copy keeps the file's mtime"
     );
-    drop(f);
+    drop((f, g));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while m.cli_json(&["status"])["open_handles"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "handles still open");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let d = m.cli_json(&["diff", "open", "main"]);
+    assert_eq!(d["changes"], serde_json::json!([]), "{d}");
     m.branch("open", "child");
-    m.in_branch_ok("child", &format!("echo child > {}", shq(&m.join("f"))));
+    m.in_branch_ok(
+        "child",
+        &format!(
+            "echo child > {} && rm {}",
+            shq(&m.join("f")),
+            shq(&m.join("g"))
+        ),
+    );
     let r = m.cli_json(&["branch-commit", "child"]);
     assert_eq!(r["committed"], true, "{r}");
     assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "child\n");
+    assert!(!m.join("g").exists());
 }

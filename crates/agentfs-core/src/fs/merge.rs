@@ -216,6 +216,26 @@ fn same_data(a: &Node, b: &Node, alike: &Alike) -> bool {
     body && a.meta.size == b.meta.size && a.meta.mtime == b.meta.mtime
 }
 
+/// Whether `side` is `base` with nothing changed but its object: a copy
+/// holding the same bytes (`alike`), made by an open for writing that wrote
+/// nothing or by a snapshot of a file open for writing. Every other value
+/// but the access time must be the base's, the name hint too (a rename
+/// changes only that and the ctime). Such a side made no change, so the
+/// other side's change of the node, a deletion too, is taken whole.
+fn only_copied(base: &Node, side: &Node, alike: &Alike) -> bool {
+    let (b, s) = (&base.meta, &side.meta);
+    base.entries().is_none()
+        && b.kind == s.kind
+        && same_data(base, side, alike)
+        && b.perm == s.perm
+        && b.nlink == s.nlink
+        && s.nlink > 0
+        && (b.uid, b.gid, b.rdev) == (s.uid, s.gid, s.rdev)
+        && (b.ctime, b.crtime) == (s.ctime, s.crtime)
+        && b.hint == s.hint
+        && same_xattrs(&base.xattrs, &side.xattrs)
+}
+
 /// The value of one attribute after a three-way merge: the side that changed
 /// it wins, both changing it alike is no conflict, both changing it
 /// differently is (`None`).
@@ -946,6 +966,19 @@ impl FsCore {
                         let (b, c_n, p_n) = (Arc::clone(b), Arc::clone(c_n), Arc::clone(p_n));
                         m.merge_dir(id, &b, &c_n, &p_n);
                         continue;
+                    }
+                    // A side that only holds a copy of the base's bytes
+                    // changed nothing: the other side's change stands.
+                    if let (Some(b), Some(p_n)) = (b, p_n) {
+                        if only_copied(b, p_n, &alike) {
+                            m.put(id, c_n, &p);
+                            continue;
+                        }
+                    }
+                    if let (Some(b), Some(c_n)) = (b, c_n) {
+                        if only_copied(b, c_n, &alike) {
+                            continue;
+                        }
                     }
                     if let (Some(b), Some(c_n), Some(p_n)) = (b, c_n, p_n) {
                         if let Some(merged) = merge_fields(b, c_n, p_n, &alike) {

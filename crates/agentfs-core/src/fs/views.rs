@@ -251,12 +251,14 @@ impl FsCore {
                             // The kernel wrote the object directly: the copy's
                             // length is the file's, and the time of the last
                             // write is the original's (the copy's is when it
-                            // was made).
+                            // was made), with the ctime the branch's node gets
+                            // when its last writer closes (`fold_direct_writes`).
                             let len = self.backstore.len_and_mtime(copy.id).map(|(l, _)| l);
                             let mtime = self.backstore.len_and_mtime(old.id).map(|(_, t)| t);
                             if let (Ok(len), Ok(mtime)) = (len, mtime) {
                                 node.meta.size = len;
                                 node.meta.mtime = mtime;
+                                node.meta.ctime = node.meta.ctime.max(mtime);
                             }
                         }
                         frozen.insert(*n, node);

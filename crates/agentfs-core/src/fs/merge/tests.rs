@@ -52,6 +52,14 @@ fn put(core: &FsCore, b: BranchId, path: &str, data: &[u8]) {
     core.release(fh).unwrap();
 }
 
+/// Open `path` for writing and close it without writing: a copy of a shared
+/// object that holds the same bytes.
+fn open_and_close(core: &FsCore, b: BranchId, path: &str) {
+    let id = find(core, b, path).expect("path");
+    let fh = core.open(&Ctx::root(), b, id, RW).unwrap();
+    core.release(fh).unwrap();
+}
+
 fn mkdir(core: &FsCore, b: BranchId, path: &str) {
     let (dir, name) = parent_and_name(path);
     let parent = find(core, b, dir).expect("parent directory");
@@ -895,15 +903,9 @@ fn a_rename_or_chmod_against_a_write_merges_attribute_by_attribute() {
 fn a_copy_that_wrote_nothing_is_no_conflict() {
     let core = core();
     let (main, child) = forked(&core);
-    let ctx = Ctx::root();
-    let open_and_close = |b: BranchId, path: &str| {
-        let id = find(&core, b, path).unwrap();
-        let fh = core.open(&ctx, b, id, RW).unwrap();
-        core.release(fh).unwrap();
-    };
-    open_and_close(main, "dir/a");
+    open_and_close(&core, main, "dir/a");
     put(&core, child, "dir/a", b"a-child");
-    open_and_close(child, "top");
+    open_and_close(&core, child, "top");
     put(&core, main, "top", b"t-parent");
     let r = commit(&core, child);
     assert!(r.committed && r.conflicts.is_empty(), "{r:?}");
@@ -917,4 +919,54 @@ fn a_copy_that_wrote_nothing_is_no_conflict() {
     put(&core, main, "dir/b", b"b-main");
     let r = commit(&core, child);
     assert!(!r.committed && r.conflicts.len() == 1, "{r:?}");
+}
+
+/// A copy that holds the base's bytes is no change against a deletion on
+/// the other side either, whichever side holds the copy. Both ways of making
+/// one: an open for writing that wrote nothing, and a snapshot taken while
+/// a writer held the file open (the writer had finished; the kernel sends
+/// RELEASE a moment after `close(2)` returns, so a snapshot can land there).
+#[test]
+fn a_copy_that_wrote_nothing_against_a_delete_is_no_conflict() {
+    let core = core();
+    let (main, child) = forked(&core);
+    let ctx = Ctx::root();
+    open_and_close(&core, main, "dir/a");
+    rm(&core, child, "dir/a");
+    open_and_close(&core, child, "top");
+    rm(&core, main, "top");
+    let r = commit(&core, child);
+    assert!(r.committed && r.conflicts.is_empty(), "{r:?}");
+    assert!(find(&core, main, "dir/a").is_none());
+    assert!(find(&core, main, "top").is_none());
+    assert_eq!(text(&core, main, "dir/b").unwrap(), "b0");
+
+    let id = find(&core, main, "dir/b").unwrap();
+    let fh = core.open(&ctx, main, id, RW).unwrap();
+    core.write(&ctx, fh, 0, b"b1").unwrap();
+    let s = core.snapshot_create(main, None).unwrap();
+    core.release(fh).unwrap();
+    let child = core.branch_create(s.id, None).unwrap().id;
+    rm(&core, child, "dir/b");
+    let r = commit(&core, child);
+    assert!(r.committed && r.conflicts.is_empty(), "{r:?}");
+    assert!(find(&core, main, "dir/b").is_none());
+
+    // A real write against a delete is still a conflict, even of the same
+    // length.
+    put(&core, main, "dir/c", b"c0");
+    let s = core.snapshot_create(main, None).unwrap();
+    let child = core.branch_create(s.id, None).unwrap().id;
+    rm(&core, child, "dir/c");
+    put(&core, main, "dir/c", b"c1");
+    let r = commit(&core, child);
+    assert!(!r.committed, "{r:?}");
+    assert_eq!(
+        r.conflicts,
+        vec![Conflict {
+            path: "dir/c".into(),
+            child: Change::Deleted,
+            parent: Change::Modified
+        }]
+    );
 }
