@@ -266,6 +266,13 @@ fn unmount(unmounter: &mut SessionUnmounter, mountpoint: &Path) {
     let Err(e) = unmounter.unmount() else {
         return;
     };
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        // Not a mount point any more: someone already unmounted it, lazily
+        // if it was busy (`fusermount3 -u -z`); the session ends when the
+        // last open file on it closes.
+        tracing::info!("already unmounted or detached; waiting for the session to end");
+        return;
+    }
     tracing::warn!("unmount failed ({e}); detaching lazily");
     let detached = if nix::unistd::geteuid().is_root() {
         nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(|e| e.to_string())
