@@ -421,6 +421,13 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
     let mut buf = vec![0u8; cached_data.len()];
     cached.read_exact_at(&mut buf, 0).unwrap();
     assert!(buf == cached_data);
+    // Pin those pages. The kernel may reclaim a file's page cache at any
+    // moment (this machine's memory cgroup is reclaimed proactively: pages
+    // go within seconds), and an evicted page is read again from the
+    // stalled backstore when the daemon serves file data.
+    // SAFETY: nothing writes or truncates the file while it is mapped.
+    let pinned = unsafe { memmap2::Mmap::map(&cached) }.unwrap();
+    pinned.lock().expect("mlock the cached file's pages");
     m.snapshot("before-storm");
     m.branch("before-storm", "other");
     let other = m.join(".agentfs/branches/other");
@@ -592,6 +599,7 @@ fn a_slow_backstore_never_stalls_metadata_and_waits_end_at_their_deadline() {
     assert_eq!(fs::read(m.join("during-storm")).unwrap(), b"rewritten");
     let synced = fs::File::open(m.join("after-storm")).unwrap();
     synced.sync_all().unwrap();
+    drop(pinned);
     drop(cached);
     drop(writing);
     drop(storm);
