@@ -28,12 +28,18 @@
 #          [--tree-files N] [--writer-size-mib N] [--cow-size-mib N]
 #          [--rand-seconds N] [--workloads seq,transport,rand,meta,tree,writers,cow,scale]
 #          [--targets host,agentfs,overlay] [--profile release|debug] [--no-perf]
+#          [--no-warm]
 #          [--perf-events LIST] [--agentfs-args "FLAGS"]
 # Defaults (the issue's full run): 3 runs, 2 GiB sequential file, 20 s random
 # reads, 20,000 metadata files, a 20,000-file tree, 4 writers x 512 MiB, a
 # 1 GiB file for the first write after a snapshot, snapshot trees of 1,000,
 # 100,000 and 1,000,000 files, release build, scratch dir under /var/tmp,
 # results in logs/fuse-performance-<UTC timestamp>/.
+# Before the sequential writes and reads, the 4 writers and the copy-on-write
+# copy, the harness touches and frees as much fresh memory as the command
+# will fill with page cache (--no-warm skips this): on this kind of VM, memory that stayed
+# free a few seconds goes back to the hypervisor and is slow to touch again,
+# which otherwise charged whichever target ran first (bench.py warm_memory).
 # --smoke (CI): 1 run, 64 MiB, 2 s, 1,000 files everywhere, 16 MiB writers,
 # 64 MiB copy-on-write file, debug build (the one `just test` built), no
 # perf install, results under target/fuse-performance-smoke-<timestamp>/.
@@ -66,6 +72,7 @@ use_perf=1
 perf_req=instructions,cycles
 set_runs="" set_max="" set_profile="" set_perf=""
 agentfs_args=""
+warm=1
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -85,6 +92,7 @@ while [ $# -gt 0 ]; do
         --targets) targets=$2; shift ;;
         --profile) profile=$2; set_profile=1; shift ;;
         --no-perf) use_perf=0 ;;
+        --no-warm) warm=0 ;;
         --perf-events) perf_req=$2; set_perf=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -309,7 +317,7 @@ python3 scripts/perf/bench.py --out "$out/results.jsonl" --work "$work" \
     --writer-size $((writer_mib * MiB)) --cow-size $((cow_mib * MiB)) --max-files "$max_files" \
     --perf-events "$perf_events" ${tp_pid:+--agentfs-transport "$tp/mnt/bench"} \
     --server-pids "agentfs=$daemon_pid${ovl_pid:+,overlay=$ovl_pid}${tp_pid:+,transport=$tp_pid}" \
-    ${strict:+--fail-on-error} || bench_rc=$?
+    ${strict:+--fail-on-error} $([ "$warm" = 1 ] || echo --no-warm) || bench_rc=$?
 
 "$bin/agentfs-control-cli" --mount "$afs/mnt" status --json >"$out/status-after.json" || true
 python3 - "$out/meta.json" <<'EOF'
