@@ -166,8 +166,8 @@ class Bench:
         hypervisor (free page reporting), and the first touch of such a page
         is dear: a 1 GiB copy took 2.5-4.4 s into cold memory and 0.37-0.8 s
         into memory freed a moment before. Without this, whichever target
-        ran first after an idle pause paid it (the targets always run in
-        the same order), not the filesystem being measured. Freed pages are
+        ran first after an idle pause paid it (the targets then ran in the
+        same order every run), not the filesystem being measured. Freed pages are
         reused first, so the command gets warm ones. Returns the seconds
         taken (recorded as warm_seconds), 0 when skipped (--no-warm, or
         not enough free memory)."""
@@ -320,14 +320,21 @@ class Bench:
     def cli_run(self, *args, timeout=60):
         return self.run([self.cli, "--mount", str(self.mount), *args], timeout=timeout)
 
-    def targets(self):
-        return [t for t in TARGETS if t in self.a.targets]
+    def targets(self, run=None):
+        """The targets asked for; for run `run` (1-based) rotated by one per
+        run, so that no target is always the first measured after a pause
+        (a settle, a cache drop) and pays what the machine does then."""
+        ts = [t for t in TARGETS if t in self.a.targets]
+        if run is None or not ts:
+            return ts
+        k = (run - 1) % len(ts)
+        return ts[k:] + ts[:k]
 
     # --- workloads ----------------------------------------------------------
 
     def seq(self):
         for r in range(1, self.a.runs + 1):
-            for t in self.targets():
+            for t in self.targets(r):
                 self.seq_once("", t, self.dirs[t], r)
 
     def seq_once(self, prefix, target, d, r, server=None):
@@ -383,7 +390,7 @@ class Bench:
     def rand(self):
         size = self.a.size
         for r in range(1, self.a.runs + 1):
-            for t in self.targets():
+            for t in self.targets(r):
                 f = self.dirs[t] / "seq.dat"
                 if not f.exists():
                     self.record("rand_read", t, r, False, error="no file from seq_write to read")
@@ -415,7 +422,7 @@ class Bench:
         n = self.a.meta_files
         m = self.a.metaops
         for r in range(1, self.a.runs + 1):
-            for t in self.targets():
+            for t in self.targets(r):
                 d = self.dirs[t] / "meta"
                 if d.exists():
                     shutil.rmtree(d)
@@ -438,7 +445,7 @@ class Bench:
         src = Path(self.a.tree_src)
         nfiles = sum(len(fs) for _, _, fs in os.walk(src))
         for r in range(1, self.a.runs + 1):
-            for t in self.targets():
+            for t in self.targets(r):
                 dst = self.dirs[t] / "tree"
                 if dst.exists():
                     shutil.rmtree(dst, ignore_errors=True)
@@ -476,7 +483,7 @@ class Bench:
         total_mib = 4 * size // MiB
         dd_args = ["bs=1M", f"count={size // MiB}", "conv=fdatasync", "status=none"]
         for r in range(1, self.a.runs + 1):
-            for t in self.targets():
+            for t in self.targets(r):
                 branches = []
                 try:
                     cmds = []
@@ -551,7 +558,7 @@ class Bench:
         host_big = self.dirs["host"] / "cow.dat"
         lower = self.work / "cow-lower"
         for r in range(1, self.a.runs + 1):
-            for t in self.targets():
+            for t in self.targets(r):
                 mounted = None
                 branch = snap = None
                 try:
