@@ -167,10 +167,10 @@ class Bench:
         is dear: a 1 GiB copy took 2.5-4.4 s into cold memory and 0.37-0.8 s
         into memory freed a moment before. Without this, whichever target
         ran first after an idle pause paid it (the targets then ran in the
-        same order every run), not the filesystem being measured. Freed pages are
-        reused first, so the command gets warm ones. Returns the seconds
-        taken (recorded as warm_seconds), 0 when skipped (--no-warm, or
-        not enough free memory)."""
+        same order every run), not the filesystem being measured. Freed
+        pages are reused first, so the command gets warm ones. Returns the
+        seconds taken (recorded as warm_seconds), 0 when skipped
+        (--no-warm, or not enough free memory)."""
         if self.a.no_warm:
             return 0.0
         try:
