@@ -14,20 +14,27 @@ use common::{
     EXIT_TIMEOUT,
 };
 
+/// The daemon's exit status once it exits; if it does not within
+/// [`EXIT_TIMEOUT`], it is killed and the test fails saying it did not exit
+/// `when`.
+fn exit_status_or_kill(child: &mut std::process::Child, when: &str) -> std::process::ExitStatus {
+    match wait_timeout(child, EXIT_TIMEOUT) {
+        Some(s) => s,
+        None => {
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            panic!("daemon did not exit within {EXIT_TIMEOUT:?} {when}");
+        }
+    }
+}
+
 fn stop_with(sig: libc::c_int) {
     let mut m = mount_or_skip!();
     fs::write(m.join("f"), "data").unwrap();
     assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "data");
     let mut child = m.take_daemon();
     signal(child.id(), sig);
-    let status = match wait_timeout(&mut child, EXIT_TIMEOUT) {
-        Some(s) => s,
-        None => {
-            signal(child.id(), libc::SIGKILL);
-            let _ = child.wait();
-            panic!("daemon did not exit within {EXIT_TIMEOUT:?} of signal {sig}");
-        }
-    };
+    let status = exit_status_or_kill(&mut child, &format!("of signal {sig}"));
     let still_mounted = is_fuse_mounted(m.path());
     assert!(
         !still_mounted,
@@ -170,14 +177,7 @@ fn sigterm_after_a_lazy_detach_waits_for_the_last_file() {
     // The open file still works until it is closed.
     std::io::Write::write_all(&mut open, b"still served").unwrap();
     drop(open);
-    let status = match wait_timeout(&mut child, EXIT_TIMEOUT) {
-        Some(s) => s,
-        None => {
-            signal(child.id(), libc::SIGKILL);
-            let _ = child.wait();
-            panic!("daemon did not exit after the last file closed");
-        }
-    };
+    let status = exit_status_or_kill(&mut child, "after the last file closed");
     let stderr = m.daemon_stderr();
     assert_eq!(status.code(), Some(0), "{status}; stderr:\n{stderr}");
     // The daemon's own shutdown says nothing alarming. (A RELEASE the
