@@ -6,8 +6,9 @@
 //!   order is the commit order. Snapshot and branch creation and deletion are
 //!   records too. A background thread writes appended records every few
 //!   milliseconds (so a `kill -9` loses at most that window of changes nobody
-//!   synced); fsync, syncfs and snapshot/branch changes write and fdatasync
-//!   the journal before they are answered (`journal.rs`).
+//!   synced); fsync, syncfs and snapshot/branch changes make the journal
+//!   durable before they are answered: an fdatasync, or for a snapshot
+//!   the backstore's `syncfs` where that covers the journal (`journal.rs`).
 //! - A checkpoint (`checkpoint.rs`) holds the whole state. Mounting loads the
 //!   checkpoint, replays the journal of the same generation up to its first
 //!   torn or corrupt frame, then writes the recovered state as the next
@@ -71,6 +72,14 @@ pub trait MetaStore: Send + Sync + 'static {
     fn truncate_journal(&self, len: u64) -> io::Result<()>;
     /// Make the journal's written bytes durable (fdatasync).
     fn sync_journal(&self) -> io::Result<()>;
+    /// Whether a sync of the backstore's whole filesystem
+    /// ([`Backstore::sync_all`](crate::backstore::Backstore::sync_all))
+    /// makes the journal's written bytes durable too: the journal is a file
+    /// on that filesystem. Then a snapshot-create needs one disk flush, not
+    /// two. Say `false` when unsure.
+    fn journal_on_backstore_fs(&self) -> bool {
+        false
+    }
 }
 
 /// A [`MetaStore`] in memory, for tests: a crash is simulated by opening a

@@ -143,7 +143,7 @@ impl HostFs {
             .into_iter()
             .max()
             .unwrap_or(0);
-        let meta = meta::MetaFiles::open(&claimed.path.join(root::META_DIR))
+        let meta = meta::MetaFiles::open(&claimed.path.join(root::META_DIR), &claimed.dir)
             .map_err(io_err("open its metadata journal"))?;
         Ok(HostFs {
             root: claimed.path,

@@ -1,13 +1,15 @@
 //! FsCore's metadata store ([`agentfs_core::MetaStore`]) as two files under
 //! `<root>/meta/`: `checkpoint` (replaced atomically: written to
 //! `checkpoint.tmp`, fsynced, renamed over, the directory fsynced) and
-//! `journal` (written at offsets, fdatasynced on demand). The root's `flock`
+//! `journal` (written at offsets, fdatasynced on demand, or made durable by
+//! the root's `syncfs`, which covers it when it is on the root's filesystem,
+//! as it always is unless `meta/` was made a mount of its own). The root's `flock`
 //! already keeps a second process off both.
 
 use crate::HostFs;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const CHECKPOINT: &str = "checkpoint";
@@ -22,10 +24,14 @@ const JOURNAL_RESERVE_STEP: u64 = 64 << 10;
 pub(crate) struct MetaFiles {
     dir: PathBuf,
     journal: File,
+    /// The journal is on the filesystem of the backstore's root, so the
+    /// root's `syncfs` makes its written bytes durable too.
+    on_root_fs: bool,
 }
 
 impl MetaFiles {
-    pub(crate) fn open(dir: &Path) -> io::Result<MetaFiles> {
+    /// Open the journal in `dir`; `root` is the backstore's root directory.
+    pub(crate) fn open(dir: &Path, root: &File) -> io::Result<MetaFiles> {
         let journal = OpenOptions::new()
             .read(true)
             .write(true)
@@ -33,9 +39,11 @@ impl MetaFiles {
             .truncate(false)
             .mode(0o600)
             .open(dir.join(JOURNAL))?;
+        let on_root_fs = journal.metadata()?.dev() == root.metadata()?.dev();
         Ok(MetaFiles {
             dir: dir.to_path_buf(),
             journal,
+            on_root_fs,
         })
     }
 }
@@ -94,5 +102,9 @@ impl agentfs_core::MetaStore for HostFs {
 
     fn sync_journal(&self) -> io::Result<()> {
         self.meta.journal.sync_data()
+    }
+
+    fn journal_on_backstore_fs(&self) -> bool {
+        self.meta.on_root_fs
     }
 }

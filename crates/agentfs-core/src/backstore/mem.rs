@@ -18,6 +18,7 @@ struct MemInner {
     next: u64,
     objects: HashMap<ContentId, Vec<u8>>,
     clones: u64,
+    syncs: u64,
 }
 
 impl MemBackstore {
@@ -28,6 +29,11 @@ impl MemBackstore {
     /// How many times `clone_object` ran (copy-on-write events).
     pub fn clone_count(&self) -> u64 {
         self.inner.lock().clones
+    }
+
+    /// How many times `sync_all` ran.
+    pub fn sync_all_count(&self) -> u64 {
+        self.inner.lock().syncs
     }
 
     /// Whether the object exists.
@@ -191,6 +197,7 @@ impl Backstore for MemBackstore {
     }
 
     fn sync_all(&self) -> io::Result<()> {
+        self.inner.lock().syncs += 1;
         Ok(())
     }
 }

@@ -436,7 +436,7 @@ impl FsCore {
     }
 
     /// Make every change so far durable: with `data`, the backstore's objects
-    /// first (syncfs), then the journal.
+    /// too (syncfs; see [`Journal::sync_with_backstore`] for the order).
     pub(super) fn make_durable(&self, data: bool) -> FsResult<()> {
         let Some(journal) = self.journal.get() else {
             if data {
@@ -445,9 +445,10 @@ impl FsCore {
             return Ok(());
         };
         if data {
-            self.backstore.sync_all()?;
+            journal.sync_with_backstore()?;
+        } else {
+            journal.sync()?;
         }
-        journal.sync()?;
         Ok(())
     }
 }

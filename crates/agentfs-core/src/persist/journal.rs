@@ -1,6 +1,8 @@
 //! The journal: records appended in commit order, written to the store by a
-//! background thread every few milliseconds, and made durable (fdatasync) by
-//! every fsync, syncfs and view change before it is answered.
+//! background thread every few milliseconds, and made durable by every fsync,
+//! syncfs and view change before it is answered: an fdatasync, or where the
+//! change syncs the backstore too (snapshot-create) and the journal lives on
+//! its filesystem, that one `syncfs` after the records are written.
 //!
 //! File layout: a 24-byte header (magic, format version, generation), then
 //! frames of `[len u32][crc32c u32][payload]`. The generation ties a journal
@@ -266,7 +268,7 @@ impl Journal {
         p.removals.extend(ids.into_iter().map(|id| (at, id)));
     }
 
-    /// Make every record appended so far durable.
+    /// Make every record appended so far durable (fdatasync).
     /// Objects whose freeing records are durable already are removed too
     /// (freed by the reaper after the record was synced), so what
     /// `Backstore::usage` counts next is exact.
@@ -281,31 +283,81 @@ impl Journal {
         self.flush(true)
     }
 
+    /// Make the backstore's objects and every record appended so far
+    /// durable. Where the store says a sync of the backstore's filesystem
+    /// covers the journal too ([`MetaStore::journal_on_backstore_fs`]), the
+    /// records are written out first and the one `syncfs` makes both
+    /// durable: one flush of the disk instead of two. Otherwise the objects
+    /// are synced first, then the journal.
+    ///
+    /// Either way both are durable when this returns. What differs is a
+    /// crash in the middle: with one `syncfs` the records may reach the disk
+    /// before some of the data, so a change that was never answered (a
+    /// snapshot-create cut short) can come back holding data no more durable
+    /// than the live tree's, which a crash leaves as it finds it anyway.
+    pub(crate) fn sync_with_backstore(&self) -> io::Result<()> {
+        if !self.store.journal_on_backstore_fs() {
+            self.backstore.sync_all()?;
+            return self.sync();
+        }
+        let (end, generation) = {
+            let mut io = self.io.lock();
+            self.write_pending(&mut io)?;
+            (io.written, self.generation.load(Ordering::Acquire))
+        };
+        // Not under the io lock: the background writer and other syncs go
+        // on meanwhile; a syncfs can take long on a busy filesystem.
+        self.backstore.sync_all()?;
+        let mut io = self.io.lock();
+        // A checkpoint meanwhile restarted the journal: offsets of the old
+        // generation say nothing of the new one (the checkpoint itself is
+        // durable and holds everything).
+        if self.generation.load(Ordering::Acquire) == generation && io.durable < end {
+            io.durable = end;
+        }
+        self.remove_due(io);
+        Ok(())
+    }
+
     /// Write out what is appended; with `durable`, fdatasync it too. Then
     /// remove the objects whose freeing records are durable.
     pub(crate) fn flush(&self, durable: bool) -> io::Result<()> {
         let mut io = self.io.lock();
-        let (data, end) = {
-            let mut p = self.pending.lock();
-            (std::mem::take(&mut p.buf), p.appended)
-        };
-        if !data.is_empty() {
-            if let Err(e) = self.store.write_journal(io.written, &data) {
-                // Keep the frames for the next attempt, in order, and cut
-                // whatever part of them reached the file.
-                let _ = self.store.truncate_journal(io.written);
-                let mut p = self.pending.lock();
-                let mut all = data;
-                all.extend_from_slice(&p.buf);
-                p.buf = all;
-                return Err(e);
-            }
-            io.written = end;
-        }
+        self.write_pending(&mut io)?;
         if durable && io.durable < io.written {
             self.store.sync_journal()?;
             io.durable = io.written;
         }
+        self.remove_due(io);
+        Ok(())
+    }
+
+    /// Write the appended frames to the store (`io` held: one writer at a time).
+    fn write_pending(&self, io: &mut Written) -> io::Result<()> {
+        let (data, end) = {
+            let mut p = self.pending.lock();
+            (std::mem::take(&mut p.buf), p.appended)
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.write_journal(io.written, &data) {
+            // Keep the frames for the next attempt, in order, and cut
+            // whatever part of them reached the file.
+            let _ = self.store.truncate_journal(io.written);
+            let mut p = self.pending.lock();
+            let mut all = data;
+            all.extend_from_slice(&p.buf);
+            p.buf = all;
+            return Err(e);
+        }
+        io.written = end;
+        Ok(())
+    }
+
+    /// Remove the objects whose freeing records are durable (after
+    /// releasing `io`: a removal is a host unlink).
+    fn remove_due(&self, io: parking_lot::MutexGuard<'_, Written>) {
         let durable_at = io.durable;
         let due: Vec<ContentId> = {
             let mut p = self.pending.lock();
@@ -326,6 +378,5 @@ impl Journal {
                 tracing::warn!(content = %id, error = %e, "could not remove a freed content object");
             }
         }
-        Ok(())
     }
 }

@@ -392,3 +392,109 @@ fn sync_removes_objects_freed_by_records_already_durable() {
     );
     j.shutdown();
 }
+
+/// A store on the backstore's filesystem (or not), noting each journal
+/// write and fdatasync with how many backstore syncs had run before it.
+struct NotingStore {
+    inner: MemStore,
+    objects: Arc<MemBackstore>,
+    on_backstore_fs: bool,
+    events: parking_lot::Mutex<Vec<String>>,
+}
+
+impl NotingStore {
+    fn note(&self, what: &str) {
+        let syncs = self.objects.sync_all_count();
+        self.events
+            .lock()
+            .push(format!("{what} after {syncs} syncfs"));
+    }
+}
+
+impl MetaStore for NotingStore {
+    fn read_checkpoint(&self) -> std::io::Result<Option<Vec<u8>>> {
+        self.inner.read_checkpoint()
+    }
+    fn write_checkpoint(&self, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write_checkpoint(data)
+    }
+    fn read_journal(&self) -> std::io::Result<Vec<u8>> {
+        self.inner.read_journal()
+    }
+    fn write_journal(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.note("write");
+        self.inner.write_journal(offset, data)
+    }
+    fn truncate_journal(&self, len: u64) -> std::io::Result<()> {
+        self.inner.truncate_journal(len)
+    }
+    fn sync_journal(&self) -> std::io::Result<()> {
+        self.note("fdatasync");
+        self.inner.sync_journal()
+    }
+    fn journal_on_backstore_fs(&self) -> bool {
+        self.on_backstore_fs
+    }
+}
+
+/// `sync_with_backstore` (snapshot-create's durability point): where the
+/// journal is on the backstore's filesystem its records are written before
+/// the one syncfs and never fdatasynced; elsewhere the syncfs comes first and
+/// the journal is fdatasynced after it. Either way the records count as
+/// durable after (no second flush for them) and objects they freed go.
+#[test]
+fn sync_with_backstore_writes_the_journal_before_one_syncfs_when_it_covers_it() {
+    for (on_backstore_fs, expected) in [
+        (true, vec!["write after 0 syncfs"]),
+        (
+            false,
+            vec!["write after 1 syncfs", "fdatasync after 1 syncfs"],
+        ),
+    ] {
+        let objects = Arc::new(MemBackstore::new());
+        let store = Arc::new(NotingStore {
+            inner: MemStore::new(),
+            objects: Arc::clone(&objects),
+            on_backstore_fs,
+            events: parking_lot::Mutex::new(Vec::new()),
+        });
+        store.inner.write_journal(0, &journal::header(1)).unwrap();
+        let j = journal::Journal::start(
+            Arc::clone(&store) as Arc<dyn MetaStore>,
+            Arc::clone(&objects) as Arc<dyn Backstore>,
+            journal::HEADER_LEN,
+            1,
+        );
+        let freed = objects.create().unwrap();
+        j.append(b"the record that frees it");
+        j.remove_when_durable(vec![freed]);
+        j.sync_with_backstore().unwrap();
+        assert_eq!(
+            objects.sync_all_count(),
+            1,
+            "on_backstore_fs {on_backstore_fs}"
+        );
+        assert_eq!(
+            *store.events.lock(),
+            expected,
+            "on_backstore_fs {on_backstore_fs}"
+        );
+        assert!(
+            !objects.contains(freed),
+            "a freed object outlived its durable record"
+        );
+        assert_eq!(
+            store.inner.journal_len() as u64,
+            journal::HEADER_LEN + 8 + 24,
+            "the record is not in the journal"
+        );
+        // Nothing new: a plain sync has nothing left to make durable.
+        j.sync().unwrap();
+        assert_eq!(
+            *store.events.lock(),
+            expected,
+            "on_backstore_fs {on_backstore_fs}"
+        );
+        j.shutdown();
+    }
+}
