@@ -13,11 +13,14 @@ use std::sync::mpsc;
 /// `SnapshotDelete { snapshot: "boom" }`, fails `SnapshotDelete` otherwise.
 struct Fake {
     peers: Mutex<Vec<PeerCred>>,
+    /// The thread that answered each request.
+    threads: Mutex<Vec<thread::ThreadId>>,
 }
 
 impl ControlHandler for Fake {
     fn handle(&self, peer: &PeerCred, command: Command) -> Result<Reply, ControlError> {
         self.peers.lock().unwrap().push(*peer);
+        self.threads.lock().unwrap().push(thread::current().id());
         match command {
             Command::SnapshotDelete { snapshot } if snapshot == "boom" => {
                 panic!("the fake handler blew up")
@@ -51,6 +54,7 @@ fn start(config: ServerConfig) -> Harness {
     let socket = dir.path().join("control.sock");
     let handler = Arc::new(Fake {
         peers: Mutex::new(Vec::new()),
+        threads: Mutex::new(Vec::new()),
     });
     let server = ControlServer::bind_with(&socket, handler.clone(), config).unwrap();
     let endpoint = Endpoint {
@@ -341,6 +345,69 @@ fn shutdown_closes_connections_and_removes_the_socket() {
     assert!(!socket.exists());
     expect_closed(&mut idle);
     assert!(UnixStream::connect(&socket).is_err());
+}
+
+/// Wait up to 30 s for `cond`.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// One connection per request, as the CLI makes them: once a connection
+/// thread waits, the next connection is served by it, not by a new thread.
+#[test]
+fn a_thread_whose_connection_ended_serves_the_next_one() {
+    let h = start(ServerConfig::default());
+    for _ in 0..20 {
+        status_works(&h);
+        eventually("the connection thread to wait", || {
+            h.server.idle_threads() == 1 && h.server.active_connections() == 0
+        });
+    }
+    let threads = h.handler.threads.lock().unwrap().clone();
+    assert_eq!(threads.len(), 20);
+    assert!(
+        threads.iter().all(|t| *t == threads[0]),
+        "20 connections, one after another, took {} threads",
+        threads
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    );
+}
+
+/// At most IDLE_THREADS wait: of many connections open at once, the rest
+/// end with their connection. Stopping ends the waiting ones, which hold
+/// the handler (and through it, in the daemon, the whole filesystem).
+#[test]
+fn waiting_threads_are_bounded_and_end_when_the_server_stops() {
+    let h = start(ServerConfig::default());
+    let mut open: Vec<UnixStream> = (0..6).map(|_| raw(&h)).collect();
+    eventually("six connections served", || {
+        h.server.active_connections() == 6
+    });
+    open.clear();
+    eventually("the connections to end", || {
+        h.server.active_connections() == 0
+    });
+    eventually("IDLE_THREADS threads to wait", || {
+        h.server.idle_threads() == IDLE_THREADS
+    });
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(h.server.idle_threads(), IDLE_THREADS);
+    let Harness {
+        _dir,
+        server,
+        handler,
+        ..
+    } = h;
+    drop(server);
+    eventually("waiting threads to drop the handler", || {
+        Arc::strong_count(&handler) == 1
+    });
 }
 
 #[test]
