@@ -1,8 +1,9 @@
 //! The journal: records appended in commit order, written to the store by a
-//! background thread every few milliseconds, and made durable by every fsync,
-//! syncfs and view change before it is answered: an fdatasync, or where the
-//! change syncs the backstore too (snapshot-create) and the journal lives on
-//! its filesystem, that one `syncfs` after the records are written.
+//! background thread 5 ms after the first of them (it sleeps while nothing
+//! is appended), and made durable by every fsync, syncfs and view change
+//! before it is answered: an fdatasync, or where the change syncs the
+//! backstore too (snapshot-create) and the journal lives on its filesystem,
+//! that one `syncfs` after the records are written.
 //!
 //! File layout: a 24-byte header (magic, format version, generation), then
 //! frames of `[len u32][crc32c u32][payload]`. The generation ties a journal
@@ -27,8 +28,12 @@ use std::time::Duration;
 
 const MAGIC: &[u8; 8] = b"AGFSJNL\0";
 pub(crate) const HEADER_LEN: u64 = 24;
-/// How often the background thread writes appended records out.
+/// How long after the first record appended since the last write the
+/// background thread writes them out (records appended meanwhile go along).
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
+/// How long the background thread sleeps at most while nothing is appended
+/// (to notice a journal dropped without `shutdown`).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub(crate) fn header(gen: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN as usize);
@@ -94,6 +99,13 @@ struct Pending {
     removals: Vec<(u64, ContentId)>,
 }
 
+impl Pending {
+    /// Nothing for the background thread to do.
+    fn idle(&self) -> bool {
+        self.buf.is_empty() && self.removals.is_empty()
+    }
+}
+
 struct Written {
     /// Journal offset up to which frames are written to the store.
     written: u64,
@@ -107,6 +119,8 @@ pub(crate) struct Journal {
     backstore: Arc<dyn Backstore>,
     /// Leaf lock: taken under tree and registry locks to append.
     pending: Mutex<Pending>,
+    /// Wakes the background thread: something to write, or stop.
+    work: parking_lot::Condvar,
     /// Serialises writes to the store; never taken under a tree lock.
     io: Mutex<Written>,
     next_tag: AtomicU64,
@@ -146,6 +160,7 @@ impl Journal {
                 appended: len,
                 removals: Vec::new(),
             }),
+            work: parking_lot::Condvar::new(),
             io: Mutex::new(Written {
                 written: len,
                 durable: len,
@@ -163,6 +178,21 @@ impl Journal {
         let spawned = std::thread::Builder::new()
             .name("agentfs-journal".into())
             .spawn(move || loop {
+                // Asleep while there is nothing to write: an idle mount
+                // costs no wake-ups but one a second.
+                {
+                    let Some(j) = weak.upgrade() else { break };
+                    let mut p = j.pending.lock();
+                    if j.stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    if p.idle() {
+                        j.work.wait_for(&mut p, IDLE_CHECK);
+                        if p.idle() {
+                            continue;
+                        }
+                    }
+                }
                 std::thread::sleep(FLUSH_EVERY);
                 let Some(j) = weak.upgrade() else { break };
                 if j.stop.load(Ordering::Acquire) {
@@ -190,6 +220,11 @@ impl Journal {
     /// core goes away), so the store is released with the core.
     pub(crate) fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
+        {
+            // Under the lock the thread checks `stop` under: no missed wake-up.
+            let _p = self.pending.lock();
+            self.work.notify_all();
+        }
         let handle = self.thread.lock().take();
         if let Some(handle) = handle {
             if handle.thread().id() != std::thread::current().id() {
@@ -246,6 +281,9 @@ impl Journal {
     /// Append one record (called with the lock that orders it held).
     pub(crate) fn append(&self, payload: &[u8]) {
         let mut p = self.pending.lock();
+        if p.idle() {
+            self.work.notify_one();
+        }
         p.buf
             .extend_from_slice(&(payload.len() as u32).to_le_bytes());
         p.buf.extend_from_slice(&crc32c(payload).to_le_bytes());
@@ -264,6 +302,9 @@ impl Journal {
             return;
         }
         let mut p = self.pending.lock();
+        if p.idle() {
+            self.work.notify_one();
+        }
         let at = p.appended;
         p.removals.extend(ids.into_iter().map(|id| (at, id)));
     }
