@@ -10,7 +10,7 @@
 //! connection thread whose client went away waits a while for the next
 //! connection (at most [`IDLE_THREADS`] wait), so a client that connects
 //! once per request, as the CLI does, costs a wake-up instead of a thread
-//! start (about a fifth of a snapshot-create's round trip).
+//! start (0.01-0.03 ms of a 0.13-0.15 ms no-op round trip here).
 //!
 //! Nothing a client sends can panic or stop the server: bad framing, garbage,
 //! oversized or truncated messages are answered `BadMessage`, a foreign
