@@ -52,9 +52,11 @@ work=$(mktemp -d /var/tmp/agentfs-fuse-trace.XXXXXX)
 mkdir "$work/store" "$work/mnt"
 pid=""
 old_size=$(cat "$tracing/buffer_size_kb")
+old_on=$(cat "$tracing/tracing_on")
 cleanup() {
     echo 0 > "$tracing/events/fuse/enable" || true
     echo "$old_size" > "$tracing/buffer_size_kb" || true
+    echo "$old_on" > "$tracing/tracing_on" || true
     if [ -n "$pid" ]; then
         fusermount3 -u "$work/mnt" 2>/dev/null || umount -l "$work/mnt" 2>/dev/null || true
         for _ in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
@@ -70,6 +72,9 @@ pid=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' "$work/mount.out")
 mountpoint -q "$work/mnt" || { cat "$work/mount.out" >&2; exit 1; }
 
 echo 131072 > "$tracing/buffer_size_kb"
+# Another tool (perf, a trace-cmd run) may have left the ring buffer off, and
+# then every step would look answered from the kernel's caches.
+echo 1 > "$tracing/tracing_on"
 # trace NAME NFILES COLD COMMAND...: one step, traced, and its table.
 trace() {
     local name=$1 n=$2 cold=$3
