@@ -93,6 +93,16 @@ pub struct DirEntry {
     pub offset: u64,
 }
 
+/// One entry of `readdir_plus`: the entry, the attributes of its node, and
+/// whether those came from memory alone (see `FsCore::attr_in_memory`;
+/// false while the kernel writes the node's object directly).
+#[derive(Clone, Debug)]
+pub struct DirEntryPlus {
+    pub entry: DirEntry,
+    pub attr: Attr,
+    pub attr_in_memory: bool,
+}
+
 /// Filesystem-wide numbers for `statfs`, taken from the backstore.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatFs {

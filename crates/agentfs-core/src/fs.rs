@@ -124,10 +124,12 @@ impl OpenCount {
     }
 }
 
-/// What [`FsCore::attr_parts`] reads under the tree lock.
+/// What [`FsCore::attr_parts`] reads under the tree lock: the node's
+/// attributes as stored (`blocks` not yet known), copied without the
+/// node's name hint, which a stat never shows and which would cost an
+/// allocation per answer.
 struct AttrParts {
-    id: NodeId,
-    meta: Meta,
+    attr: Attr,
     content: Option<Arc<Content>>,
     direct_writers: u32,
 }
@@ -452,17 +454,16 @@ impl FsCore {
         let _ = c.allocated(|| self.backstore.allocated_bytes(c.id).ok());
     }
 
-    /// Attributes of a node, with `blocks` asked of the backstore outside any lock.
-    fn finish_attr(&self, id: NodeId, meta: &Meta, content: Option<&Arc<Content>>) -> Attr {
-        let blocks = match (meta.kind, content) {
+    /// `attr.blocks`, asked of the backstore outside any lock.
+    fn fill_blocks(&self, attr: &mut Attr, content: Option<&Arc<Content>>) {
+        attr.blocks = match (attr.kind, content) {
             (FileKind::Directory, _) => 8,
             (_, Some(c)) => c
                 .allocated(|| self.backstore.allocated_bytes(c.id).ok())
-                .unwrap_or(meta.size)
+                .unwrap_or(attr.size)
                 .div_ceil(512),
             _ => 0,
         };
-        meta.attr(id, blocks)
     }
 
     /// Attributes of node `id` in branch `b`.
@@ -488,8 +489,7 @@ impl FsCore {
     fn attr_parts(branch: &BranchState, t: &Tree, id: NodeId) -> FsResult<AttrParts> {
         let n = node(t, id)?;
         Ok(AttrParts {
-            id,
-            meta: n.meta.clone(),
+            attr: n.meta.attr(id, 0),
             content: n.content().cloned(),
             direct_writers: branch.open_count(id).passthrough_writers,
         })
@@ -499,8 +499,7 @@ impl FsCore {
     /// any lock) what only it knows.
     fn finish_parts(&self, parts: AttrParts) -> Attr {
         let AttrParts {
-            id,
-            mut meta,
+            mut attr,
             content,
             direct_writers,
         } = parts;
@@ -510,13 +509,14 @@ impl FsCore {
                 c.forget_allocated();
                 // The kernel writes this object directly: it knows the size.
                 if let Ok((len, mtime)) = self.backstore.len_and_mtime(c.id) {
-                    meta.size = len;
-                    meta.mtime = mtime;
-                    meta.ctime = meta.ctime.max(mtime);
+                    attr.size = len;
+                    attr.mtime = mtime;
+                    attr.ctime = attr.ctime.max(mtime);
                 }
             }
         }
-        self.finish_attr(id, &meta, content.as_ref())
+        self.fill_blocks(&mut attr, content.as_ref());
+        attr
     }
 
     /// Whether directory `parent` of branch `b` has an entry `name` (a hint:

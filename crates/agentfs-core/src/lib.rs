@@ -27,7 +27,7 @@ pub mod persist;
 #[cfg(test)]
 mod test_support;
 
-pub use attr::{Attr, DirEntry, FileKind, SetAttr, SetTime, StatFs};
+pub use attr::{Attr, DirEntry, DirEntryPlus, FileKind, SetAttr, SetTime, StatFs};
 pub use backstore::{Backstore, BackstoreUsage};
 pub use binding::{BindingInfo, ProcFs, ProcessInfo, ProcessTable};
 pub use creds::Ctx;

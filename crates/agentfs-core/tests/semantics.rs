@@ -588,6 +588,35 @@ fn readdir_lists_dot_dotdot_and_names_in_order() {
     e.core.releasedir(fh).unwrap();
 }
 
+/// readdirplus answers, for every entry, what getattr answers for its node
+/// (blocks included), read for the whole batch at once.
+#[test]
+fn readdir_plus_answers_what_getattr_answers() {
+    let e = env();
+    let m = e.main();
+    e.mkdir(m, "d");
+    e.mkdir(m, "d/sub");
+    e.write_file(m, "d/empty", b"");
+    e.write_file(m, "d/data", &[7u8; 10_000]);
+    let d = e.resolve(m, "d").unwrap().node;
+    let fh = e.core.opendir(&e.root, m, d).unwrap();
+    let plus = e.core.readdir_plus(fh, 0, 100).unwrap();
+    let names: Vec<_> = plus.iter().map(|p| p.entry.name.clone()).collect();
+    assert_eq!(names, [&b"."[..], b"..", b"data", b"empty", b"sub"]);
+    for p in &plus {
+        assert_eq!(p.attr, e.core.getattr(m, p.entry.node).unwrap());
+        assert!(p.attr_in_memory, "{:?}", p.entry.name);
+    }
+    let data = plus.iter().find(|p| p.entry.name == b"data").unwrap();
+    assert_eq!(data.attr.size, 10_000);
+    assert!(data.attr.blocks > 0);
+    // Resuming after a cookie continues after that entry.
+    let rest = e.core.readdir_plus(fh, plus[2].entry.offset, 100).unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].entry.name, b"empty");
+    e.core.releasedir(fh).unwrap();
+}
+
 #[test]
 fn name_limits_and_errors() {
     let e = env();

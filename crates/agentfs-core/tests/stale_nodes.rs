@@ -118,3 +118,32 @@ fn an_unlinked_file_stays_until_every_kernel_lookup_is_forgotten() {
     // Forgetting more than was looked up is harmless.
     e.core.forget(main, id, 5);
 }
+
+/// The entries of a readdirplus reply are lookups the kernel holds
+/// (`remember_all`): an entry unlinked afterwards stays, nameless, until
+/// the kernel forgets it.
+#[test]
+fn readdirplus_entries_are_held_like_lookups() {
+    let e = env();
+    let main = e.main();
+    let id = e.write_file(main, "f", b"data");
+    e.write_file(main, "g", b"other");
+    let fh = e.core.opendir(&e.root, main, NodeId::ROOT).unwrap();
+    let plus = e.core.readdir_plus(fh, 0, 100).unwrap();
+    e.core.releasedir(fh).unwrap();
+    let handed: Vec<NodeId> = plus
+        .iter()
+        .filter(|p| p.entry.name != b"." && p.entry.name != b"..")
+        .map(|p| p.entry.node)
+        .collect();
+    assert!(handed.contains(&id));
+    e.core.remember_all(main, &handed);
+    e.core.remember_all(main, &[id]);
+    e.core
+        .unlink(&e.root, main, NodeId::ROOT, name("f"))
+        .unwrap();
+    e.core.forget(main, id, 1);
+    assert_eq!(e.core.getattr(main, id).unwrap().nlink, 0);
+    e.core.forget(main, id, 1);
+    assert!(matches!(e.core.getattr(main, id), Err(FsError::Stale)));
+}

@@ -389,8 +389,14 @@ fn ttl_for(ino: u64, ttl: Duration, root_shared: bool) -> Duration {
 /// view must ask each time; the writer's own view knows them anyway), else
 /// [`ttl_for`].
 fn node_attr_ttl(core: &FsCore, ino: u64, b: BranchId, n: NodeId, ttl: Duration) -> Duration {
-    if core.attr_in_memory(b, n) {
-        ttl_for(ino, ttl, core.root_is_shared())
+    known_attr_ttl(ino, core.attr_in_memory(b, n), ttl, core.root_is_shared())
+}
+
+/// [`node_attr_ttl`] where whether the attributes came from memory alone is
+/// known already (a readdirplus entry).
+fn known_attr_ttl(ino: u64, in_memory: bool, ttl: Duration, root_shared: bool) -> Duration {
+    if in_memory {
+        ttl_for(ino, ttl, root_shared)
     } else {
         Duration::ZERO
     }

@@ -1,8 +1,8 @@
 //! Directory handles: opendir, readdir with `.` and `..`, releasedir.
 
 use super::tree::Body;
-use super::{node, FsCore, HandleKind};
-use crate::attr::{Attr, DirEntry, FileKind};
+use super::{node, AttrParts, FsCore, HandleKind};
+use crate::attr::{DirEntry, DirEntryPlus, FileKind};
 use crate::creds::Ctx;
 use crate::error::{FsError, FsResult};
 use crate::ids::{BranchId, HandleId, NodeId};
@@ -50,23 +50,54 @@ impl FsCore {
     /// [`FsCore::readdir`] with each entry's attributes (readdirplus), so the
     /// kernel need not look each name up again. An entry whose node is gone
     /// since the listing was taken is left out.
+    ///
+    /// The nodes are read under one tree lock and one lock of the open
+    /// counts for the whole batch (a listing is answered entry by entry
+    /// otherwise: three lock pairs and a map lookup each); what only the
+    /// backstore knows is asked after both are dropped.
     pub fn readdir_plus(
         &self,
         fh: HandleId,
         offset: u64,
         max: usize,
-    ) -> FsResult<Vec<(DirEntry, Attr)>> {
+    ) -> FsResult<Vec<DirEntryPlus>> {
         let entries = self.readdir(fh, offset, max)?;
-        let b = self.handle(fh)?.branch.id;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            match self.attr(b, e.node) {
-                Ok(attr) => out.push((e, attr)),
-                Err(FsError::Stale) => {}
-                Err(err) => return Err(err),
+        let branch = self.branch(self.handle(fh)?.branch.id)?;
+        let mut parts = Vec::with_capacity(entries.len());
+        {
+            let t = branch.tree.read();
+            let open = branch.open.lock();
+            for e in entries {
+                let n = match node(&t, e.node) {
+                    Ok(n) => n,
+                    Err(FsError::Stale) => continue,
+                    Err(err) => return Err(err),
+                };
+                let direct_writers = open.get(&e.node).map_or(0, |c| c.passthrough_writers);
+                let p = AttrParts {
+                    attr: n.meta.attr(e.node, 0),
+                    content: n.content().cloned(),
+                    direct_writers,
+                };
+                parts.push((e, p));
             }
         }
-        Ok(out)
+        Ok(parts
+            .into_iter()
+            .map(|(entry, p)| {
+                let (direct, content) = (p.direct_writers > 0, p.content.clone());
+                let attr = self.finish_parts(p);
+                // Read after finishing, which may have just asked the
+                // allocated bytes, as `attr_in_memory` after a lookup does.
+                let attr_in_memory =
+                    !direct && content.is_none_or(|c| c.cached_allocated().is_some());
+                DirEntryPlus {
+                    entry,
+                    attr,
+                    attr_in_memory,
+                }
+            })
+            .collect())
     }
 
     pub fn releasedir(&self, fh: HandleId) -> FsResult<()> {

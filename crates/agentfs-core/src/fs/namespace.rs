@@ -166,6 +166,18 @@ impl FsCore {
         }
     }
 
+    /// [`FsCore::remember`] for each of `ids` (a readdirplus reply), under
+    /// one lock.
+    pub fn remember_all(&self, b: BranchId, ids: &[NodeId]) {
+        let Ok(branch) = self.branch(b) else {
+            return;
+        };
+        let mut refs = branch.kernel_refs.lock();
+        for &id in ids.iter().filter(|&&id| id != NodeId::ROOT) {
+            *refs.entry(id).or_default() += 1;
+        }
+    }
+
     /// The kernel forgot `n` lookups of node `id` of branch `b` (FUSE FORGET).
     /// An orphan nothing else holds goes with the last.
     pub fn forget(&self, b: BranchId, id: NodeId, n: u64) {
@@ -186,10 +198,14 @@ impl FsCore {
                 None => false,
             }
         };
-        if last {
+        // Only an orphan (no name left) goes with its last lookup; that is
+        // rare, so read first. The refs entry is gone already, so an unlink
+        // from here on frees the node itself, and one before it committed
+        // under the tree lock this read waits for.
+        let orphan = |t: &Tree| t.get(id).is_some_and(|n| n.meta.nlink == 0);
+        if last && orphan(&branch.tree.read()) {
             let _ = Self::write_branch_tree(&branch, |t| {
-                let orphan = t.get(id).is_some_and(|n| n.meta.nlink == 0);
-                if orphan && !branch.pinned(id) {
+                if orphan(t) && !branch.pinned(id) {
                     t.remove(id);
                     branch.orphans.lock().remove(&id);
                 }

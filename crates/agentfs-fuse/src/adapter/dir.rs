@@ -214,9 +214,9 @@ impl AgentFs {
             loop {
                 let entries = tri!(call, late, core.readdir_plus(fh, offset, READDIR_BATCH));
                 let complete = entries.len() < READDIR_BATCH;
-                for (e, _) in &entries {
-                    bytes += DIRENTPLUS_HEADER + e.name.len();
-                    offset = e.offset;
+                for e in &entries {
+                    bytes += DIRENTPLUS_HEADER + e.entry.name.len();
+                    offset = e.entry.offset;
                 }
                 gathered.extend(entries);
                 if complete || bytes >= READDIRPLUS_MAX_BUFFER {
@@ -226,13 +226,17 @@ impl AgentFs {
             let Some(mut reply) = late.take() else {
                 return;
             };
-            for (e, attr) in &gathered {
+            let root_shared = core.root_is_shared();
+            let mut handed = Vec::with_capacity(gathered.len());
+            for plus in &gathered {
+                let e = &plus.entry;
                 // `..` of a branch's root is the mount's parent: the kernel
                 // never makes a dentry of `.` or `..` from readdirplus.
                 let e_ino = tri!(call, reply, inode::encode_in(target, b, e.node));
-                let attr_ttl = super::node_attr_ttl(core, e_ino, b, e.node, entry_ttl);
+                let attr_ttl =
+                    super::known_attr_ttl(e_ino, plus.attr_in_memory, entry_ttl, root_shared);
                 let name = OsStr::from_bytes(&e.name);
-                let fattr = file_attr(e_ino, attr);
+                let fattr = file_attr(e_ino, &plus.attr);
                 if reply.add(
                     INodeNo(e_ino),
                     e.offset,
@@ -245,9 +249,11 @@ impl AgentFs {
                 }
                 // The kernel takes a lookup of every entry but . and ..
                 if e.name != b"." && e.name != b".." {
-                    core.remember(b, e.node);
+                    handed.push(e.node);
                 }
             }
+            // Before the reply leaves: a FORGET of these may follow at once.
+            core.remember_all(b, &handed);
             reply.ok();
         });
     }
