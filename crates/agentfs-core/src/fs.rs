@@ -574,24 +574,12 @@ impl FsCore {
         self.node_attr_is_quick(&branch, &t, id)
     }
 
-    /// [`FsCore::attr_is_quick`] for the entry `name` of directory `parent`
-    /// (true if there is none: the answer is ENOENT, from memory).
-    pub fn lookup_is_quick(&self, b: BranchId, parent: NodeId, name: &[u8]) -> bool {
-        let Ok(branch) = self.branch(b) else {
-            return true;
-        };
-        let t = branch.tree.read();
-        if t.get(parent).is_some_and(|p| p.unloaded().is_some()) {
-            return false; // A lower directory to read first.
-        }
-        let child = t
-            .get(parent)
-            .and_then(|p| p.entries())
-            .and_then(|e| e.get(name).copied());
-        match child {
-            Some(id) => self.node_attr_is_quick(&branch, &t, id),
-            None => true,
-        }
+    /// [`FsCore::node_attr_is_quick`] for attributes read already.
+    fn parts_are_quick(&self, parts: &AttrParts) -> bool {
+        parts.content.as_ref().is_none_or(|c| {
+            (parts.direct_writers == 0 && c.cached_allocated().is_some())
+                || (c.lower.is_none() && self.backstore.host_file_is_quick(c.id))
+        })
     }
 
     fn node_attr_is_quick(&self, branch: &BranchState, t: &Tree, id: NodeId) -> bool {

@@ -904,3 +904,30 @@ fn concurrent_reads_snapshots_and_branches_agree() {
         assert!(changes.is_empty(), "{b}: {changes:?}");
     }
 }
+
+/// A lookup in a lower directory not read yet cannot be answered in one
+/// pass from memory (`lookup_for_kernel_quick` says so, and does nothing):
+/// reading the directory waits on the disk. Once it is read, it can.
+#[test]
+fn a_quick_lookup_leaves_an_unread_lower_directory_to_a_worker() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let (o, _) = mount(
+        &Arc::new(MemBackstore::new()),
+        MemStore::new(),
+        lower.path(),
+    );
+    let b = o.main();
+    let src = o.resolve(b, "src").unwrap().node;
+    assert!(o
+        .core
+        .lookup_for_kernel_quick(&o.ctx, b, src, n("main.rs"))
+        .is_none());
+    let main_rs = o.core.lookup(&o.ctx, b, src, n("main.rs")).unwrap();
+    let (quick, _) = o
+        .core
+        .lookup_for_kernel_quick(&o.ctx, b, src, n("main.rs"))
+        .expect("read now")
+        .unwrap();
+    assert_eq!(quick, main_rs);
+}

@@ -147,3 +147,39 @@ fn readdirplus_entries_are_held_like_lookups() {
     e.core.forget(main, id, 1);
     assert!(matches!(e.core.getattr(main, id), Err(FsError::Stale)));
 }
+
+/// A lookup answered in one pass (`lookup_for_kernel_quick`) answers what
+/// `lookup_for_kernel` does and holds the node for the kernel the same way.
+#[test]
+fn a_quick_lookup_answers_and_holds_like_a_lookup() {
+    let e = env();
+    let main = e.main();
+    e.write_file(main, "f", b"data");
+    let slow = e
+        .core
+        .lookup_for_kernel(&e.root, main, NodeId::ROOT, name("f"))
+        .unwrap();
+    let (attr, in_memory) = e
+        .core
+        .lookup_for_kernel_quick(&e.root, main, NodeId::ROOT, name("f"))
+        .expect("answered from memory")
+        .unwrap();
+    assert_eq!(attr, slow);
+    assert_eq!(in_memory, e.core.attr_in_memory(main, attr.node));
+    assert!(matches!(
+        e.core
+            .lookup_for_kernel_quick(&e.root, main, NodeId::ROOT, name("missing")),
+        Some(Err(FsError::NotFound))
+    ));
+    // Two lookups held: the file outlives its name until both are forgotten.
+    e.core
+        .unlink(&e.root, main, NodeId::ROOT, name("f"))
+        .unwrap();
+    e.core.forget(main, attr.node, 1);
+    assert_eq!(e.core.getattr(main, attr.node).unwrap().nlink, 0);
+    e.core.forget(main, attr.node, 1);
+    assert!(matches!(
+        e.core.getattr(main, attr.node),
+        Err(FsError::Stale)
+    ));
+}

@@ -460,8 +460,24 @@ fn reply_entry(
     attr: &Attr,
     ttl: Duration,
 ) {
+    let in_memory = core.attr_in_memory(b, attr.node);
+    reply_entry_known(core, call, reply, parent, b, attr, in_memory, ttl);
+}
+
+/// [`reply_entry`] where whether `attr` came from memory alone is known.
+#[allow(clippy::too_many_arguments)]
+fn reply_entry_known(
+    core: &FsCore,
+    call: &Call,
+    reply: impl crate::deadline::EntryReply,
+    parent: Ino,
+    b: BranchId,
+    attr: &Attr,
+    in_memory: bool,
+    ttl: Duration,
+) {
     let ino = tri!(call, reply, inode::encode_in(parent, b, attr.node));
-    let attr_ttl = node_attr_ttl(core, ino, b, attr.node, ttl);
+    let attr_ttl = known_attr_ttl(ino, in_memory, ttl, core.root_is_shared());
     let entry_ttl = entry_ttl(core, parent, ttl);
     reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, attr), Generation(0));
 }

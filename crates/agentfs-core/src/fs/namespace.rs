@@ -3,7 +3,7 @@
 
 use super::perm::{self, R, S_ISGID, W, X};
 use super::tree::{Body, Meta, Node, Tree};
-use super::{check_name, node, FsCore, RenameFlags};
+use super::{check_name, node, AttrParts, BranchState, FsCore, RenameFlags};
 use crate::attr::{Attr, FileKind, SetAttr, SetTime};
 use crate::creds::Ctx;
 use crate::error::{FsError, FsResult};
@@ -123,23 +123,81 @@ impl FsCore {
         let parts = {
             // The name and its node in one view of the tree.
             let t = branch.tree.read();
-            let d = dir(&t, parent)?;
-            perm::check(ctx, &d.meta, X)?;
-            let id = match name {
-                b"." => parent,
-                b".." => match d.body {
-                    Body::Dir { parent: up, .. } => up,
-                    _ => return Err(FsError::NotDir),
-                },
-                _ => entry(&t, parent, name)?.ok_or(FsError::NotFound)?,
-            };
-            let parts = Self::attr_parts(&branch, &t, id)?;
+            let (id, parts) = Self::resolve_parts(&branch, &t, ctx, parent, name)?;
             if remember && id != NodeId::ROOT {
                 *branch.kernel_refs.lock().entry(id).or_default() += 1;
             }
             parts
         };
         Ok(self.finish_parts(parts))
+    }
+
+    /// The node `name` of directory `parent` names (`.` and `..` included),
+    /// if `ctx` may search `parent`, and its attributes as the tree holds
+    /// them.
+    fn resolve_parts(
+        branch: &BranchState,
+        t: &Tree,
+        ctx: &Ctx,
+        parent: NodeId,
+        name: &[u8],
+    ) -> FsResult<(NodeId, AttrParts)> {
+        let d = dir(t, parent)?;
+        perm::check(ctx, &d.meta, X)?;
+        let id = match name {
+            b"." => parent,
+            b".." => match d.body {
+                Body::Dir { parent: up, .. } => up,
+                _ => return Err(FsError::NotDir),
+            },
+            _ => entry(t, parent, name)?.ok_or(FsError::NotFound)?,
+        };
+        Ok((id, Self::attr_parts(branch, t, id)?))
+    }
+
+    /// [`FsCore::lookup_for_kernel`] when it can answer without waiting on
+    /// the storage, with whether the attributes came from memory alone (see
+    /// [`FsCore::attr_in_memory`]). `None`, with nothing done, when it would
+    /// have to wait: a lower directory to read first, or attributes only the
+    /// backstore knows (an object the kernel writes directly, whose file the
+    /// backstore does not hold open). One pass, where asking whether the
+    /// lookup would wait and then looking up took two.
+    pub fn lookup_for_kernel_quick(
+        &self,
+        ctx: &Ctx,
+        b: BranchId,
+        parent: NodeId,
+        name: &OsStr,
+    ) -> Option<FsResult<(Attr, bool)>> {
+        let name = name.as_bytes();
+        if name.len() > super::NAME_MAX {
+            return Some(Err(FsError::NameTooLong));
+        }
+        let branch = match self.branch(b) {
+            Ok(branch) => branch,
+            Err(e) => return Some(Err(e)),
+        };
+        let parts = {
+            let t = branch.tree.read();
+            if t.get(parent).is_some_and(|p| p.unloaded().is_some()) {
+                return None;
+            }
+            let (id, parts) = match Self::resolve_parts(&branch, &t, ctx, parent, name) {
+                Ok(found) => found,
+                Err(e) => return Some(Err(e)),
+            };
+            if !self.parts_are_quick(&parts) {
+                return None;
+            }
+            if id != NodeId::ROOT {
+                *branch.kernel_refs.lock().entry(id).or_default() += 1;
+            }
+            parts
+        };
+        let (direct, content) = (parts.direct_writers > 0, parts.content.clone());
+        let attr = self.finish_parts(parts);
+        let in_memory = !direct && content.is_none_or(|c| c.cached_allocated().is_some());
+        Some(Ok((attr, in_memory)))
     }
 
     /// [`FsCore::lookup`] for the kernel: the node found is remembered as held

@@ -2,7 +2,7 @@
 //! linking names, and `access`.
 
 use super::virtual_nodes::is_reserved;
-use super::{ctx, rename_flags, reply_entry, resolve, AgentFs};
+use super::{ctx, rename_flags, reply_entry, reply_entry_known, resolve, AgentFs};
 use crate::attr::file_attr;
 use crate::deadline::Late;
 use crate::inode::{self, Ino};
@@ -53,18 +53,38 @@ impl AgentFs {
                 reply.entry_with_ttls(&zero, &zero, &file_attr(ino, &attr), Generation(0));
             });
         }
-        let probe = name.clone();
+        // Answered on this thread in one pass when FsCore can do it from
+        // memory (the usual case): `quick` does the lookup itself and leaves
+        // its answer for `job`. A file the kernel writes directly asks the
+        // backstore for its size: then `quick` does nothing and the whole
+        // lookup runs on a worker, with the request deadline (unless the
+        // object's file is open in the backstore already: an fstat).
+        let found = Arc::new(parking_lot::Mutex::new(None));
+        let (probe, ctx_probe, left) = (name.clone(), ctx.clone(), Arc::clone(&found));
         let quick = move |core: &FsCore, pid| match resolve(core, p, pid) {
-            Ok((b, n)) => core.lookup_is_quick(b, n, probe.as_bytes()),
+            Ok((b, n)) => {
+                let answer = core.lookup_for_kernel_quick(&ctx_probe, b, n, &probe);
+                let quick = answer.is_some();
+                *left.lock() = answer.map(|a| (b, a));
+                quick
+            }
             Err(_) => true,
         };
-        // A file the kernel writes directly asks the backstore for its size:
-        // on a worker, with the request deadline, unless the object's file
-        // is open in the backstore already (an fstat).
         self.submit_meta_if_late(call, reply, quick, move |core, call, reply| {
-            let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
-            match core.lookup_for_kernel(&ctx, b, n, &name) {
-                Ok(attr) => reply_entry(core, &call, reply, p, b, &attr, ttl),
+            let answer = match found.lock().take() {
+                Some((b, answer)) => answer.map(|(attr, in_memory)| (b, attr, in_memory)),
+                None => {
+                    let (b, n) = tri!(call, reply, resolve(core, p, call.pid));
+                    core.lookup_for_kernel(&ctx, b, n, &name).map(|attr| {
+                        let in_memory = core.attr_in_memory(b, attr.node);
+                        (b, attr, in_memory)
+                    })
+                }
+            };
+            match answer {
+                Ok((b, attr, in_memory)) => {
+                    reply_entry_known(core, &call, reply, p, b, &attr, in_memory, ttl)
+                }
                 // A name that does not exist is cached as such (a negative
                 // entry) wherever its answer does not depend on the caller:
                 // it can only appear through a create the kernel sees.
