@@ -519,6 +519,16 @@ impl FsCore {
         attr
     }
 
+    /// [`FsCore::finish_parts`], with whether the attributes came from memory
+    /// alone (see [`FsCore::attr_in_memory`]): read after finishing, which
+    /// may have just asked the allocated bytes.
+    fn finish_parts_in_memory(&self, parts: AttrParts) -> (Attr, bool) {
+        let (direct, content) = (parts.direct_writers > 0, parts.content.clone());
+        let attr = self.finish_parts(parts);
+        let in_memory = !direct && content.is_none_or(|c| c.cached_allocated().is_some());
+        (attr, in_memory)
+    }
+
     /// Whether directory `parent` of branch `b` has an entry `name` (a hint:
     /// a create of an existing file may truncate or copy it in the backstore).
     pub fn has_entry(&self, b: BranchId, parent: NodeId, name: &[u8]) -> bool {

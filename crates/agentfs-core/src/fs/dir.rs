@@ -85,12 +85,7 @@ impl FsCore {
         Ok(parts
             .into_iter()
             .map(|(entry, p)| {
-                let (direct, content) = (p.direct_writers > 0, p.content.clone());
-                let attr = self.finish_parts(p);
-                // Read after finishing, which may have just asked the
-                // allocated bytes, as `attr_in_memory` after a lookup does.
-                let attr_in_memory =
-                    !direct && content.is_none_or(|c| c.cached_allocated().is_some());
+                let (attr, attr_in_memory) = self.finish_parts_in_memory(p);
                 DirEntryPlus {
                     entry,
                     attr,

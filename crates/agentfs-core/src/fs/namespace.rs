@@ -194,10 +194,7 @@ impl FsCore {
             }
             parts
         };
-        let (direct, content) = (parts.direct_writers > 0, parts.content.clone());
-        let attr = self.finish_parts(parts);
-        let in_memory = !direct && content.is_none_or(|c| c.cached_allocated().is_some());
-        Some(Ok((attr, in_memory)))
+        Some(Ok(self.finish_parts_in_memory(parts)))
     }
 
     /// [`FsCore::lookup`] for the kernel: the node found is remembered as held
