@@ -931,3 +931,54 @@ fn a_quick_lookup_leaves_an_unread_lower_directory_to_a_worker() {
         .unwrap();
     assert_eq!(quick, main_rs);
 }
+
+/// A readdirplus answered in one pass from memory (`readdir_plus_quick`,
+/// which the FUSE adapter runs on the thread that took the request) answers
+/// what `readdir_plus` answers. While an entry's allocated bytes are known
+/// only to the backstore (an object of the store's, after a restart) it
+/// does nothing and says so; the handle then still lists from the start.
+#[test]
+fn a_quick_readdir_plus_waits_for_nothing_and_answers_the_same() {
+    let lower = tempfile::tempdir().unwrap();
+    make_lower(lower.path());
+    let objects = Arc::new(MemBackstore::new());
+    let (o, _) = mount(&objects, MemStore::new(), lower.path());
+    let b = o.main();
+    o.write_at(b, "docs/a.md", 0, b"upper now");
+    o.core.checkpoint().unwrap();
+    let image = o.store.image(None);
+    drop(o);
+    let (o, _) = mount(&objects, image, lower.path());
+    let docs = o.resolve(b, "docs").unwrap().node;
+    let fh = o.core.opendir(&o.ctx, b, docs).unwrap();
+    assert!(
+        o.core.readdir_plus_quick(fh, 0, 100).is_none(),
+        "a.md's object's allocated bytes are the backstore's to say"
+    );
+    let full = o.core.readdir_plus(fh, 0, 100).unwrap();
+    let quick = o
+        .core
+        .readdir_plus_quick(fh, 0, 100)
+        .expect("known now")
+        .unwrap();
+    let summary = |plus: &[agentfs_core::DirEntryPlus]| {
+        let seen = plus
+            .iter()
+            .map(|p| (p.entry.clone(), p.attr, p.attr_in_memory));
+        format!("{:?}", seen.collect::<Vec<_>>())
+    };
+    assert_eq!(summary(&quick), summary(&full));
+    let a = full.iter().find(|p| p.entry.name == b"a.md").unwrap();
+    assert_eq!(a.attr.size, 9);
+    let rest = o
+        .core
+        .readdir_plus_quick(fh, full[2].entry.offset, 100)
+        .expect("in memory")
+        .unwrap();
+    assert_eq!(rest.len(), full.len() - 3);
+    o.core.releasedir(fh).unwrap();
+    assert!(matches!(
+        o.core.readdir_plus_quick(fh, 0, 100),
+        Some(Err(agentfs_core::FsError::BadHandle))
+    ));
+}

@@ -61,8 +61,49 @@ impl FsCore {
         offset: u64,
         max: usize,
     ) -> FsResult<Vec<DirEntryPlus>> {
-        let entries = self.readdir(fh, offset, max)?;
-        let branch = self.branch(self.handle(fh)?.branch.id)?;
+        self.readdir_plus_in(fh, offset, max, false)
+            .expect("a readdirplus that may wait always answers")
+    }
+
+    /// [`FsCore::readdir_plus`] if it can be answered without waiting on the
+    /// storage; `None` when it would have to wait: the listing must first
+    /// read a lower directory, or an entry's attributes are known only to
+    /// the backstore (a file the kernel writes directly whose object is not
+    /// open). Then nothing is handed out, and the caller asks
+    /// [`FsCore::readdir_plus`] where waiting does no harm.
+    pub fn readdir_plus_quick(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        max: usize,
+    ) -> Option<FsResult<Vec<DirEntryPlus>>> {
+        self.readdir_plus_in(fh, offset, max, true)
+    }
+
+    fn readdir_plus_in(
+        &self,
+        fh: HandleId,
+        offset: u64,
+        max: usize,
+        quick: bool,
+    ) -> Option<FsResult<Vec<DirEntryPlus>>> {
+        let found = self
+            .handle(fh)
+            .and_then(|h| Ok((self.branch(h.branch.id)?, h.node)));
+        let (branch, dir) = match found {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        // A directory loaded once stays loaded, so a listing taken after this
+        // never reads the lower layer.
+        let unloaded = |t: &super::tree::Tree| t.get(dir).is_some_and(|n| n.unloaded().is_some());
+        if quick && unloaded(&branch.tree.read()) {
+            return None;
+        }
+        let entries = match self.readdir(fh, offset, max) {
+            Ok(entries) => entries,
+            Err(e) => return Some(Err(e)),
+        };
         let mut parts = Vec::with_capacity(entries.len());
         {
             let t = branch.tree.read();
@@ -71,7 +112,7 @@ impl FsCore {
                 let n = match node(&t, e.node) {
                     Ok(n) => n,
                     Err(FsError::Stale) => continue,
-                    Err(err) => return Err(err),
+                    Err(err) => return Some(Err(err)),
                 };
                 let direct_writers = open.get(&e.node).map_or(0, |c| c.passthrough_writers);
                 let p = AttrParts {
@@ -79,10 +120,13 @@ impl FsCore {
                     content: n.content().cloned(),
                     direct_writers,
                 };
+                if quick && !self.parts_are_quick(&p) {
+                    return None;
+                }
                 parts.push((e, p));
             }
         }
-        Ok(parts
+        let plus = parts
             .into_iter()
             .map(|(entry, p)| {
                 let (attr, attr_in_memory) = self.finish_parts_in_memory(p);
@@ -92,7 +136,8 @@ impl FsCore {
                     attr_in_memory,
                 }
             })
-            .collect())
+            .collect();
+        Some(Ok(plus))
     }
 
     pub fn releasedir(&self, fh: HandleId) -> FsResult<()> {

@@ -19,8 +19,7 @@ use crate::inode::{self, Ino};
 use crate::metrics::Op;
 use crate::tri;
 use crate::wire::{ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyOpen, Request};
-use agentfs_core::{FsError, HandleId};
-use agentfs_transport::Lane;
+use agentfs_core::{DirEntryPlus, FsCore, FsError, HandleId};
 use fuser::{FileHandle, FileType, FopenFlags, Generation, INodeNo};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -197,35 +196,34 @@ impl AgentFs {
             return call.fail(FsError::NotDir, reply);
         }
         let ttl = self.ttl;
-        // A worker, not inline: an entry's attributes may have to be asked of
-        // the backstore (a file the kernel is writing directly). The reply
-        // waits in a deadline slot meanwhile, so a stalled backstore makes
-        // this listing fail with ETIMEDOUT instead of hanging `ls`.
-        let late = self.deadline_slot(&call, reply);
-        self.submit(Lane::Meta, call, move |core, call| {
-            let fh = HandleId(fh.0);
+        let fh = HandleId(fh.0);
+        // Answered on this thread when FsCore has the whole batch in memory
+        // (the usual case): `quick` gathers it and leaves it for `job`. When
+        // the listing must read a lower directory, or an entry's attributes
+        // must be asked of the backstore (a file the kernel writes directly),
+        // `quick` does nothing and the listing runs on a meta worker with the
+        // request deadline, so a stalled backstore makes it fail with
+        // ETIMEDOUT instead of hanging `ls`.
+        let found = Arc::new(parking_lot::Mutex::new(None));
+        let left = Arc::clone(&found);
+        let quick = move |core: &FsCore, _| {
+            let gathered = gather_plus(core, fh, offset, true);
+            let quick = gathered.is_some();
+            *left.lock() = gathered;
+            quick
+        };
+        self.submit_meta_if_late(call, reply, quick, move |core, call, late| {
+            let gathered = match found.lock().take() {
+                Some(gathered) => gathered,
+                None => gather_plus(core, fh, offset, false)
+                    .expect("a readdirplus that may wait always answers"),
+            };
             let (b, _) = tri!(call, late, core.handle_target(fh));
-            let entry_ttl = entry_ttl(core, target, ttl);
-            // Everything that may wait is gathered before the reply leaves
-            // its slot: at least as many entries as the largest buffer the
-            // kernel asks readdirplus to fill.
-            let mut gathered = Vec::new();
-            let (mut offset, mut bytes) = (offset, 0);
-            loop {
-                let entries = tri!(call, late, core.readdir_plus(fh, offset, READDIR_BATCH));
-                let complete = entries.len() < READDIR_BATCH;
-                for e in &entries {
-                    bytes += DIRENTPLUS_HEADER + e.entry.name.len();
-                    offset = e.entry.offset;
-                }
-                gathered.extend(entries);
-                if complete || bytes >= READDIRPLUS_MAX_BUFFER {
-                    break;
-                }
-            }
+            let gathered = tri!(call, late, gathered);
             let Some(mut reply) = late.take() else {
                 return;
             };
+            let entry_ttl = entry_ttl(core, target, ttl);
             let root_shared = core.root_is_shared();
             let mut handed = Vec::with_capacity(gathered.len());
             for plus in &gathered {
@@ -287,5 +285,40 @@ impl AgentFs {
             tri!(call, reply, core.sync_all());
             reply.ok();
         });
+    }
+}
+
+/// The entries of directory handle `fh` after cookie `offset` for one
+/// readdirplus reply: at least as many as the largest buffer the kernel asks
+/// it to fill, gathered before the reply leaves its slot. With `quick`,
+/// `None` when FsCore would have to wait on the storage for them
+/// ([`FsCore::readdir_plus_quick`]); never `None` without.
+fn gather_plus(
+    core: &FsCore,
+    fh: HandleId,
+    mut offset: u64,
+    quick: bool,
+) -> Option<agentfs_core::FsResult<Vec<DirEntryPlus>>> {
+    let mut gathered = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let entries = if quick {
+            core.readdir_plus_quick(fh, offset, READDIR_BATCH)?
+        } else {
+            core.readdir_plus(fh, offset, READDIR_BATCH)
+        };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => return Some(Err(e)),
+        };
+        let complete = entries.len() < READDIR_BATCH;
+        for e in &entries {
+            bytes += DIRENTPLUS_HEADER + e.entry.name.len();
+            offset = e.entry.offset;
+        }
+        gathered.extend(entries);
+        if complete || bytes >= READDIRPLUS_MAX_BUFFER {
+            return Some(Ok(gathered));
+        }
     }
 }
