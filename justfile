@@ -138,6 +138,10 @@ fuse-trace *ARGS:
 fuse-uring-probe *ARGS:
     bash scripts/perf/fuse-uring-probe.sh {{ ARGS }}
 
+# The harness's metadata loops on the host, AgentFS and a FUSE server that does nothing but keep its tree in memory (scripts/perf/fuse-floor.c), side by side: the floor is the least any FUSE server costs here (ARGS e.g. --rounds 3 --files 5000).
+fuse-floor *ARGS:
+    bash scripts/perf/fuse-floor.sh {{ ARGS }}
+
 # The performance harness at tiny sizes, one run, debug build (CI): fails only on a failed measurement, never on a time.
 test-fuse-performance-smoke *ARGS:
     bash scripts/test-fuse-performance.sh --smoke {{ ARGS }}
