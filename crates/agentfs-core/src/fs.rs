@@ -407,21 +407,19 @@ impl FsCore {
     ) -> FsResult<R> {
         branch.check_writable()?;
         let mut guard = branch.tree.write();
-        let mut draft = guard.clone();
-        if branch.journal.is_some() {
-            draft.start_log();
-        }
-        let result = f(&mut draft)?;
-        if let Some(j) = &branch.journal {
+        // Made in place, undone if `f` fails or panics (see `Tree::begin_change`).
+        let mut change = tree::Change::begin(&mut guard, branch.journal.is_some());
+        let result = f(change.tree())?;
+        let mut before = change.commit();
+        if let (Some(j), Some(mut touched)) = (&branch.journal, before.touched.take()) {
             // Recorded under the tree lock: the journal's order is the commit order.
-            let mut touched = draft.take_log();
-            if let Some(rec) = record::tree(branch.id, &guard, &draft, &mut touched) {
+            if let Some(rec) = record::tree(branch.id, &before, &guard, &mut touched) {
                 j.append(&rec);
             }
         }
-        let old = std::mem::replace(&mut *guard, draft);
         drop(guard);
-        drop(old);
+        // The nodes replaced go outside the lock.
+        drop(before);
         Ok(result)
     }
 

@@ -181,7 +181,7 @@ impl FsCore {
         let result = f(&mut draft)?;
         if let Some(j) = &branch.journal {
             let mut touched = draft.take_log();
-            if let Some(rec) = super::record::tree(branch.id, &guard, &draft, &mut touched) {
+            if let Some(rec) = super::record::tree(branch.id, &*guard, &draft, &mut touched) {
                 j.append(&rec);
             }
         }

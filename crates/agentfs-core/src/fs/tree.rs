@@ -357,6 +357,73 @@ pub(crate) struct Tree {
     /// While a change is being made on a draft: the ids it inserted or
     /// removed, for the journal (`persist`). `None` otherwise.
     log: Option<Vec<NodeId>>,
+    /// While a change is made in place ([`Tree::begin_change`]): the node
+    /// each id it inserted or removed had before (`None`: absent).
+    before: Option<BTreeMap<NodeId, Option<Arc<Node>>>>,
+}
+
+/// The nodes a change made in place replaced ([`Tree::end_change`]): what
+/// undoes it, and what the journal compares the changed tree with.
+#[derive(Default)]
+pub(crate) struct Before {
+    nodes: BTreeMap<NodeId, Option<Arc<Node>>>,
+    /// The ids touched, in order, if the change was logged.
+    pub(crate) touched: Option<Vec<NodeId>>,
+}
+
+/// A change made in place on a tree ([`Tree::begin_change`]): undone when
+/// dropped uncommitted (the change failed, or panicked), so the tree is
+/// never left half changed.
+pub(crate) struct Change<'a> {
+    tree: &'a mut Tree,
+    committed: bool,
+}
+
+impl<'a> Change<'a> {
+    pub(crate) fn begin(tree: &'a mut Tree, log: bool) -> Change<'a> {
+        tree.begin_change(log);
+        Change {
+            tree,
+            committed: false,
+        }
+    }
+
+    pub(crate) fn tree(&mut self) -> &mut Tree {
+        self.tree
+    }
+
+    /// Keep the change: what it replaced.
+    pub(crate) fn commit(mut self) -> Before {
+        self.committed = true;
+        self.tree.end_change()
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let before = self.tree.end_change();
+            self.tree.undo(before);
+        }
+    }
+}
+
+/// Nodes by id: a tree, or what a change replaced in one.
+pub(crate) trait Nodes {
+    /// Node `id`. For [`Before`], only the ids the change touched are known.
+    fn node(&self, id: NodeId) -> Option<&Arc<Node>>;
+}
+
+impl Nodes for Tree {
+    fn node(&self, id: NodeId) -> Option<&Arc<Node>> {
+        self.get(id)
+    }
+}
+
+impl Nodes for Before {
+    fn node(&self, id: NodeId) -> Option<&Arc<Node>> {
+        self.nodes.get(&id).and_then(Option::as_ref)
+    }
 }
 
 /// What [`Tree::walk_names`] does after visiting an entry.
@@ -415,17 +482,65 @@ impl Tree {
     }
 
     pub(crate) fn insert_arc(&mut self, id: NodeId, node: Arc<Node>) {
-        if let Some(log) = &mut self.log {
-            log.push(id);
-        }
+        self.touch(id);
         self.nodes.insert(id, Slot(node));
     }
 
     pub(crate) fn remove(&mut self, id: NodeId) -> Option<Arc<Node>> {
+        self.touch(id);
+        self.nodes.remove(&id).map(|s| s.0)
+    }
+
+    /// Note that `id` is about to change: in the log, and its node as it was
+    /// before the change if this is the change's first touch of it.
+    fn touch(&mut self, id: NodeId) {
         if let Some(log) = &mut self.log {
             log.push(id);
         }
-        self.nodes.remove(&id).map(|s| s.0)
+        if let Some(before) = &mut self.before {
+            if let std::collections::btree_map::Entry::Vacant(e) = before.entry(id) {
+                e.insert(self.nodes.get(&id).map(|s| Arc::clone(&s.0)));
+            }
+        }
+    }
+
+    /// Start a change made in place: every node it replaces is kept until
+    /// [`Tree::end_change`], so that it can be undone, and with `log` the
+    /// ids it touches are recorded for the journal.
+    ///
+    /// In place rather than on a clone: a clone shares every node of the
+    /// persistent map, so each insert would copy the whole path to its node
+    /// (every child pointer of each node on it counted up, and down again
+    /// when the old tree goes); in place, nodes the tree alone holds are
+    /// changed where they are.
+    pub(crate) fn begin_change(&mut self, log: bool) {
+        self.before = Some(BTreeMap::new());
+        if log {
+            self.log = Some(Vec::new());
+        }
+    }
+
+    /// End the change begun by [`Tree::begin_change`]: what it replaced.
+    pub(crate) fn end_change(&mut self) -> Before {
+        Before {
+            nodes: self.before.take().unwrap_or_default(),
+            touched: self.log.take(),
+        }
+    }
+
+    /// Put back every node `before` holds: the tree as it was when the
+    /// change began.
+    pub(crate) fn undo(&mut self, before: Before) {
+        for (id, node) in before.nodes {
+            match node {
+                Some(n) => {
+                    self.nodes.insert(id, Slot(n));
+                }
+                None => {
+                    self.nodes.remove(&id);
+                }
+            }
+        }
     }
 
     /// Start recording the ids that `insert` and `remove` touch.
@@ -476,6 +591,44 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change made in place and dropped uncommitted leaves the tree as it
+    /// was, nodes by identity; committed, it tells what it replaced.
+    #[test]
+    fn a_change_in_place_is_undone_unless_committed() {
+        let mut t = Tree::default();
+        t.insert(NodeId(1), file());
+        t.insert(NodeId(2), file());
+        let (one, two) = (
+            Arc::clone(t.get(NodeId(1)).unwrap()),
+            Arc::clone(t.get(NodeId(2)).unwrap()),
+        );
+        {
+            let mut change = Change::begin(&mut t, true);
+            let c = change.tree();
+            c.insert(NodeId(1), file());
+            c.insert(NodeId(1), file());
+            c.remove(NodeId(2));
+            c.insert(NodeId(3), file());
+            assert!(c.get(NodeId(2)).is_none());
+        }
+        assert!(Arc::ptr_eq(t.get(NodeId(1)).unwrap(), &one));
+        assert!(Arc::ptr_eq(t.get(NodeId(2)).unwrap(), &two));
+        assert!(t.get(NodeId(3)).is_none());
+        assert_eq!(t.len(), 2);
+
+        let mut change = Change::begin(&mut t, true);
+        change.tree().remove(NodeId(2));
+        change.tree().insert(NodeId(3), file());
+        let before = change.commit();
+        assert_eq!(before.touched.as_deref(), Some(&[NodeId(2), NodeId(3)][..]));
+        assert!(Arc::ptr_eq(before.node(NodeId(2)).unwrap(), &two));
+        assert!(before.node(NodeId(3)).is_none());
+        assert!(t.get(NodeId(2)).is_none() && t.get(NodeId(3)).is_some());
+        // Nothing is recorded once the change is over.
+        t.insert(NodeId(4), file());
+        assert!(t.end_change().nodes.is_empty());
+    }
 
     fn file() -> Node {
         Node {

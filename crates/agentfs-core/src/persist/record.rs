@@ -9,7 +9,7 @@
 
 use super::codec::{Contents, Dec, Enc};
 use super::{NodeIds, PersistError, State};
-use crate::fs::tree::{Body, Node, Tree};
+use crate::fs::tree::{Body, Node, Nodes, Tree};
 use crate::ids::{BranchId, NodeId, SnapshotId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,14 +33,14 @@ const CHANGE_DIR: u8 = 2;
 
 /// Encode the changes from `old` to `new` at the nodes `ids` (the ones the
 /// change inserted or removed). Returns how many were encoded.
-fn changes(enc: &mut Enc, old: &Tree, new: &Tree, ids: &mut Vec<NodeId>) -> u32 {
+fn changes(enc: &mut Enc, old: &impl Nodes, new: &Tree, ids: &mut Vec<NodeId>) -> u32 {
     ids.sort_unstable();
     ids.dedup();
     let at = enc.buf.len();
     enc.u32(0);
     let mut count = 0u32;
     for &id in ids.iter() {
-        match (old.get(id), new.get(id)) {
+        match (old.node(id), new.get(id)) {
             (None, None) => continue,
             (Some(_), None) => {
                 enc.u8(CHANGE_REMOVE);
@@ -107,7 +107,12 @@ fn changes(enc: &mut Enc, old: &Tree, new: &Tree, ids: &mut Vec<NodeId>) -> u32 
 }
 
 /// A tree record for branch `b`, or `None` when the change changed nothing.
-pub(crate) fn tree(b: BranchId, old: &Tree, new: &Tree, ids: &mut Vec<NodeId>) -> Option<Vec<u8>> {
+pub(crate) fn tree(
+    b: BranchId,
+    old: &impl Nodes,
+    new: &Tree,
+    ids: &mut Vec<NodeId>,
+) -> Option<Vec<u8>> {
     let mut enc = Enc::default();
     enc.u8(TREE);
     enc.u64(b.0);
