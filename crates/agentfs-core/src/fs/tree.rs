@@ -4,7 +4,7 @@
 //! A [`Tree`] is an `imbl::OrdMap` (a persistent B-tree) from node id to
 //! `Arc<Node>`: cloning it is O(1) and shares every node, which is what makes
 //! snapshots and branches free. A change copies one node (and the map's path
-//! to it), never the tree. An ordered map rather than a hash map because two
+//! to it, where another tree shares that path), never the tree. An ordered map rather than a hash map because two
 //! trees can then be compared skipping every subtree they share
 //! ([`Tree::changed_nodes`]): a diff or a merge costs what changed, not what
 //! the tree holds.
@@ -354,8 +354,8 @@ impl PartialEq for Slot {
 #[derive(Clone, Default)]
 pub(crate) struct Tree {
     nodes: imbl::OrdMap<NodeId, Slot>,
-    /// While a change is being made on a draft: the ids it inserted or
-    /// removed, for the journal (`persist`). `None` otherwise.
+    /// While a change is being made, on a draft or in place: the ids it
+    /// inserted or removed, for the journal (`persist`). `None` otherwise.
     log: Option<Vec<NodeId>>,
     /// While a change is made in place ([`Tree::begin_change`]): the node
     /// each id it inserted or removed had before (`None`: absent).
