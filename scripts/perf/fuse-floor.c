@@ -20,57 +20,21 @@
 // stdout once the rings serve. Needs root and Linux 6.14+ with
 // fuse.enable_uring=Y (scripts/perf/fuse-floor.sh sets it and puts it back).
 // Build: gcc -O2 -pthread -o fuse-floor fuse-floor.c
-#define _GNU_SOURCE
-#include <errno.h>
+#define TOOL "fuse-floor"
+#include "fuse-ring.h"
+
 #include <fcntl.h>
-#include <linux/fuse.h>
-#include <linux/io_uring.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/uio.h>
 #include <time.h>
-#include <unistd.h>
 
-// The FUSE-over-io_uring uapi (6.14+); the system's <linux/fuse.h> may
-// predate it.
-#define FLOOR_FUSE_OVER_IO_URING (1ULL << 41)
-#define FLOOR_URING_CMD_REGISTER 1
-#define FLOOR_URING_CMD_COMMIT_AND_FETCH 2
-struct floor_ent_in_out {
-    uint64_t flags;
-    uint64_t commit_id;
-    uint32_t payload_sz;
-    uint32_t padding;
-    uint64_t reserved;
-};
-struct floor_req_header {
-    char in_out[128];
-    char op_in[128];
-    struct floor_ent_in_out ent;
-};
-struct floor_cmd_req {
-    uint64_t flags;
-    uint64_t commit_id;
-    uint16_t qid;
-    uint8_t padding[6];
-};
-
-#define PAYLOAD (1u << 20)
-#define READ_BUF (PAYLOAD + 4096)
 #define ENTRIES 4         // ring entries per queue
 #define TTL 60            // seconds names and attributes are cached
 #define MAX_NODES (1u << 20)
 #define TABLE (1u << 21)  // hash slots, a power of two above MAX_NODES
 
-static int fuse_fd;
 static long poll_us = 200;
 
 // ---- the filesystem: nodes, and a hash table from (parent, name) to node.
@@ -84,11 +48,6 @@ static struct node *nodes;     // index = node id; 1 is the root
 static uint32_t *table;        // node ids; 0 empty, UINT32_MAX removed
 static uint32_t next_id = 2;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void die(const char *what) {
-    fprintf(stderr, "fuse-floor: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
 
 static uint64_t hash(uint64_t parent, const char *name) {
     uint64_t h = 1469598103934665603ULL ^ parent;
@@ -211,48 +170,6 @@ static int handle_locked(const struct fuse_in_header *ih, const void *op_in, con
     return res;
 }
 
-static void reply(uint64_t unique, int res, const void *payload) {
-    struct fuse_out_header oh = {.unique = unique};
-    struct iovec iov[2] = {{&oh, sizeof(oh)}, {(void *)payload, 0}};
-    if (res < 0)
-        oh.error = res;
-    else
-        iov[1].iov_len = (size_t)res;
-    oh.len = (uint32_t)(sizeof(oh) + iov[1].iov_len);
-    if (writev(fuse_fd, iov, 2) < 0 && errno != ENOENT)
-        die("writev /dev/fuse");
-}
-
-static void init_session(void) {
-    char *buf = malloc(READ_BUF);
-    ssize_t n = read(fuse_fd, buf, READ_BUF);
-    if (n < 0)
-        die("read INIT");
-    struct fuse_in_header *ih = (void *)buf;
-    struct fuse_init_in *in = (void *)(ih + 1);
-    if (ih->opcode != FUSE_INIT)
-        die("first request is not INIT");
-    uint64_t offered = in->flags | ((uint64_t)in->flags2 << 32);
-    if (!(offered & FLOOR_FUSE_OVER_IO_URING)) {
-        errno = EOPNOTSUPP;
-        die("the kernel does not offer FUSE over io_uring (fuse.enable_uring=N?)");
-    }
-    struct fuse_init_out out = {0};
-    out.major = FUSE_KERNEL_VERSION;
-    out.minor = in->minor;
-    out.max_readahead = in->max_readahead;
-    uint64_t flags = FUSE_INIT_EXT | FUSE_MAX_PAGES | FLOOR_FUSE_OVER_IO_URING;
-    out.flags = (uint32_t)flags;
-    out.flags2 = (uint32_t)(flags >> 32);
-    out.max_background = 16;
-    out.congestion_threshold = 12;
-    out.max_write = 128 * 1024;
-    out.time_gran = 1;
-    out.max_pages = 32;
-    reply(ih->unique, sizeof(out), &out);
-    free(buf);
-}
-
 // FORGET and INTERRUPT still come through read(2); nodes are never dropped.
 static void *read_loop(void *arg) {
     (void)arg;
@@ -280,72 +197,6 @@ static void *read_loop(void *arg) {
     }
 }
 
-struct ring {
-    int fd;
-    unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
-    struct io_uring_sqe *sqes; // 128 bytes each (SQE128)
-    struct io_uring_cqe *cqes;
-    unsigned to_submit;
-};
-
-static void ring_setup(struct ring *r, unsigned entries) {
-    struct io_uring_params p = {0};
-    p.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-    r->fd = (int)syscall(__NR_io_uring_setup, entries, &p);
-    if (r->fd < 0)
-        die("io_uring_setup");
-    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-    size_t len = sq_len > cq_len ? sq_len : cq_len;
-    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQ_RING);
-    if (m == MAP_FAILED)
-        die("mmap ring");
-    r->sq_tail = (unsigned *)(m + p.sq_off.tail);
-    r->sq_mask = (unsigned *)(m + p.sq_off.ring_mask);
-    r->sq_array = (unsigned *)(m + p.sq_off.array);
-    r->cq_head = (unsigned *)(m + p.cq_off.head);
-    r->cq_tail = (unsigned *)(m + p.cq_off.tail);
-    r->cq_mask = (unsigned *)(m + p.cq_off.ring_mask);
-    r->cqes = (struct io_uring_cqe *)(m + p.cq_off.cqes);
-    r->sqes = mmap(NULL, p.sq_entries * 128, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
-                   IORING_OFF_SQES);
-    if (r->sqes == MAP_FAILED)
-        die("mmap sqes");
-    r->to_submit = 0;
-}
-
-static void ring_push(struct ring *r, uint32_t op, struct iovec *iov, uint64_t user_data, uint16_t qid,
-                      uint64_t commit_id) {
-    unsigned tail = *r->sq_tail;
-    unsigned idx = tail & *r->sq_mask;
-    struct io_uring_sqe *sqe = (struct io_uring_sqe *)((char *)r->sqes + (size_t)idx * 128);
-    memset(sqe, 0, 128);
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = fuse_fd;
-    sqe->cmd_op = op;
-    sqe->addr = (uint64_t)(uintptr_t)iov;
-    sqe->len = 2;
-    sqe->user_data = user_data;
-    struct floor_cmd_req *cmd = (void *)sqe->cmd;
-    cmd->qid = qid;
-    cmd->commit_id = commit_id;
-    r->sq_array[idx] = idx;
-    __atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
-    r->to_submit++;
-}
-
-static int ring_enter(struct ring *r, unsigned wait) {
-    for (;;) {
-        int n = (int)syscall(__NR_io_uring_enter, r->fd, r->to_submit, wait, IORING_ENTER_GETEVENTS, NULL, 0);
-        if (n >= 0) {
-            r->to_submit -= (unsigned)n < r->to_submit ? (unsigned)n : r->to_submit;
-            return 0;
-        }
-        if (errno != EINTR)
-            die("io_uring_enter");
-    }
-}
-
 static int has_completions(struct ring *r) {
     return *r->cq_head != __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
 }
@@ -359,7 +210,7 @@ static double now(void) {
 struct queue {
     int cpu;
     struct iovec iov[ENTRIES][2];
-    struct floor_req_header *hdr[ENTRIES];
+    struct ring_req_header *hdr[ENTRIES];
     char *payload[ENTRIES];
 };
 
@@ -377,9 +228,9 @@ static void *uring_loop(void *argp) {
     for (int e = 0; e < ENTRIES; e++) {
         q->hdr[e] = aligned_alloc(4096, 4096);
         q->payload[e] = aligned_alloc(4096, PAYLOAD);
-        q->iov[e][0] = (struct iovec){q->hdr[e], sizeof(struct floor_req_header)};
+        q->iov[e][0] = (struct iovec){q->hdr[e], sizeof(struct ring_req_header)};
         q->iov[e][1] = (struct iovec){q->payload[e], PAYLOAD};
-        ring_push(&r, FLOOR_URING_CMD_REGISTER, q->iov[e], (uint64_t)e, (uint16_t)q->cpu, 0);
+        ring_push(&r, RING_CMD_REGISTER, q->iov[e], (uint64_t)e, (uint16_t)q->cpu, 0);
     }
     ring_enter(&r, 0);
     __atomic_fetch_add(&registered, 1, __ATOMIC_RELEASE);
@@ -418,7 +269,7 @@ static void *uring_loop(void *argp) {
             memcpy(q->payload[e], out, (size_t)res);
             memcpy(q->hdr[e]->in_out, &oh, sizeof(oh));
             q->hdr[e]->ent.payload_sz = (uint32_t)res;
-            ring_push(&r, FLOOR_URING_CMD_COMMIT_AND_FETCH, q->iov[e], (uint64_t)e, (uint16_t)q->cpu,
+            ring_push(&r, RING_CMD_COMMIT_AND_FETCH, q->iov[e], (uint64_t)e, (uint16_t)q->cpu,
                       q->hdr[e]->ent.commit_id);
         }
         __atomic_store_n(r.cq_head, head, __ATOMIC_RELEASE);
@@ -446,7 +297,7 @@ int main(int argc, char **argv) {
     snprintf(opts, sizeof(opts), "fd=%d,rootmode=40755,user_id=0,group_id=0,default_permissions", fuse_fd);
     if (mount("fuse-floor", mnt, "fuse.fuse-floor", MS_NOSUID | MS_NODEV, opts) < 0)
         die("mount");
-    init_session();
+    init_session(1);
     pthread_t t;
     if (pthread_create(&t, NULL, read_loop, NULL))
         die("spawn reader");

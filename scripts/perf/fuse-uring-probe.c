@@ -20,61 +20,19 @@
 // Needs root (mount(2)). Build: gcc -O2 -pthread -o fuse-uring-probe fuse-uring-probe.c
 // Run through scripts/perf/fuse-uring-probe.sh, which sets enable_uring and
 // puts it back.
-#define _GNU_SOURCE
-#include <errno.h>
+#define TOOL "fuse-uring-probe"
+#include "fuse-ring.h"
+
 #include <fcntl.h>
-#include <linux/fuse.h>
-#include <linux/io_uring.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/uio.h>
 #include <time.h>
-#include <unistd.h>
 
-// The FUSE-over-io_uring uapi (include/uapi/linux/fuse.h since 6.14); the
-// system's <linux/fuse.h> may predate it.
-#define PROBE_FUSE_OVER_IO_URING (1ULL << 41)
-#define PROBE_URING_CMD_REGISTER 1
-#define PROBE_URING_CMD_COMMIT_AND_FETCH 2
-struct probe_ent_in_out {
-    uint64_t flags;
-    uint64_t commit_id;
-    uint32_t payload_sz;
-    uint32_t padding;
-    uint64_t reserved;
-};
-struct probe_req_header {
-    char in_out[128];
-    char op_in[128];
-    struct probe_ent_in_out ent;
-};
-struct probe_cmd_req {
-    uint64_t flags;
-    uint64_t commit_id;
-    uint16_t qid;
-    uint8_t padding[6];
-};
-
-#define PAYLOAD (1u << 20) // >= max_write and max_pages * 4 KiB
-#define READ_BUF (PAYLOAD + 4096)
-
-static int fuse_fd;
 static unsigned nfiles;
 static atomic_ulong served_read, served_ring;
-
-static void die(const char *what) {
-    fprintf(stderr, "fuse-uring-probe: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
 
 static void fill_attr(struct fuse_attr *a, uint64_t ino) {
     memset(a, 0, sizeof(*a));
@@ -113,49 +71,6 @@ static int handle(const struct fuse_in_header *ih, const char *name, void *out) 
     }
 }
 
-static void reply(uint64_t unique, int res, const void *payload) {
-    struct fuse_out_header oh = {.unique = unique};
-    struct iovec iov[2] = {{&oh, sizeof(oh)}, {(void *)payload, 0}};
-    if (res < 0)
-        oh.error = res;
-    else
-        iov[1].iov_len = (size_t)res;
-    oh.len = (uint32_t)(sizeof(oh) + iov[1].iov_len);
-    if (writev(fuse_fd, iov, 2) < 0 && errno != ENOENT)
-        die("writev /dev/fuse");
-}
-
-// The first request is INIT; offer io_uring when asked to.
-static void init_session(int want_uring) {
-    char *buf = malloc(READ_BUF);
-    ssize_t n = read(fuse_fd, buf, READ_BUF);
-    if (n < 0)
-        die("read INIT");
-    struct fuse_in_header *ih = (void *)buf;
-    struct fuse_init_in *in = (void *)(ih + 1);
-    if (ih->opcode != FUSE_INIT)
-        die("first request is not INIT");
-    uint64_t offered = in->flags | ((uint64_t)in->flags2 << 32);
-    if (want_uring && !(offered & PROBE_FUSE_OVER_IO_URING)) {
-        errno = EOPNOTSUPP;
-        die("the kernel does not offer FUSE over io_uring (fuse.enable_uring=N?)");
-    }
-    struct fuse_init_out out = {0};
-    out.major = FUSE_KERNEL_VERSION;
-    out.minor = in->minor;
-    out.max_readahead = in->max_readahead;
-    uint64_t flags = FUSE_INIT_EXT | FUSE_MAX_PAGES | (want_uring ? PROBE_FUSE_OVER_IO_URING : 0);
-    out.flags = (uint32_t)flags;
-    out.flags2 = (uint32_t)(flags >> 32);
-    out.max_background = 16;
-    out.congestion_threshold = 12;
-    out.max_write = 128 * 1024;
-    out.time_gran = 1;
-    out.max_pages = 32;
-    reply(ih->unique, sizeof(out), &out);
-    free(buf);
-}
-
 // Classic: block in read(2), answer with writev(2).
 static void *read_loop(void *arg) {
     (void)arg;
@@ -178,57 +93,6 @@ static void *read_loop(void *arg) {
     }
 }
 
-struct ring {
-    int fd;
-    unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
-    struct io_uring_sqe *sqes; // 128 bytes each (SQE128)
-    struct io_uring_cqe *cqes;
-};
-
-static void ring_setup(struct ring *r, unsigned entries) {
-    struct io_uring_params p = {0};
-    p.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-    r->fd = (int)syscall(__NR_io_uring_setup, entries, &p);
-    if (r->fd < 0)
-        die("io_uring_setup");
-    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-    size_t len = sq_len > cq_len ? sq_len : cq_len;
-    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQ_RING);
-    if (m == MAP_FAILED)
-        die("mmap ring");
-    r->sq_tail = (unsigned *)(m + p.sq_off.tail);
-    r->sq_mask = (unsigned *)(m + p.sq_off.ring_mask);
-    r->sq_array = (unsigned *)(m + p.sq_off.array);
-    r->cq_head = (unsigned *)(m + p.cq_off.head);
-    r->cq_tail = (unsigned *)(m + p.cq_off.tail);
-    r->cq_mask = (unsigned *)(m + p.cq_off.ring_mask);
-    r->cqes = (struct io_uring_cqe *)(m + p.cq_off.cqes);
-    r->sqes = mmap(NULL, p.sq_entries * 128, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
-                   IORING_OFF_SQES);
-    if (r->sqes == MAP_FAILED)
-        die("mmap sqes");
-}
-
-// Queue one FUSE uring command for entry `iov` (header, payload).
-static void ring_push(struct ring *r, uint32_t op, struct iovec *iov, uint16_t qid, uint64_t commit_id) {
-    unsigned tail = *r->sq_tail;
-    unsigned idx = tail & *r->sq_mask;
-    struct io_uring_sqe *sqe = (struct io_uring_sqe *)((char *)r->sqes + (size_t)idx * 128);
-    memset(sqe, 0, 128);
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = fuse_fd;
-    sqe->cmd_op = op;
-    sqe->addr = (uint64_t)(uintptr_t)iov;
-    sqe->len = 2;
-    sqe->user_data = (uint64_t)(uintptr_t)iov;
-    struct probe_cmd_req *cmd = (void *)sqe->cmd;
-    cmd->qid = qid;
-    cmd->commit_id = commit_id;
-    r->sq_array[idx] = idx;
-    __atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
-}
-
 struct queue_arg {
     int cpu;
 };
@@ -243,21 +107,14 @@ static void *uring_loop(void *argp) {
     struct ring r;
     ring_setup(&r, 8);
     struct iovec *iov = calloc(2, sizeof(*iov));
-    struct probe_req_header *hdr = aligned_alloc(4096, 4096);
+    struct ring_req_header *hdr = aligned_alloc(4096, 4096);
     char *payload = aligned_alloc(4096, PAYLOAD);
     iov[0] = (struct iovec){hdr, sizeof(*hdr)};
     iov[1] = (struct iovec){payload, PAYLOAD};
-    ring_push(&r, PROBE_URING_CMD_REGISTER, iov, (uint16_t)qa->cpu, 0);
-    unsigned to_submit = 1;
+    ring_push(&r, RING_CMD_REGISTER, iov, (uint64_t)(uintptr_t)iov, (uint16_t)qa->cpu, 0);
     char out[512];
     for (;;) {
-        int n = (int)syscall(__NR_io_uring_enter, r.fd, to_submit, 1, IORING_ENTER_GETEVENTS, NULL, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            die("io_uring_enter");
-        }
-        to_submit = 0;
+        ring_enter(&r, 1);
         unsigned head = *r.cq_head;
         unsigned tail = __atomic_load_n(r.cq_tail, __ATOMIC_ACQUIRE);
         for (; head != tail; head++) {
@@ -282,8 +139,8 @@ static void *uring_loop(void *argp) {
             memcpy(payload, out, (size_t)res);
             memcpy(hdr->in_out, &oh, sizeof(oh));
             hdr->ent.payload_sz = (uint32_t)res;
-            ring_push(&r, PROBE_URING_CMD_COMMIT_AND_FETCH, iov, (uint16_t)qa->cpu, hdr->ent.commit_id);
-            to_submit++;
+            ring_push(&r, RING_CMD_COMMIT_AND_FETCH, iov, (uint64_t)(uintptr_t)iov, (uint16_t)qa->cpu,
+                      hdr->ent.commit_id);
         }
         __atomic_store_n(r.cq_head, head, __ATOMIC_RELEASE);
     }
