@@ -176,12 +176,8 @@ static void *read_loop(void *arg) {
     char *buf = malloc(READ_BUF);
     char out[512];
     for (;;) {
-        ssize_t n = read(fuse_fd, buf, READ_BUF);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
-                continue;
-            _exit(0); // ENODEV: unmounted
-        }
+        if (read_request(buf) == 0)
+            _exit(0); // unmounted
         struct fuse_in_header *ih = (void *)buf;
         if (ih->opcode == FUSE_FORGET || ih->opcode == FUSE_BATCH_FORGET ||
             ih->opcode == FUSE_INTERRUPT)
@@ -218,11 +214,7 @@ static volatile int registered;
 
 static void *uring_loop(void *argp) {
     struct queue *q = argp;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(q->cpu, &set);
-    if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
-        die("pin queue thread");
+    pin_to_cpu(q->cpu);
     struct ring r;
     ring_setup(&r, 2 * ENTRIES);
     for (int e = 0; e < ENTRIES; e++) {
@@ -251,24 +243,12 @@ static void *uring_loop(void *argp) {
         for (; head != tail; head++) {
             struct io_uring_cqe *cqe = &r.cqes[head & *r.cq_mask];
             int e = (int)cqe->user_data;
-            if (cqe->res < 0) {
-                if (cqe->res == -ENOTCONN || cqe->res == -ECANCELED || cqe->res == -ENODEV)
-                    _exit(0); // unmounted
-                errno = -cqe->res;
-                die("FUSE uring command");
-            }
+            if (cqe->res < 0 && ring_unmounted(cqe->res))
+                _exit(0);
             struct fuse_in_header ih;
             memcpy(&ih, q->hdr[e]->in_out, sizeof(ih));
             int res = handle_locked(&ih, q->hdr[e]->op_in, q->payload[e], out);
-            struct fuse_out_header oh = {.unique = ih.unique};
-            if (res < 0) {
-                oh.error = res;
-                res = 0;
-            }
-            oh.len = (uint32_t)(sizeof(oh) + (unsigned)res);
-            memcpy(q->payload[e], out, (size_t)res);
-            memcpy(q->hdr[e]->in_out, &oh, sizeof(oh));
-            q->hdr[e]->ent.payload_sz = (uint32_t)res;
+            ring_answer(q->hdr[e], q->payload[e], ih.unique, res, out);
             ring_push(&r, RING_CMD_COMMIT_AND_FETCH, q->iov[e], (uint64_t)e, (uint16_t)q->cpu,
                       q->hdr[e]->ent.commit_id);
         }

@@ -9,6 +9,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/fuse.h>
+#include <pthread.h>
+#include <sched.h>
 #include <linux/io_uring.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -67,6 +69,27 @@ static void reply(uint64_t unique, int res, const void *payload) {
     oh.len = (uint32_t)(sizeof(oh) + iov[1].iov_len);
     if (writev(fuse_fd, iov, 2) < 0 && errno != ENOENT)
         die("writev /dev/fuse");
+}
+
+// Read the next request from /dev/fuse into `buf` (READ_BUF bytes); 0 once
+// the mount is gone.
+static ssize_t read_request(char *buf) {
+    for (;;) {
+        ssize_t n = read(fuse_fd, buf, READ_BUF);
+        if (n >= 0)
+            return n;
+        if (errno != EINTR && errno != EAGAIN && errno != ENOENT)
+            return 0; // ENODEV: unmounted
+    }
+}
+
+// Pin the calling thread to `cpu` (a queue's thread serves that CPU's ring).
+static void pin_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+        die("pin queue thread");
 }
 
 // The first request is INIT; ask for io_uring when `want_uring` (and fail
@@ -169,6 +192,30 @@ static void ring_enter(struct ring *r, unsigned wait) {
         if (errno != EINTR)
             die("io_uring_enter");
     }
+}
+
+// Whether a failed ring command (`res` < 0) means the mount is gone; any
+// other failure ends the tool.
+static int ring_unmounted(int res) {
+    if (res == -ENOTCONN || res == -ECANCELED || res == -ENODEV)
+        return 1;
+    errno = -res;
+    die("FUSE uring command");
+    return 0;
+}
+
+// Write the answer to request `unique` into its ring entry: `res` bytes of
+// `out` as the reply's payload, or the error -`res`.
+static void ring_answer(struct ring_req_header *hdr, char *payload, uint64_t unique, int res, const void *out) {
+    struct fuse_out_header oh = {.unique = unique};
+    if (res < 0) {
+        oh.error = res;
+        res = 0;
+    }
+    oh.len = (uint32_t)(sizeof(oh) + (unsigned)res);
+    memcpy(payload, out, (size_t)res);
+    memcpy(hdr->in_out, &oh, sizeof(oh));
+    hdr->ent.payload_sz = (uint32_t)res;
 }
 
 #endif

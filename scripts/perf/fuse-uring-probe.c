@@ -77,12 +77,8 @@ static void *read_loop(void *arg) {
     char *buf = malloc(READ_BUF);
     char out[512];
     for (;;) {
-        ssize_t n = read(fuse_fd, buf, READ_BUF);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
-                continue;
-            return NULL; // ENODEV: unmounted
-        }
+        if (read_request(buf) == 0)
+            return NULL; // unmounted
         struct fuse_in_header *ih = (void *)buf;
         if (ih->opcode == FUSE_FORGET || ih->opcode == FUSE_BATCH_FORGET)
             continue;
@@ -99,11 +95,7 @@ struct queue_arg {
 
 static void *uring_loop(void *argp) {
     struct queue_arg *qa = argp;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(qa->cpu, &set);
-    if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
-        die("pin queue thread");
+    pin_to_cpu(qa->cpu);
     struct ring r;
     ring_setup(&r, 8);
     struct iovec *iov = calloc(2, sizeof(*iov));
@@ -119,26 +111,14 @@ static void *uring_loop(void *argp) {
         unsigned tail = __atomic_load_n(r.cq_tail, __ATOMIC_ACQUIRE);
         for (; head != tail; head++) {
             struct io_uring_cqe *cqe = &r.cqes[head & *r.cq_mask];
-            if (cqe->res < 0) {
-                if (cqe->res == -ENOTCONN || cqe->res == -ECANCELED)
-                    return NULL; // unmounted
-                errno = -cqe->res;
-                die("FUSE uring command");
-            }
+            if (cqe->res < 0 && ring_unmounted(cqe->res))
+                return NULL;
             struct fuse_in_header ih;
             memcpy(&ih, hdr->in_out, sizeof(ih));
             // LOOKUP's zero-size first argument leaves the name in the payload.
             int res = handle(&ih, payload, out);
             atomic_fetch_add(&served_ring, 1);
-            struct fuse_out_header oh = {.unique = ih.unique};
-            if (res < 0) {
-                oh.error = res;
-                res = 0;
-            }
-            oh.len = (uint32_t)(sizeof(oh) + (unsigned)res);
-            memcpy(payload, out, (size_t)res);
-            memcpy(hdr->in_out, &oh, sizeof(oh));
-            hdr->ent.payload_sz = (uint32_t)res;
+            ring_answer(hdr, payload, ih.unique, res, out);
             ring_push(&r, RING_CMD_COMMIT_AND_FETCH, iov, (uint64_t)(uintptr_t)iov, (uint16_t)qa->cpu,
                       hdr->ent.commit_id);
         }
