@@ -6,9 +6,11 @@
 //!
 //! ```text
 //! <root>/lock                      flock(LOCK_EX) held while a HostFs is open
-//! <root>/objects/<ff>/<id>         one file per content object; <id> is 16 hex
-//!                                  digits, <ff> its low byte in 2 (256 fanout
-//!                                  directories, made on first use)
+//! <root>/objects/<fff>/<id>        one file per content object; <id> is 16 hex
+//!                                  digits, <fff> bits 8-19 of it in 3, so that
+//!                                  256 consecutive ids share a directory
+//!                                  (made on first use; `objects.rs` has the
+//!                                  older layout, <ff> = its low byte)
 //! <root>/meta/checkpoint          FsCore's last checkpoint (see `meta.rs`)
 //! <root>/meta/journal             FsCore's journal since that checkpoint
 //! <root>/trash-<nanos>/            objects moved aside by a build from before
@@ -49,6 +51,7 @@ mod cache;
 mod clone;
 mod error;
 mod meta;
+mod objects;
 mod pool;
 mod root;
 mod sys;
@@ -61,11 +64,12 @@ pub use error::HostFsError;
 use agentfs_core::{Backstore, BackstoreUsage, ContentId, StatFs};
 use cache::FdCache;
 use clone::CopyMode;
+use objects::{object_id, ObjectDir};
 use parking_lot::Mutex;
 use std::ffi::OsString;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,7 +114,7 @@ fn root_from(xdg_data_home: Option<OsString>, home: Option<OsString>) -> PathBuf
 /// Content objects as files under a host directory. See the crate header.
 pub struct HostFs {
     root: PathBuf,
-    objects: PathBuf,
+    objects: ObjectDir,
     /// An fd of the root directory, for `syncfs` and `fstatvfs`.
     root_dir: File,
     /// Holds the root's `flock` until drop.
@@ -138,7 +142,9 @@ impl HostFs {
             let path = claimed.path.clone();
             move |source| HostFsError::Io { path, op, source }
         };
-        let highest = list_ids(&claimed.objects)
+        let objects = ObjectDir::open(claimed.objects).map_err(io_err("list its objects"))?;
+        let highest = objects
+            .list_ids()
             .map_err(io_err("list its objects"))?
             .into_iter()
             .max()
@@ -147,7 +153,7 @@ impl HostFs {
             .map_err(io_err("open its metadata journal"))?;
         Ok(HostFs {
             root: claimed.path,
-            objects: claimed.objects,
+            objects,
             root_dir: claimed.dir,
             _lock: claimed.lock,
             next_id: Arc::new(AtomicU64::new(highest + 1)),
@@ -176,7 +182,7 @@ impl HostFs {
     }
 
     fn object_path(&self, id: ContentId) -> PathBuf {
-        object_path(&self.objects, id)
+        self.objects.file_of(id)
     }
 
     /// The open file of `id`, from the cache or opened now.
@@ -208,7 +214,7 @@ impl HostFs {
 
     /// Create the file of a fresh id (and its fanout directory if needed).
     fn create_file(&self, id: ContentId) -> io::Result<File> {
-        create_object(&self.objects, id)
+        self.objects.create(id)
     }
 
     /// Start the thread that keeps empty objects ready.
@@ -216,7 +222,7 @@ impl HostFs {
         let (objects, counter) = (self.objects.clone(), Arc::clone(&self.next_id));
         let filler = self.pool.spawn(
             move || ContentId(counter.fetch_add(1, Ordering::Relaxed)),
-            move |id| create_object(&objects, id).map(drop),
+            move |id| objects.create(id).map(drop),
         );
         match filler {
             Ok(thread) => *self.filler.lock() = Some(thread),
@@ -384,10 +390,10 @@ impl Backstore for HostFs {
 
     fn usage(&self) -> BackstoreUsage {
         let (mut usage, mut seen) = (BackstoreUsage::default(), Vec::new());
-        let fanouts = match fs::read_dir(&self.objects) {
+        let fanouts = match fs::read_dir(self.objects.path()) {
             Ok(dir) => dir,
             Err(e) => {
-                tracing::warn!(dir = %self.objects.display(), error = %e, "cannot list backstore objects");
+                tracing::warn!(dir = %self.objects.path().display(), error = %e, "cannot list backstore objects");
                 return usage;
             }
         };
@@ -436,34 +442,14 @@ impl Backstore for HostFs {
 
     fn list_objects(&self) -> io::Result<Vec<ContentId>> {
         let pooled = self.pool.ids();
-        Ok(list_ids(&self.objects)?
+        Ok(self
+            .objects
+            .list_ids()?
             .into_iter()
             .map(ContentId)
             .filter(|id| !pooled.contains(id))
             .collect())
     }
-}
-
-/// The ids of every object file under `objects` (names that are not 16 hex
-/// digits are not objects and are left alone).
-fn list_ids(objects: &Path) -> io::Result<Vec<u64>> {
-    let mut ids = Vec::new();
-    for fanout in fs::read_dir(objects)? {
-        let fanout = fanout?;
-        if !fanout.file_type()?.is_dir() {
-            continue;
-        }
-        for object in fs::read_dir(fanout.path())? {
-            ids.extend(object_id(&object?.file_name()));
-        }
-    }
-    Ok(ids)
-}
-
-/// The id of an object file's name (16 hex digits), if it is one.
-fn object_id(name: &std::ffi::OsStr) -> Option<u64> {
-    let name = name.to_str()?;
-    (name.len() == 16).then(|| u64::from_str_radix(name, 16).ok())?
 }
 
 impl Drop for HostFs {
@@ -476,40 +462,4 @@ impl Drop for HostFs {
             let _ = fs::remove_file(self.object_path(id));
         }
     }
-}
-
-/// Create the file of object `id` under `objects` (and its fanout directory
-/// if needed); it must not exist.
-fn create_object(objects: &Path, id: ContentId) -> io::Result<File> {
-    let path = object_path(objects, id);
-    let create = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-    };
-    match create() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match DirBuilder::new()
-                .mode(0o700)
-                .create(fanout_dir(objects, id))
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-            create()
-        }
-        other => other,
-    }
-}
-
-fn fanout_dir(objects: &Path, id: ContentId) -> PathBuf {
-    objects.join(format!("{:02x}", id.0 & 0xff))
-}
-
-fn object_path(objects: &Path, id: ContentId) -> PathBuf {
-    fanout_dir(objects, id).join(format!("{:016x}", id.0))
 }

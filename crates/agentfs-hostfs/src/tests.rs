@@ -1,6 +1,8 @@
 //! Unit tests of HostFs on fresh temporary directories.
 
 use super::*;
+use objects::Fanout;
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Barrier;
 
@@ -184,19 +186,50 @@ fn the_meta_store_replaces_checkpoints_and_keeps_the_journal() {
 }
 
 #[test]
-fn objects_live_in_fanout_directories() {
-    let (_dir, fs) = fresh();
+fn consecutive_objects_share_a_fanout_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let fs = open_in(&root);
+    assert_eq!(fs.objects.fanout(), Fanout::Runs);
     let ids: Vec<_> = (0..0x1a3).map(|_| fs.create().expect("create")).collect();
     for id in &ids {
-        let path = format!("objects/{:02x}/{:016x}", id.0 & 0xff, id.0);
+        let path = format!("objects/{:03x}/{:016x}", (id.0 >> 8) & 0xfff, id.0);
         assert!(fs.root().join(&path).is_file(), "{path} missing");
     }
-    // Ids are one contiguous range (with the pool's ready ones), so 0x1a3 of
-    // them use every fanout directory.
-    let fanouts = fs::read_dir(fs.root().join("objects"))
+    // Ids are one range from 1 (with the pool's, under 0x5d more), so they
+    // fill the first directory and part of the second.
+    let mut fanouts: Vec<_> = fs::read_dir(fs.root().join("objects"))
         .expect("list")
-        .count();
-    assert_eq!(fanouts, 256);
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    fanouts.sort();
+    assert_eq!(fanouts, ["000", "001"]);
+    drop(fs);
+    // Reopened, it keeps its layout and finds its objects.
+    let fs = open_in(&root);
+    assert_eq!(fs.objects.fanout(), Fanout::Runs);
+    let listed: HashSet<_> = fs.list_objects().expect("list").into_iter().collect();
+    assert!(ids.iter().all(|id| listed.contains(id)));
+}
+
+#[test]
+fn a_backstore_with_low_byte_fanout_keeps_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    drop(open_in(&root));
+    // An object where builds before the Runs layout put it.
+    let old = ContentId(0x12a);
+    fs::create_dir(root.join("objects/2a")).expect("mkdir");
+    fs::write(root.join("objects/2a/000000000000012a"), b"old").expect("write");
+    let fs = open_in(&root);
+    assert_eq!(fs.objects.fanout(), Fanout::LowByte);
+    assert_eq!(read_all(&fs, old, 10), b"old");
+    let new = fs.create().expect("create");
+    assert!(new.0 > old.0, "ids must continue above the old ones");
+    let path = format!("objects/{:02x}/{:016x}", new.0 & 0xff, new.0);
+    assert!(root.join(&path).is_file(), "{path} missing");
+    let listed = fs.list_objects().expect("list");
+    assert!(listed.contains(&old) && listed.contains(&new), "{listed:?}");
 }
 
 #[test]
