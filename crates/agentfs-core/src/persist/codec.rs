@@ -14,29 +14,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// CRC-32C (Castagnoli), table driven.
+/// CRC-32C (Castagnoli), the checksum of journal frames and checkpoints.
+///
+/// The `crc32c` crate uses the CPU's CRC instruction where there is one
+/// (SSE 4.2, ARMv8) and tables elsewhere: a byte-at-a-time table here was
+/// 5-6% of a create's or unlink's time on the FUSE thread, for a few hundred
+/// bytes of journal record each.
 pub(crate) fn crc32c(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0x82F6_3B78 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *slot = c;
-        }
-        t
-    });
-    let mut crc = !0u32;
-    for &b in data {
-        crc = table[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32c::crc32c(data)
 }
 
 /// An append-only encoder.
@@ -395,5 +380,45 @@ impl Contents {
                 .entry(id)
                 .or_insert_with(|| Content::new(id, crate::fs::FROZEN_EPOCH, &self.reaper)),
         )
+    }
+}
+
+#[cfg(test)]
+mod crc_tests {
+    use super::crc32c;
+    use proptest::prelude::*;
+
+    /// CRC-32C one bit at a time, straight from its definition (reflected
+    /// polynomial 0x82F63B78, initial and final value all ones).
+    fn by_bits(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn it_is_crc32c() {
+        // The standard check value of CRC-32C.
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    proptest! {
+        // Journals and checkpoints written by earlier builds (any CPU) stay
+        // readable: every length and alignment gives the definition's value.
+        #[test]
+        fn it_matches_the_definition(data in proptest::collection::vec(any::<u8>(), 0..600), skip in 0usize..8) {
+            let data = &data[skip.min(data.len())..];
+            prop_assert_eq!(crc32c(data), by_bits(data));
+        }
     }
 }
