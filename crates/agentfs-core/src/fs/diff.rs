@@ -21,7 +21,7 @@
 //! every other byte is written `\xNN` and a backslash `\\`, so a path is
 //! JSON-friendly and the original bytes can be recovered.
 
-use super::tree::{Body, Content, Node, Tree, Walk};
+use super::tree::{Body, Content, Name, Node, Tree, Walk};
 use super::FsCore;
 use crate::attr::FileKind;
 use crate::error::{FsError, FsResult};
@@ -244,7 +244,7 @@ impl<'t> Paths<'t> {
             return p.clone();
         }
         // Walk up to the root (or a known directory), then build downwards.
-        let mut chain: Vec<(NodeId, Vec<u8>)> = Vec::new();
+        let mut chain: Vec<(NodeId, Name)> = Vec::new();
         let mut cur = id;
         let mut base = None;
         for _ in 0..=4096 {
@@ -287,7 +287,7 @@ impl<'t> Paths<'t> {
     }
 
     /// A name of `id` in directory `parent`, by reading its entries.
-    fn scan(&self, parent: NodeId, id: NodeId, st: &mut DiffStats) -> Option<Vec<u8>> {
+    fn scan(&self, parent: NodeId, id: NodeId, st: &mut DiffStats) -> Option<Name> {
         let entries = self.tree.get(parent)?.entries()?;
         for (name, child) in entries.iter() {
             st.entries_read += 1;
@@ -410,8 +410,8 @@ fn hint_of(n: Option<&Arc<Node>>) -> Option<super::tree::NameHint> {
 pub(crate) fn diff_trees(a: &Tree, b: &Tree, same: SameBytes) -> (Vec<DiffChange>, DiffStats) {
     let mut st = DiffStats::default();
     // Names each node lost (in `a`) and gained (in `b`), by node id.
-    let mut lost: BTreeMap<NodeId, Vec<(NodeId, Vec<u8>)>> = BTreeMap::new();
-    let mut gained: BTreeMap<NodeId, Vec<(NodeId, Vec<u8>)>> = BTreeMap::new();
+    let mut lost: BTreeMap<NodeId, Vec<(NodeId, Name)>> = BTreeMap::new();
+    let mut gained: BTreeMap<NodeId, Vec<(NodeId, Name)>> = BTreeMap::new();
     // Nodes present in both whose node differs.
     let mut both: Vec<NodeId> = Vec::new();
     for (id, na, nb) in a.changed_nodes(b) {

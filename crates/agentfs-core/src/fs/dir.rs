@@ -175,7 +175,7 @@ impl FsCore {
             let kind = t.get(*child).map_or(FileKind::RegularFile, |c| c.meta.kind);
             let offset = out.len() as u64 + 1;
             out.push(DirEntry {
-                name: name.clone(),
+                name: name.to_vec(),
                 node: *child,
                 kind,
                 offset,

@@ -36,7 +36,7 @@
 //! child's frozen tree as is.
 
 use super::diff::COMPARE_MAX;
-use super::tree::{Body, Node, Tree, Walk};
+use super::tree::{Body, Name, Node, Tree, Walk};
 use super::{BranchState, FsCore};
 use crate::error::{FsError, FsResult};
 use crate::ids::{BranchId, ContentId, NodeId, SnapshotId};
@@ -323,7 +323,7 @@ fn name_change(base: Option<NodeId>, side: Option<NodeId>) -> Change {
 /// A conflict found by the merge, before its path is known.
 enum Found {
     Node(NodeId, Change, Change),
-    Name(NodeId, Vec<u8>, Change, Change),
+    Name(NodeId, Name, Change, Change),
     Cycle(NodeId),
 }
 
@@ -485,7 +485,7 @@ impl Merge<'_> {
                 if entries.contains_key(name) {
                     continue;
                 }
-                entries.insert(name.to_vec(), id);
+                entries.insert(Name::from(name), id);
                 node.meta.touch_mc();
                 self.touched.push(dir);
                 self.draft.insert(dir, node);
@@ -532,7 +532,7 @@ impl Merge<'_> {
     fn drop_unreachable(&mut self) {
         let mut reached = HashSet::new();
         let mut links: HashMap<NodeId, u32> = HashMap::new();
-        let mut dangling: Vec<(NodeId, Vec<u8>)> = Vec::new();
+        let mut dangling: Vec<(NodeId, Name)> = Vec::new();
         let mut stray_dirs: Vec<NodeId> = Vec::new();
         let mut stack = vec![NodeId::ROOT];
         while let Some(id) = stack.pop() {
@@ -713,13 +713,13 @@ fn cache_changes(old: &Tree, new: &Tree, touched: &[NodeId], report: &mut Commit
                         | imbl::ordmap::DiffItem::Remove(name, _)
                         | imbl::ordmap::DiffItem::Update { new: (name, _), .. } => name,
                     };
-                    report.changed_entries.push((id, name.clone()));
+                    report.changed_entries.push((id, name.to_vec()));
                 }
             }
             (Some(oe), None) => {
                 report
                     .changed_entries
-                    .extend(oe.keys().map(|name| (id, name.clone())));
+                    .extend(oe.keys().map(|name| (id, name.to_vec())));
             }
             _ => {}
         }

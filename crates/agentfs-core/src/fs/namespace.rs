@@ -2,7 +2,7 @@
 //! and removing nodes, with POSIX rules for permissions, link counts and times.
 
 use super::perm::{self, R, S_ISGID, W, X};
-use super::tree::{Body, Meta, Node, Tree};
+use super::tree::{Body, Meta, Name, Node, Tree};
 use super::{check_name, node, AttrParts, BranchState, FsCore, RenameFlags};
 use crate::attr::{Attr, FileKind, SetAttr, SetTime};
 use crate::creds::Ctx;
@@ -52,7 +52,7 @@ fn edit_dir(
     t: &mut Tree,
     id: NodeId,
     nlink_delta: i32,
-    f: impl FnOnce(&mut imbl::OrdMap<Vec<u8>, NodeId>),
+    f: impl FnOnce(&mut imbl::OrdMap<Name, NodeId>),
 ) -> FsResult<()> {
     let mut d = t.edit(id).ok_or(FsError::NotFound)?;
     let before = d.entries().cloned();
@@ -63,7 +63,7 @@ fn edit_dir(
     }
     d.meta.nlink = d.meta.nlink.saturating_add_signed(nlink_delta);
     d.meta.touch_mc();
-    let added: Vec<(Vec<u8>, NodeId)> = match (&before, d.entries()) {
+    let added: Vec<(Name, NodeId)> = match (&before, d.entries()) {
         (Some(old), Some(new)) => old
             .diff(new)
             .filter_map(|c| match c {
@@ -412,7 +412,7 @@ impl FsCore {
         );
         let subdir = i32::from(kind == FileKind::Directory);
         edit_dir(t, parent, subdir, |e| {
-            e.insert(name.to_vec(), id);
+            e.insert(Name::from(name), id);
         })?;
         Ok(id)
     }
@@ -540,7 +540,7 @@ impl FsCore {
             n.meta.ctime = SystemTime::now();
             t.insert(id, n);
             edit_dir(t, new_parent, 0, |e| {
-                e.insert(name.to_vec(), id);
+                e.insert(Name::from(name), id);
             })
         })?;
         self.attr(b, id)
@@ -720,7 +720,7 @@ impl FsCore {
                 e.remove(name);
             })?;
             edit_dir(t, new_parent, moved_dir, |e| {
-                e.insert(new_name.to_vec(), src);
+                e.insert(Name::from(new_name), src);
             })?;
             Self::reparent(t, src, new_parent)
         })?;
@@ -756,10 +756,10 @@ impl FsCore {
             i32::from(b_dir) - i32::from(a_dir)
         };
         edit_dir(t, p1, delta, |e| {
-            e.insert(n1.to_vec(), bnode);
+            e.insert(Name::from(n1), bnode);
         })?;
         edit_dir(t, p2, -delta, |e| {
-            e.insert(n2.to_vec(), a);
+            e.insert(Name::from(n2), a);
         })?;
         Self::reparent(t, a, p2)?;
         Self::reparent(t, bnode, p1)

@@ -24,7 +24,7 @@
 //! with the same node ids), except that it is allowed on a snapshot's
 //! read-only view too: it changes what is known, not what the view holds.
 
-use super::tree::{Body, Content, Meta, Node};
+use super::tree::{Body, Content, Meta, Name, Node};
 use super::{BranchState, FsCore};
 use crate::attr::FileKind;
 use crate::error::{FsError, FsResult};
@@ -41,8 +41,8 @@ use std::sync::Arc;
 pub(crate) struct Loaded {
     pub(crate) dir: NodeId,
     pub(crate) path: Arc<[u8]>,
-    pub(crate) entries: imbl::OrdMap<Vec<u8>, NodeId>,
-    pub(crate) children: Vec<(Vec<u8>, NodeId, Arc<Node>)>,
+    pub(crate) entries: imbl::OrdMap<Name, NodeId>,
+    pub(crate) children: Vec<(Name, NodeId, Arc<Node>)>,
     pub(crate) subdirs: u32,
 }
 
@@ -220,10 +220,11 @@ impl FsCore {
         };
         for e in listing {
             let child = self.new_lower_node_id(e.stat.ino);
-            let node = Arc::new(self.lower_node(&path, id, e.clone()));
+            let name = Name::from(e.name.as_slice());
+            let node = Arc::new(self.lower_node(&path, id, &name, e));
             loaded.subdirs += u32::from(node.meta.kind == FileKind::Directory);
-            loaded.entries.insert(e.name.clone(), child);
-            loaded.children.push((e.name, child, node));
+            loaded.entries.insert(name.clone(), child);
+            loaded.children.push((name, child, node));
         }
 
         let (mut branches, snapshots) = self.registered_trees();
@@ -253,13 +254,13 @@ impl FsCore {
 
     /// The node for lower entry `e` of the lower directory at `dir`, a child
     /// of node `parent`.
-    fn lower_node(&self, dir: &[u8], parent: NodeId, e: LowerEntry) -> Node {
+    fn lower_node(&self, dir: &[u8], parent: NodeId, name: &Name, e: LowerEntry) -> Node {
         let mut meta = meta_of(&e.stat);
         // Its name, for diff (`Meta::hint`): a lower file changed later
         // leaves this directory untouched.
         meta.hint = Some(super::tree::NameHint {
             parent,
-            name: e.name.clone(),
+            name: Name::clone(name),
         });
         let path: Arc<[u8]> = lower::join(dir, &e.name).into();
         let body = match meta.kind {

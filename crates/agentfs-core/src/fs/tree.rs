@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 /// Directory entry names are raw bytes: Linux names need not be UTF-8.
-pub(crate) type Name = Vec<u8>;
+pub(crate) type Name = Arc<[u8]>;
 
 /// Extended attributes of a node, shared between tree versions until changed.
 pub(crate) type Xattrs = Arc<BTreeMap<Vec<u8>, Vec<u8>>>;

@@ -530,7 +530,7 @@ impl FsCore {
             let root = super::node(t, NodeId::ROOT)?;
             Ok(root
                 .entries()
-                .map(|e| e.keys().cloned().collect())
+                .map(|e| e.keys().map(|k| k.to_vec()).collect())
                 .unwrap_or_default())
         })
     }

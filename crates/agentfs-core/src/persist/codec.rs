@@ -8,7 +8,7 @@
 
 use super::PersistError;
 use crate::attr::FileKind;
-use crate::fs::tree::{Body, Content, Meta, Node, Reaper};
+use crate::fs::tree::{Body, Content, Meta, Name, Node, Reaper};
 use crate::ids::{ContentId, NodeId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -218,6 +218,11 @@ impl<'a> Dec<'a> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }
+    /// A directory entry name, encoded as `bytes`.
+    pub(crate) fn name(&mut self) -> Result<Name, PersistError> {
+        let n = self.u32()? as usize;
+        Ok(Name::from(self.take(n)?))
+    }
     pub(crate) fn str(&mut self) -> Result<String, PersistError> {
         String::from_utf8(self.bytes()?).map_err(|_| corrupt("a name is not UTF-8"))
     }
@@ -280,7 +285,7 @@ impl<'a> Dec<'a> {
             hint: if code & HINT_FLAG != 0 {
                 Some(crate::fs::tree::NameHint {
                     parent: NodeId(self.u64()?),
-                    name: self.bytes()?,
+                    name: self.name()?,
                 })
             } else {
                 None
@@ -316,7 +321,7 @@ impl<'a> Dec<'a> {
                 let n = self.count(12)?;
                 let mut entries = imbl::OrdMap::new();
                 for _ in 0..n {
-                    let name = self.bytes()?;
+                    let name = self.name()?;
                     entries.insert(name, NodeId(self.u64()?));
                 }
                 Body::Dir {

@@ -254,7 +254,7 @@ fn apply_changes(
                     })?;
                 let k = dec.count(5)?;
                 for _ in 0..k {
-                    let name = dec.bytes()?;
+                    let name = dec.name()?;
                     match dec.opt_u64()? {
                         Some(nid) => {
                             entries.insert(name, NodeId(nid));
@@ -403,7 +403,7 @@ pub(crate) fn apply(
                 subdirs,
             };
             for _ in 0..n {
-                let name = dec.bytes()?;
+                let name = dec.name()?;
                 let id = NodeId(dec.u64()?);
                 state.nodes.saw(id);
                 let node = Arc::new(dec.node(contents)?);

@@ -416,7 +416,7 @@ fn work_follows_the_changes_not_the_tree() {
 /// `dirs` directories `d<i>` of `files` empty files `f<j>` each, built
 /// directly in the tree (the POSIX path would take a while at this size).
 pub(crate) fn build_flat(core: &FsCore, b: BranchId, dirs: u64, files: u64) {
-    use crate::fs::tree::{Body, Meta, NameHint, Node};
+    use crate::fs::tree::{Body, Meta, Name, NameHint, Node};
     use crate::FileKind;
     let branch = core.branch(b).unwrap();
     let mut t = branch.tree.write();
@@ -426,7 +426,7 @@ pub(crate) fn build_flat(core: &FsCore, b: BranchId, dirs: u64, files: u64) {
         let mut entries = imbl::OrdMap::new();
         for f in 0..files {
             let fid = core.new_node_id();
-            let name = format!("f{f}").into_bytes();
+            let name: Name = format!("f{f}").into_bytes().into();
             let mut meta = Meta::new(FileKind::RegularFile, 0o644, 0, 0);
             meta.hint = Some(NameHint {
                 parent: did,
@@ -442,7 +442,7 @@ pub(crate) fn build_flat(core: &FsCore, b: BranchId, dirs: u64, files: u64) {
             );
             entries.insert(name, fid);
         }
-        let name = format!("d{d}").into_bytes();
+        let name: Name = format!("d{d}").into_bytes().into();
         let mut meta = Meta::new(FileKind::Directory, 0o755, 0, 0);
         meta.nlink = 2;
         meta.hint = Some(NameHint {
