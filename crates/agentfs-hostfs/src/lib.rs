@@ -142,13 +142,9 @@ impl HostFs {
             let path = claimed.path.clone();
             move |source| HostFsError::Io { path, op, source }
         };
-        let objects = ObjectDir::open(claimed.objects).map_err(io_err("list its objects"))?;
-        let highest = objects
-            .list_ids()
-            .map_err(io_err("list its objects"))?
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let (objects, ids) =
+            ObjectDir::open(claimed.objects).map_err(io_err("list its objects"))?;
+        let highest = ids.into_iter().max().unwrap_or(0);
         let meta = meta::MetaFiles::open(&claimed.path.join(root::META_DIR), &claimed.dir)
             .map_err(io_err("open its metadata journal"))?;
         Ok(HostFs {

@@ -45,23 +45,21 @@ pub(crate) struct ObjectDir {
 }
 
 impl ObjectDir {
-    /// The objects directory at `path` (which exists), its layout read off
-    /// the names of its subdirectories.
-    pub(crate) fn open(path: PathBuf) -> io::Result<ObjectDir> {
+    /// The objects directory at `path` (which exists), and the ids of every
+    /// object in it: one walk, which also reads the layout off the names of
+    /// its subdirectories.
+    pub(crate) fn open(path: PathBuf) -> io::Result<(ObjectDir, Vec<u64>)> {
         let mut fanout = Fanout::Runs;
-        for entry in fs::read_dir(&path)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let low_byte_dir = name.len() == 2
+        let ids = walk(&path, |name| {
+            let low_byte = name.len() == 2
                 && name
                     .to_str()
                     .is_some_and(|n| u8::from_str_radix(n, 16).is_ok());
-            if low_byte_dir && entry.file_type()?.is_dir() {
+            if low_byte {
                 fanout = Fanout::LowByte;
-                break;
             }
-        }
-        Ok(ObjectDir { path, fanout })
+        })?;
+        Ok((ObjectDir { path, fanout }, ids))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -114,18 +112,25 @@ impl ObjectDir {
     /// The ids of every object file, in any fanout directory (names that are
     /// not 16 hex digits are not objects and are left alone).
     pub(crate) fn list_ids(&self) -> io::Result<Vec<u64>> {
-        let mut ids = Vec::new();
-        for fanout in fs::read_dir(&self.path)? {
-            let fanout = fanout?;
-            if !fanout.file_type()?.is_dir() {
-                continue;
-            }
-            for object in fs::read_dir(fanout.path())? {
-                ids.extend(object_id(&object?.file_name()));
-            }
-        }
-        Ok(ids)
+        walk(&self.path, |_| {})
     }
+}
+
+/// The ids of the object files in every subdirectory of `objects`, calling
+/// `on_dir` with each subdirectory's name.
+fn walk(objects: &Path, mut on_dir: impl FnMut(&std::ffi::OsStr)) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for fanout in fs::read_dir(objects)? {
+        let fanout = fanout?;
+        if !fanout.file_type()?.is_dir() {
+            continue;
+        }
+        on_dir(&fanout.file_name());
+        for object in fs::read_dir(fanout.path())? {
+            ids.extend(object_id(&object?.file_name()));
+        }
+    }
+    Ok(ids)
 }
 
 /// The id of an object file's name (16 hex digits), if it is one.
