@@ -172,11 +172,7 @@ fi
 say "hardware counters: $perf_note"
 
 # metaops, the metadata workload's program.
-mkdir -p "$repo/target/perf"
-metaops="$repo/target/perf/metaops"
-if [ ! -x "$metaops" ] || [ scripts/perf/metaops.c -nt "$metaops" ]; then
-    gcc -O2 -Wall -Wextra -o "$metaops" scripts/perf/metaops.c
-fi
+metaops=$(bash scripts/perf/metaops.sh)
 
 # --- scratch dir, mounts, cleanup -----------------------------------------------
 mkdir -p "$dir"

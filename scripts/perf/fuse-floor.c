@@ -23,10 +23,8 @@
 #define TOOL "fuse-floor"
 #include "fuse-ring.h"
 
-#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -270,13 +268,7 @@ int main(int argc, char **argv) {
         die("calloc");
     long ncpu = sysconf(_SC_NPROCESSORS_CONF);
 
-    fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-    if (fuse_fd < 0)
-        die("open /dev/fuse");
-    char opts[160];
-    snprintf(opts, sizeof(opts), "fd=%d,rootmode=40755,user_id=0,group_id=0,default_permissions", fuse_fd);
-    if (mount("fuse-floor", mnt, "fuse.fuse-floor", MS_NOSUID | MS_NODEV, opts) < 0)
-        die("mount");
+    mount_fuse(mnt, ",default_permissions");
     init_session(1);
     pthread_t t;
     if (pthread_create(&t, NULL, read_loop, NULL))

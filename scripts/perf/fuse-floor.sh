@@ -37,11 +37,7 @@ param=/sys/module/fuse/parameters/enable_uring
 if [ "$build" = 1 ]; then
     cargo build --release -q -p agentfs-fuse
 fi
-metaops=$repo/target/perf/metaops
-mkdir -p "$(dirname "$metaops")"
-if [ ! -x "$metaops" ] || [ scripts/perf/metaops.c -nt "$metaops" ]; then
-    gcc -O2 -Wall -Wextra -o "$metaops" scripts/perf/metaops.c
-fi
+metaops=$(bash scripts/perf/metaops.sh)
 
 work=$(mktemp -d /var/tmp/agentfs-fuse-floor.XXXXXX)
 old=$(cat "$param")

@@ -8,6 +8,7 @@
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/fuse.h>
 #include <pthread.h>
 #include <sched.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -55,6 +57,19 @@ static int fuse_fd;
 static void die(const char *what) {
     fprintf(stderr, TOOL ": %s: %s\n", what, strerror(errno));
     exit(1);
+}
+
+// Open /dev/fuse as fuse_fd and mount it at `mnt` as filesystem type
+// fuse.TOOL, root-owned, with `extra` appended to the mount options ("" or
+// e.g. ",default_permissions").
+static void mount_fuse(const char *mnt, const char *extra) {
+    fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fuse_fd < 0)
+        die("open /dev/fuse");
+    char opts[192];
+    snprintf(opts, sizeof(opts), "fd=%d,rootmode=40755,user_id=0,group_id=0%s", fuse_fd, extra);
+    if (mount(TOOL, mnt, "fuse." TOOL, MS_NOSUID | MS_NODEV, opts) < 0)
+        die("mount");
 }
 
 // Answer request `unique` through /dev/fuse: `res` bytes of `payload`, or

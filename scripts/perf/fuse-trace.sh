@@ -42,11 +42,7 @@ fi
 if [ "$build" = 1 ]; then
     cargo build --release -q -p agentfs-fuse
 fi
-metaops=$repo/target/perf/metaops
-mkdir -p "$(dirname "$metaops")"
-if [ ! -x "$metaops" ] || [ scripts/perf/metaops.c -nt "$metaops" ]; then
-    gcc -O2 -Wall -Wextra -o "$metaops" scripts/perf/metaops.c
-fi
+metaops=$(bash scripts/perf/metaops.sh)
 
 work=$(mktemp -d /var/tmp/agentfs-fuse-trace.XXXXXX)
 mkdir "$work/store" "$work/mnt"

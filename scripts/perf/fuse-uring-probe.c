@@ -23,7 +23,6 @@
 #define TOOL "fuse-uring-probe"
 #include "fuse-ring.h"
 
-#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -145,13 +144,7 @@ int main(int argc, char **argv) {
     int client_cpu = argc > 6 ? atoi(argv[6]) : -1;
     long ncpu = sysconf(_SC_NPROCESSORS_CONF);
 
-    fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-    if (fuse_fd < 0)
-        die("open /dev/fuse");
-    char opts[128];
-    snprintf(opts, sizeof(opts), "fd=%d,rootmode=40755,user_id=0,group_id=0", fuse_fd);
-    if (mount("fuse-uring-probe", mnt, "fuse.fuse-uring-probe", MS_NOSUID | MS_NODEV, opts) < 0)
-        die("mount");
+    mount_fuse(mnt, "");
     // INIT arrives once the mount exists; the kernel queues other requests
     // until it is answered.
     init_session(uring);
