@@ -1,10 +1,11 @@
 //! Persistence costs, measured on a real HostFs in a temp dir (no mount):
 //! creating FILES files (in 100 directories, one in DATA_EVERY with 4 KiB of
 //! data; 0: none)
-//! without and with the journal, then the clean checkpoint, a clean reopen,
-//! and a reopen after a "crash" (the core dropped without a checkpoint: the
-//! whole creation replayed from the journal). Prints milliseconds and sizes;
-//! asserts nothing about time.
+//! without and with the journal, unlinking them all again (on fresh
+//! backstores, without and with the journal), then the clean checkpoint, a
+//! clean reopen, and a reopen after a "crash" (the core dropped without a
+//! checkpoint: the whole creation replayed from the journal). Prints
+//! milliseconds and sizes; asserts nothing about time.
 //!
 //! Run: cargo run --release -p agentfs-hostfs --example persist_bench -- [FILES] [SNAPSHOTS] [DATA_EVERY]
 
@@ -66,6 +67,23 @@ fn populate(core: &FsCore, files: usize, data_every: usize) {
     }
 }
 
+/// Unlink the `files` files [`populate`] made, by name, in creation order.
+fn unlink_all(core: &FsCore, files: usize) {
+    let ctx = Ctx::root();
+    let main = core.default_branch();
+    let dirs: Vec<NodeId> = (0..100)
+        .map(|d| {
+            core.lookup(&ctx, main, NodeId::ROOT, OsStr::new(&format!("d{d}")))
+                .unwrap()
+                .node
+        })
+        .collect();
+    for i in 0..files {
+        core.unlink(&ctx, main, dirs[i % 100], OsStr::new(&format!("f{i}")))
+            .unwrap();
+    }
+}
+
 fn open_persisted(root: &Path) -> (FsCore, agentfs_core::RecoveryReport) {
     let store = Arc::new(HostFs::open(root, HostFsOptions::default()).unwrap());
     FsCore::open_persisted(
@@ -90,6 +108,7 @@ fn main() {
     // Alternate the two, twice, so cache warm-up and a busy machine hit both.
     let mut plain = Vec::new();
     let mut journaled = Vec::new();
+    let (mut plain_unlink, mut journaled_unlink) = (Vec::new(), Vec::new());
     for round in 0..2 {
         let plain_root = dir.path().join(format!("plain{round}"));
         let t = Instant::now();
@@ -109,6 +128,24 @@ fn main() {
             drop(core);
         }
         journaled.push(t.elapsed().as_millis());
+        {
+            let root = dir.path().join(format!("plain-unlink{round}"));
+            let store = Arc::new(HostFs::open(&root, HostFsOptions::default()).unwrap());
+            let core = FsCore::new(store, config());
+            populate(&core, files, data_every);
+            let t = Instant::now();
+            unlink_all(&core, files);
+            plain_unlink.push(t.elapsed().as_millis());
+        }
+        {
+            let (core, _) = open_persisted(&dir.path().join(format!("persisted-unlink{round}")));
+            populate(&core, files, data_every);
+            core.sync_all().unwrap();
+            let t = Instant::now();
+            unlink_all(&core, files);
+            core.sync_all().unwrap();
+            journaled_unlink.push(t.elapsed().as_millis());
+        }
     }
     let root = dir.path().join("persisted1");
     let journal_bytes = size(&root.join("meta/journal"));
@@ -147,6 +184,7 @@ fn main() {
 
     println!("files: {files} (+100 dirs; 4 KiB of data in 1 of every {data_every}, 0 = none), snapshots: {snapshots}");
     println!("create without journal: {plain:?} ms; with journal (and one sync): {journaled:?} ms");
+    println!("unlink them all without journal: {plain_unlink:?} ms; with journal (and one sync): {journaled_unlink:?} ms");
     println!(
         "journal after creation: {journal_bytes} bytes ({:.0} bytes per file)",
         journal_bytes as f64 / files as f64

@@ -47,45 +47,42 @@ fn may_modify_dir(ctx: &Ctx, t: &Tree, parent: NodeId) -> FsResult<()> {
     perm::check(ctx, &dir(t, parent)?.meta, W | X)
 }
 
-/// Change the entries of directory `id`; `nlink_delta` counts subdirectories gained or lost.
-fn edit_dir(
-    t: &mut Tree,
-    id: NodeId,
-    nlink_delta: i32,
-    f: impl FnOnce(&mut imbl::OrdMap<Name, NodeId>),
-) -> FsResult<()> {
+/// One change to a directory's entries.
+enum DirEdit<'a> {
+    /// Name `.0` now names node `.1` (added, or replacing what it named).
+    Put(&'a [u8], NodeId),
+    Remove(&'a [u8]),
+}
+
+/// Change the entries of directory `id`; `nlink_delta` counts subdirectories
+/// gained or lost. A name put becomes its node's hint (for diff, see
+/// `Meta::hint`) unless it is that already.
+fn edit_dir(t: &mut Tree, id: NodeId, nlink_delta: i32, edit: DirEdit) -> FsResult<()> {
     let mut d = t.edit(id).ok_or(FsError::NotFound)?;
-    let before = d.entries().cloned();
     unread_lower(&d)?;
-    match &mut d.body {
-        Body::Dir { entries, .. } => f(entries),
+    let put = match (&mut d.body, edit) {
+        (Body::Dir { entries, .. }, DirEdit::Put(name, child)) => {
+            let name = Name::from(name);
+            let before = entries.insert(Name::clone(&name), child);
+            (before != Some(child)).then_some((name, child))
+        }
+        (Body::Dir { entries, .. }, DirEdit::Remove(name)) => {
+            entries.remove(name);
+            None
+        }
         _ => return Err(FsError::NotDir),
-    }
+    };
     d.meta.nlink = d.meta.nlink.saturating_add_signed(nlink_delta);
     d.meta.touch_mc();
-    let added: Vec<(Name, NodeId)> = match (&before, d.entries()) {
-        (Some(old), Some(new)) => old
-            .diff(new)
-            .filter_map(|c| match c {
-                imbl::ordmap::DiffItem::Add(name, child)
-                | imbl::ordmap::DiffItem::Update {
-                    new: (name, child), ..
-                } => Some((name.clone(), *child)),
-                imbl::ordmap::DiffItem::Remove(..) => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
     t.insert(id, d);
-    // Each name given here becomes its node's hint (for diff, see `Meta::hint`).
-    for (name, child) in added {
-        let hint = super::tree::NameHint { parent: id, name };
-        let stale = t
-            .get(child)
-            .is_some_and(|c| c.meta.hint.as_ref() != Some(&hint));
-        if !stale {
-            continue;
-        }
+    let Some((name, child)) = put else {
+        return Ok(());
+    };
+    let hint = super::tree::NameHint { parent: id, name };
+    let stale = t
+        .get(child)
+        .is_some_and(|c| c.meta.hint.as_ref() != Some(&hint));
+    if stale {
         if let Some(mut c) = t.edit(child) {
             c.meta.hint = Some(hint);
             t.insert(child, c);
@@ -411,9 +408,7 @@ impl FsCore {
             },
         );
         let subdir = i32::from(kind == FileKind::Directory);
-        edit_dir(t, parent, subdir, |e| {
-            e.insert(Name::from(name), id);
-        })?;
+        edit_dir(t, parent, subdir, DirEdit::Put(name, id))?;
         Ok(id)
     }
 
@@ -539,9 +534,7 @@ impl FsCore {
             n.meta.nlink += 1;
             n.meta.ctime = SystemTime::now();
             t.insert(id, n);
-            edit_dir(t, new_parent, 0, |e| {
-                e.insert(Name::from(name), id);
-            })
+            edit_dir(t, new_parent, 0, DirEdit::Put(name, id))
         })?;
         self.attr(b, id)
     }
@@ -569,9 +562,7 @@ impl FsCore {
                 return Err(FsError::IsDir);
             }
             perm::sticky(ctx, &dir(t, parent)?.meta, vmeta)?;
-            edit_dir(t, parent, 0, |e| {
-                e.remove(name);
-            })?;
+            edit_dir(t, parent, 0, DirEdit::Remove(name))?;
             self.drop_link(&branch, t, victim)?;
             Ok(victim)
         })?;
@@ -614,9 +605,7 @@ impl FsCore {
                 return Err(FsError::NotEmpty);
             }
             perm::sticky(ctx, &dir(t, parent)?.meta, &v.meta)?;
-            edit_dir(t, parent, -1, |e| {
-                e.remove(name);
-            })?;
+            edit_dir(t, parent, -1, DirEdit::Remove(name))?;
             t.remove(victim);
             Ok(())
         })
@@ -704,24 +693,16 @@ impl FsCore {
                     return Err(FsError::NotEmpty);
                 }
                 if src_dir {
-                    edit_dir(t, new_parent, -1, |e| {
-                        e.remove(new_name);
-                    })?;
+                    edit_dir(t, new_parent, -1, DirEdit::Remove(new_name))?;
                     t.remove(dst);
                 } else {
-                    edit_dir(t, new_parent, 0, |e| {
-                        e.remove(new_name);
-                    })?;
+                    edit_dir(t, new_parent, 0, DirEdit::Remove(new_name))?;
                     self.drop_link(&branch, t, dst)?;
                 }
             }
             let moved_dir = i32::from(src_dir && parent != new_parent);
-            edit_dir(t, parent, -moved_dir, |e| {
-                e.remove(name);
-            })?;
-            edit_dir(t, new_parent, moved_dir, |e| {
-                e.insert(Name::from(new_name), src);
-            })?;
+            edit_dir(t, parent, -moved_dir, DirEdit::Remove(name))?;
+            edit_dir(t, new_parent, moved_dir, DirEdit::Put(new_name, src))?;
             Self::reparent(t, src, new_parent)
         })?;
         self.reap();
@@ -755,12 +736,8 @@ impl FsCore {
         } else {
             i32::from(b_dir) - i32::from(a_dir)
         };
-        edit_dir(t, p1, delta, |e| {
-            e.insert(Name::from(n1), bnode);
-        })?;
-        edit_dir(t, p2, -delta, |e| {
-            e.insert(Name::from(n2), a);
-        })?;
+        edit_dir(t, p1, delta, DirEdit::Put(n1, bnode))?;
+        edit_dir(t, p2, -delta, DirEdit::Put(n2, a))?;
         Self::reparent(t, a, p2)?;
         Self::reparent(t, bnode, p1)
     }
