@@ -22,8 +22,8 @@ Workloads (sizes from the flags; `--smoke` makes them tiny):
                    transport), against the host again, runs interleaved.
   rand_read        fio (psync), 4 KiB random reads, 2 jobs on that file,
                    after a cache drop, O_DIRECT, --rand-seconds per target
-                   in 4 slices the targets take in turn, each file read
-                   once end to end first (see rand());
+                   in 4 slices the targets take in turn, each slice after
+                   a read of the whole file (see rand());
                    value: IOs of both jobs over fio's runtime, all slices.
   meta_create      metaops.c: create --meta-files empty files (1,000 a dir).
   meta_stat_cold   lstat them all after a cache drop.
@@ -403,34 +403,35 @@ class Bench:
         passthrough 32,160-32,935 IOPS, host 32,397-33,746). The value is
         the IOs of all slices over fio's own runtime of all slices.
 
-        Before the first run each target's file is read once from end to
-        end with O_DIRECT: the virtual disk keeps what was read recently
-        where it reads fast, so without that the file read least recently
-        started slow whichever target it belonged to (at e96f4cb, run 1:
-        host 14,484 IOPS, AgentFS 7,213, both 29,000-34,000 from run 3
-        on)."""
+        Before each slice the target's file is read once from end to end
+        with O_DIRECT (not timed): the virtual disk keeps what was read
+        recently where it reads fast, and not all three 2 GiB files at
+        once, so without that the file read least recently was slow
+        whichever target it belonged to. At e96f4cb, nothing read first,
+        run 1: host 14,484 IOPS, AgentFS 7,213; at 9bdb064, each file read
+        once before the first run (host first), run 1: host 8,877,
+        AgentFS 21,726; from run 3 on all 29,000-34,000."""
         size = self.a.size
         slices = max(1, min(self.RAND_SLICES, self.a.rand_seconds))
         slice_s = max(1, self.a.rand_seconds // slices)
-        preread = {}
-        for t in self.targets():
-            f = self.dirs[t] / "seq.dat"
-            if f.exists():
-                ok, secs, _, err, _ = self.run(
-                    ["dd", f"if={f}", "of=/dev/null", "bs=1M", "iflag=direct", "status=none"])
-                preread[t] = round(secs, 3) if ok else None
         for r in range(1, self.a.runs + 1):
             ts = [t for t in self.targets(r) if (self.dirs[t] / "seq.dat").exists()]
             for t in self.targets(r):
                 if t not in ts:
                     self.record("rand_read", t, r, False, error="no file from seq_write to read")
             self.drop_caches()
-            acc = {t: {"ios": 0, "runtime": 0.0, "wall": 0.0, "cpu": 0.0, "err": None, "perf": None}
-                   for t in ts}
+            acc = {t: {"ios": 0, "runtime": 0.0, "wall": 0.0, "cpu": 0.0, "err": None, "perf": None,
+                       "preread": 0.0} for t in ts}
             for _ in range(slices):
                 for t in ts:
                     a = acc[t]
                     if a["err"]:
+                        continue
+                    ok, secs, _, err, _ = self.run(["dd", f"if={self.dirs[t] / 'seq.dat'}", "of=/dev/null",
+                                                    "bs=1M", "iflag=direct", "status=none"])
+                    a["preread"] += secs
+                    if not ok:
+                        a["err"] = err
                         continue
                     # O_DIRECT on every target: buffered random reads compare
                     # readahead policies, not data paths. fio's POSIX_FADV_RANDOM
@@ -469,7 +470,7 @@ class Bench:
                     self.server_cpu[t] = round(a["cpu"], 3)
                 self.record("rand_read", t, r, ok, iops, "IOPS", True, round(a["wall"], 3), a["ios"] or None,
                             a["err"], perf, slices=slices, slice_seconds=slice_s,
-                            preread_seconds=preread.get(t))
+                            preread_seconds=round(a["preread"], 3))
         for t in self.targets():
             f = self.dirs[t] / "seq.dat"
             if f.exists():
