@@ -21,9 +21,9 @@ Workloads (sizes from the flags; `--smoke` makes them tiny):
                    --passthrough off (file data through the daemon's
                    transport), against the host again, runs interleaved.
   rand_read        fio (psync), 4 KiB random reads, 2 jobs on that file,
-                   after a cache drop, O_DIRECT, --rand-seconds per target
+                   O_DIRECT, --rand-seconds per target
                    in 4 slices the targets take in turn, each slice after
-                   a read of the whole file (see rand());
+                   a read of the whole file and a cache drop (see rand());
                    value: IOs of both jobs over fio's runtime, all slices.
   meta_create      metaops.c: create --meta-files empty files (1,000 a dir).
   meta_stat_cold   lstat them all after a cache drop.
@@ -419,7 +419,6 @@ class Bench:
             for t in self.targets(r):
                 if t not in ts:
                     self.record("rand_read", t, r, False, error="no file from seq_write to read")
-            self.drop_caches()
             acc = {t: {"ios": 0, "runtime": 0.0, "wall": 0.0, "cpu": 0.0, "err": None, "perf": None,
                        "preread": 0.0} for t in ts}
             for _ in range(slices):
